@@ -1,0 +1,40 @@
+# polycap — `make help` lists targets. Everything installs into ./.venv.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXTRAS ?= ocr,local,smoke-llm,dev,demo
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: help install demo test test-fast bench lint clean
+
+help: ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned to the CPU wheel, so no other requirement pulls a CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install polycap with the CPU extras
+
+demo: install ## build the bundled sample and run the main job on it (CPU defaults)
+	$(BIN)/python -m pipelines.demo
+
+test: install ## run the test suite (what CI runs)
+	$(BIN)/python -m pytest -q tests
+
+test-fast: install ## tests without the slow ones
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+bench: install ## run benchmarks; results in bench/results/*.json
+	$(BIN)/python -m bench.run_all
+
+lint: install ## ruff + mypy on the typed packages
+	$(BIN)/ruff check .
+	$(BIN)/mypy schemas sharding transforms
+
+clean: ## remove build outputs (keeps .venv)
+	rm -rf out build *.egg-info .pytest_cache

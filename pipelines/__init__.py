@@ -1,0 +1,1 @@
+"""Pipelines: the typer CLI, config loading, and thin modules that wire stages together."""

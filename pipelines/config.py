@@ -1,0 +1,274 @@
+"""Job config: frozen dataclasses loaded from YAML, overridden by `--set a.b=c`, validated before any work."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message names the field (e.g. `filter.min_side`)."""
+
+
+SOURCE_KINDS = ("dir", "urls", "webdataset", "llava")
+BACKENDS = ("openai", "vllm", "local", "none")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    kind: str
+    path: str
+    name: str = ""
+    image_root: str = ""            # llava: folder the `image` fields are relative to
+    url_col: str = "url"            # urls: img2dataset conventions
+    caption_col: str = "caption"
+    license: str = ""
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    timeout_s: float = 10.0
+    retries: int = 2
+    max_bytes: int = 32 * 1024 * 1024
+    concurrency: int = 16
+    user_agent: str = "polycap/0.1 (+https://github.com/polycap/polycap)"
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    max_pixels: int = 89_478_485    # Pillow's own bomb threshold (MAX_IMAGE_PIXELS)
+    max_side: int = 0               # 0 = keep size; else downscale so max(w, h) <= max_side
+    reencode: bool = True           # store a normalized RGB JPEG in the shard
+    jpeg_quality: int = 92
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    min_side: int = 64
+    max_aspect: float = 3.0
+    min_bytes: int = 0
+    max_bytes: int = 64 * 1024 * 1024
+    caption_langs: list[str] = field(default_factory=list)   # [] = any language
+    caption_min_chars: int = 0
+    caption_max_chars: int = 0      # 0 = no limit
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    exact: bool = True
+    near: bool = True
+    max_hamming: int = 8
+    bands: int = 0                  # 0 = max_hamming + 1 (pigeonhole: a pair within t bits shares a band)
+
+
+@dataclass(frozen=True)
+class OcrConfig:
+    enabled: bool = False
+    backend: str = "paddleocr"      # paddleocr | rapidocr
+    min_score: float = 0.5
+    langs: list[str] = field(default_factory=lambda: ["en"])
+    model_dir: str = ""             # "" = prepared cache dir (see transforms/backends/ocr_paddle.py)
+    device: str = "cpu"
+    batch_size: int = 4
+    on_failure: str = "keep"        # keep (ocr.status=failed) | reject
+    orientation: bool = True
+
+
+@dataclass(frozen=True)
+class CaptionConfig:
+    enabled: bool = False
+    backend: str = "openai"
+    model: str = ""
+    endpoint: str = ""              # "" = $POLYCAP_CAPTION_ENDPOINT, else not configured
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+    batch_size: int = 8
+    max_tokens: int = 512
+    temperature: float = 0.2
+    timeout_s: float = 120.0
+    max_retries: int = 4
+    prompts: str = ""               # "" = bundled prompts/caption
+    min_chars: int = 300
+    max_chars: int = 2000
+    check_quoted_text: bool = True
+    cache: bool = True
+
+
+@dataclass(frozen=True)
+class TranslateConfig:
+    enabled: bool = False
+    to: list[str] = field(default_factory=lambda: ["ko", "vi"])
+    backend: str = "openai"
+    model: str = ""
+    endpoint: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+    batch_size: int = 8
+    max_tokens: int = 1024
+    temperature: float = 0.0
+    timeout_s: float = 120.0
+    max_retries: int = 4
+    prompts: str = ""
+    glossary: dict[str, dict[str, str]] = field(default_factory=dict)  # lang -> {term: translation}
+    cache: bool = True
+
+
+@dataclass(frozen=True)
+class ShardsConfig:
+    split: str = "train"
+    max_samples: int = 1000
+
+
+@dataclass(frozen=True)
+class Config:
+    sources: list[SourceConfig]
+    output: str = "out/run"
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    ocr: OcrConfig = field(default_factory=OcrConfig)
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
+    translate: TranslateConfig = field(default_factory=TranslateConfig)
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, a, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return build(tp, value, path)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
+        return [_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return {str(k): _coerce(v, args[1], f"{path}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def build(cls: type, data: dict[str, Any], path: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types by field path."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(f"{where}{unknown[0]}: unknown field (allowed: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        fpath = f"{path}.{f.name}" if path else f.name
+        if f.name in data:
+            kwargs[f.name] = _coerce(data[f.name], hints[f.name], fpath)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{fpath}: required field is missing")
+    return cls(**kwargs)
+
+
+def _check(cfg: Config) -> None:
+    if not cfg.sources:
+        raise ConfigError("sources: at least one source is required")
+    for i, s in enumerate(cfg.sources):
+        if s.kind not in SOURCE_KINDS:
+            raise ConfigError(f"sources[{i}].kind: {s.kind!r} is not one of {', '.join(SOURCE_KINDS)}")
+        if not s.path:
+            raise ConfigError(f"sources[{i}].path: must not be empty")
+    positive = {"filter.min_side": cfg.filter.min_side, "shards.max_samples": cfg.shards.max_samples,
+                "ingest.concurrency": cfg.ingest.concurrency, "ingest.max_bytes": cfg.ingest.max_bytes,
+                "decode.max_pixels": cfg.decode.max_pixels, "caption.concurrency": cfg.caption.concurrency,
+                "caption.batch_size": cfg.caption.batch_size, "ocr.batch_size": cfg.ocr.batch_size,
+                "translate.concurrency": cfg.translate.concurrency}
+    for name, v in positive.items():
+        if v <= 0:
+            raise ConfigError(f"{name}: must be > 0, got {v}")
+    if cfg.filter.max_aspect < 1.0:
+        raise ConfigError(f"filter.max_aspect: must be >= 1.0, got {cfg.filter.max_aspect}")
+    if not 0 <= cfg.dedup.max_hamming <= 32:
+        raise ConfigError(f"dedup.max_hamming: must be in 0..32, got {cfg.dedup.max_hamming}")
+    if not 1 <= cfg.decode.jpeg_quality <= 100:
+        raise ConfigError(f"decode.jpeg_quality: must be in 1..100, got {cfg.decode.jpeg_quality}")
+    if cfg.ocr.backend not in ("paddleocr", "rapidocr"):
+        raise ConfigError(f"ocr.backend: {cfg.ocr.backend!r} is not one of paddleocr, rapidocr")
+    if cfg.ocr.on_failure not in ("keep", "reject"):
+        raise ConfigError(f"ocr.on_failure: {cfg.ocr.on_failure!r} is not one of keep, reject")
+    for sec in ("caption", "translate"):
+        b = getattr(cfg, sec).backend
+        if b not in BACKENDS:
+            raise ConfigError(f"{sec}.backend: {b!r} is not one of {', '.join(BACKENDS)}")
+    if not cfg.shards.split or "." in cfg.shards.split or "/" in cfg.shards.split:
+        raise ConfigError(f"shards.split: {cfg.shards.split!r} must be a non-empty name without '.' or '/'")
+
+
+def _set_path(data: dict[str, Any], dotted: str, raw: str) -> None:
+    keys = dotted.split(".")
+    cur = data
+    for k in keys[:-1]:
+        nxt = cur.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{dotted}: {k} is not a mapping")
+        cur = nxt
+    cur[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                data: dict[str, Any] | None = None) -> Config:
+    """Load YAML (or a dict), apply `a.b=c` overrides (values parsed as YAML), validate."""
+    if data is None:
+        if path is None:
+            raise ConfigError("no config given")
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("config: top level must be a mapping")
+    data = dict(data)
+    for ov in overrides or []:
+        if "=" not in ov:
+            raise ConfigError(f"--set {ov!r}: expected a.b=value")
+        k, v = ov.split("=", 1)
+        _set_path(data, k.strip(), v)
+    cfg = build(Config, data)
+    _check(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

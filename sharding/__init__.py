@@ -1,0 +1,1 @@
+"""Webdataset shards: member layout, writer, reader, manifest, validator and stats."""

@@ -1,0 +1,79 @@
+"""Stream samples out of shard tars (used by tests, `polycap shards`, and the trainer)."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import tarfile
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from sharding.format import SHARD_RE, split_member, text_lang
+
+
+class ShardError(ValueError):
+    """A shard that is unreadable, truncated, or breaks the member layout."""
+
+
+@dataclass
+class ShardSample:
+    key: str
+    jpg: bytes = b""
+    json: dict[str, Any] = field(default_factory=dict)
+    texts: dict[str, str] = field(default_factory=dict)   # lang -> text
+    shard: str = ""
+
+
+def list_shards(path: str) -> list[str]:
+    """Shard tars in a run dir (`DIR/shards/*.tar`), a shard dir, or a glob; sorted by name."""
+    if os.path.isdir(os.path.join(path, "shards")):
+        path = os.path.join(path, "shards")
+    if os.path.isdir(path):
+        files = [os.path.join(path, f) for f in os.listdir(path) if SHARD_RE.match(f)]
+    else:
+        files = glob.glob(path)
+    return sorted(files)
+
+
+def _finish(cur: ShardSample, shard: str) -> ShardSample:
+    if not cur.jpg or not cur.json:
+        raise ShardError(f"{shard}: sample {cur.key} lacks jpg or json")
+    return cur
+
+
+def iter_shard(path: str) -> Iterator[ShardSample]:
+    """Yield samples of one tar in order; raises ShardError on a truncated tar or split member group."""
+    name = os.path.basename(path)
+    seen: set[str] = set()
+    cur: ShardSample | None = None
+    try:
+        with tarfile.open(path, "r:") as tf:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                key, ext = split_member(m.name)
+                if cur is None or key != cur.key:
+                    if cur is not None:
+                        yield _finish(cur, name)
+                    if key in seen:
+                        raise ShardError(f"{name}: members of {key} are not adjacent")
+                    seen.add(key)
+                    cur = ShardSample(key=key, shard=name)
+                f = tf.extractfile(m)
+                data = f.read() if f is not None else b""
+                if ext == "jpg":
+                    cur.jpg = data
+                elif ext == "json":
+                    cur.json = json.loads(data)
+                elif (lang := text_lang(ext)) is not None:
+                    cur.texts[lang] = data.decode("utf-8")
+    except (tarfile.TarError, EOFError, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ShardError(f"{name}: unreadable ({type(e).__name__}: {e})") from e
+    if cur is not None:
+        yield _finish(cur, name)
+
+
+def iter_samples(path: str) -> Iterator[ShardSample]:
+    """All samples of all shards under `path`, in shard-name order."""
+    for shard in list_shards(path):
+        yield from iter_shard(shard)

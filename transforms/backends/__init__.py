@@ -1,0 +1,1 @@
+"""Model backends (ModelHandlers) for OCR, VLM captioning and LLM translation."""
