@@ -77,6 +77,9 @@ class OcrConfig:
     batch_size: int = 4
     on_failure: str = "keep"        # keep (ocr.status=failed) | reject
     orientation: bool = True
+    engine: str = "onnxruntime"     # onnxruntime (offline CPU, ONNX dirs) | paddle (native models, GPU)
+    det_model: str = "PP-OCRv6_small_det"   # PaddleOCR model name = folder name under model_dir
+    rec_model: str = ""             # "" = by langs (PP-OCRv6_small_rec; ko -> korean_PP-OCRv5_mobile_rec)
 
 
 @dataclass(frozen=True)
@@ -272,3 +275,35 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def load_section(cls: type, section: str, path: str | None = None, overrides: list[str] | None = None,
+                 defaults: dict[str, Any] | None = None) -> Any:
+    """Load one config section (e.g. `translate:` for `polycap translate`) from an optional YAML file.
+
+    `overrides` are `a=b` or `section.a=b`; `defaults` apply only where the file sets nothing.
+    """
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError("config: top level must be a mapping")
+        sec = raw.get(section, {})
+        if not isinstance(sec, dict):
+            raise ConfigError(f"{section}: expected a mapping")
+        data = dict(sec)
+    for k, v in (defaults or {}).items():
+        data.setdefault(k, v)
+    wrapped = {section: data}
+    for ov in overrides or []:
+        if "=" not in ov:
+            raise ConfigError(f"--set {ov!r}: expected a.b=value")
+        k, v = ov.split("=", 1)
+        k = k.strip()
+        _set_path(wrapped, k if k.startswith(f"{section}.") else f"{section}.{k}", v)
+    return build(cls, wrapped[section], section)

@@ -1,0 +1,161 @@
+"""The `polycap` command line: parses arguments, loads config, calls a `run()`; no logic lives here."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Multilingual caption and instruction corpora for VLM training, on Apache Beam.")
+shards_app = typer.Typer(no_args_is_help=True, help="Inspect, validate and export webdataset shards.")
+train_app = typer.Typer(no_args_is_help=True, help="Train on shards: pretrain and SFT.")
+app.add_typer(shards_app, name="shards")
+app.add_typer(train_app, name="train")
+
+PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _load(config: Optional[str], overrides: list[str], **extra):
+    from pipelines.config import ConfigError, load_config
+
+    try:
+        sets = list(overrides) + [f"{k}={v}" for k, v in extra.items() if v is not None]
+        return load_config(config, sets)
+    except ConfigError as e:
+        _fail(f"config: {e}")
+
+
+@app.command(context_settings=PASSTHROUGH)
+def run(ctx: typer.Context,
+        config: str = typer.Argument(..., help="job config YAML"),
+        output: Optional[str] = typer.Option(None, "--output", "-o", help="output dir (overrides `output`)"),
+        set_: list[str] = typer.Option([], "--set", help="override a config value: a.b=c (repeatable)")):
+    """Run the main job. Extra arguments after `--` go to Beam (e.g. --runner, --direct_num_workers)."""
+    from pipelines.run import run as run_job, summary_lines
+
+    cfg = _load(config, set_, output=output)
+    try:
+        stats = run_job(cfg, ctx.args, config_path=config)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        _fail(str(e), 1)
+    for line in summary_lines(stats, cfg.output):
+        typer.echo(line)
+    if not stats["balanced"]:
+        raise typer.Exit(3)
+
+
+@app.command(context_settings=PASSTHROUGH)
+def translate(ctx: typer.Context,
+              inp: str = typer.Argument(..., metavar="IN", help="dataset file (JSON/JSONL/parquet) or shard dir"),
+              to: str = typer.Option("ko,vi", "--to", help="target languages, comma-separated"),
+              out: str = typer.Option(..., "--out", help="output dir"),
+              config: Optional[str] = typer.Option(None, "--config", help="YAML with a `translate:` section"),
+              fmt: str = typer.Option("auto", "--format", help="auto|llava|sharegpt|messages|captions|shards"),
+              field: str = typer.Option("caption", "--field", help="text field for caption files"),
+              set_: list[str] = typer.Option([], "--set", help="override translate.* values: a.b=c")):
+    """Translate an English dataset into other languages, keeping its format and structure."""
+    from pipelines.config import ConfigError, TranslateConfig, load_section
+    from pipelines.translate import run as run_translate
+
+    langs = [t.strip() for t in to.split(",") if t.strip()]
+    try:
+        tcfg = load_section(TranslateConfig, "translate", config, [*set_, f"to={json.dumps(langs)}"],
+                            defaults={"enabled": True})
+        stats = run_translate(inp, langs, out, tcfg, fmt=fmt, field=field, pipeline_args=ctx.args)
+    except ConfigError as e:
+        _fail(f"config: {e}")
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e), 1)
+    typer.echo(json.dumps(stats, indent=2, ensure_ascii=False))
+
+
+@app.command("ocr-eval")
+def ocr_eval(path: str = typer.Argument(..., help="labelled JSONL (path, lang, text) or a dir of images"),
+             config: Optional[str] = typer.Option(None, "--config", help="YAML with an `ocr:` section"),
+             out_json: Optional[str] = typer.Option(None, "--out", help="write the report as JSON"),
+             set_: list[str] = typer.Option([], "--set", help="override ocr.* values")):
+    """Run the OCR stage over a labelled set: CER per language and images per second."""
+    from pipelines.config import ConfigError, OcrConfig, load_section
+    from pipelines.ocr_eval import run as run_eval
+
+    try:
+        report = run_eval(path, load_section(OcrConfig, "ocr", config, set_, defaults={"enabled": True}),
+                          out_json)
+    except ConfigError as e:
+        _fail(f"config: {e}")
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        _fail(str(e), 1)
+    typer.echo(json.dumps(report, indent=2, ensure_ascii=False))
+
+
+@shards_app.command("validate")
+def shards_validate(path: str = typer.Argument(..., help="run dir or shard dir")):
+    """Check every tar end to end against the manifest; exit 1 on any problem."""
+    from sharding.validate import validate_dir
+
+    report = validate_dir(path)
+    typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@shards_app.command("stats")
+def shards_stats(path: str = typer.Argument(..., help="run dir or shard dir")):
+    """Counts, languages and image sizes of a shard set."""
+    from sharding.stats import shard_stats
+
+    typer.echo(json.dumps(shard_stats(path), indent=2, ensure_ascii=False))
+
+
+@shards_app.command("export")
+def shards_export(path: str = typer.Argument(..., help="run dir or shard dir"),
+                  fmt: str = typer.Option("llava", "--format", help="llava|sharegpt|internvl"),
+                  out: str = typer.Option(..., "--out", help="output JSON/JSONL file (images beside it)")):
+    """Write the shards' conversations for other trainers (LLaVA, LLaMA-Factory, ms-swift, InternVL)."""
+    from sharding.export import export
+
+    try:
+        typer.echo(json.dumps(export(path, fmt, out), indent=2, ensure_ascii=False))
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e), 1)
+
+
+def _train(stage: str, config: str, shards: Optional[str], set_: list[str]) -> None:
+    from trainer.train import run as run_train
+
+    try:
+        metrics = run_train(stage, config, shards, set_)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e), 1)
+    typer.echo(json.dumps(metrics, indent=2, ensure_ascii=False))
+
+
+@train_app.command("pretrain")
+def train_pretrain(config: str = typer.Argument(..., help="trainer YAML, e.g. configs/train-tiny.yaml"),
+                   shards: Optional[str] = typer.Option(None, "--shards", help="run dir or shard dir"),
+                   set_: list[str] = typer.Option([], "--set", help="override a trainer value: a.b=c")):
+    """Pretraining on (image, caption) pairs."""
+    _train("pretrain", config, shards, set_)
+
+
+@train_app.command("sft")
+def train_sft(config: str = typer.Argument(..., help="trainer YAML"),
+              shards: Optional[str] = typer.Option(None, "--shards", help="run dir or shard dir"),
+              set_: list[str] = typer.Option([], "--set", help="override a trainer value: a.b=c")):
+    """Supervised fine-tuning on conversations (loss on assistant turns only)."""
+    _train("sft", config, shards, set_)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

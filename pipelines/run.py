@@ -1,0 +1,182 @@
+"""The main job (`polycap run`): ingest -> decode -> filter -> dedup -> OCR -> caption -> translate -> shards."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.config import Config, to_dict
+from schemas import SCHEMA_VERSION
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty", "--tags"],
+                             capture_output=True, text=True, timeout=5)
+        if out.returncode == 0:
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return f"polycap {version('polycap')}"
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
+class _WriteCount(beam.DoFn):
+    def __init__(self, path: str):
+        self.path = path
+
+    def process(self, n: int):
+        _write_json(self.path, {"inputs": int(n)})
+
+
+def caption_plan(cfg: Config) -> tuple[bool, str]:
+    """Whether the caption stage runs, and the line the run summary prints about it."""
+    if not cfg.caption.enabled or cfg.caption.backend == "none":
+        return False, "caption: disabled; source captions (alt-text) carried forward as English text"
+    from transforms.caption import caption_endpoint_status
+
+    usable, msg = caption_endpoint_status(cfg.caption)
+    if not usable:
+        return False, f"caption: NOT RUN — {msg}; source captions (alt-text) carried forward, none invented"
+    return True, f"caption: {cfg.caption.backend} {cfg.caption.model} ({msg})"
+
+
+def preflight(cfg: Config) -> list[str]:
+    """Checks that must fail once, before any work (models present, endpoints reachable)."""
+    notes = []
+    if cfg.ocr.enabled:
+        from transforms.ocr import check_ocr_models
+
+        check_ocr_models(cfg.ocr)  # raises with a message naming the missing files
+        notes.append(f"ocr: {cfg.ocr.backend} on {cfg.ocr.device}")
+    return notes
+
+
+def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool) -> None:
+    from sharding.rejects import WriteRejects
+    from sharding.writer import WriteShards
+    from transforms.decode import DecodeImages
+    from transforms.dedup import DedupImages
+    from transforms.filters import FilterSamples
+    from transforms.ingest import ReadSource
+    from transforms.progress import LogProgress
+    from transforms.records import BuildRecords
+
+    read = [p | f"Read{i}_{s.kind}" >> ReadSource(s, cfg.ingest) for i, s in enumerate(cfg.sources)]
+    samples = [s for s, _ in read] | "FlattenSources" >> beam.Flatten()
+    rejects = [r for _, r in read]
+    inputs = (samples, *rejects) | "AllInputs" >> beam.Flatten()
+    (inputs | "CountInputs" >> beam.combiners.Count.Globally()
+     | "WriteInputCount" >> beam.ParDo(_WriteCount(os.path.join(out, "_inputs.json"))))
+
+    samples = samples | "ProgressIngest" >> LogProgress("ingested")
+    stages: list[tuple[str, beam.PTransform]] = [
+        ("Decode", DecodeImages(cfg.decode)),
+        ("Filter", FilterSamples(cfg.filter)),
+        ("Dedup", DedupImages(cfg.dedup)),
+    ]
+    if cfg.ocr.enabled:
+        from transforms.ocr import RunOcr
+        stages.append(("Ocr", RunOcr(cfg.ocr)))
+    if run_caption:
+        from transforms.caption import CaptionImages
+        stages.append(("Caption", CaptionImages(cfg.caption, out)))
+    for label, stage in stages:
+        samples, r = samples | label >> stage
+        rejects.append(r)
+    samples = samples | "BuildRecords" >> BuildRecords(carry_source=not run_caption)
+    if cfg.translate.enabled:
+        from transforms.translate import TranslateSamples
+        samples, r = samples | "Translate" >> TranslateSamples(cfg.translate, out)
+        rejects.append(r)
+        samples = samples | "BuildTranslatedRecords" >> BuildRecords(carry_source=False)
+    samples = samples | "ProgressShards" >> LogProgress("written to shards")
+    _ = samples | "WriteShards" >> WriteShards(cfg.shards, out)
+    _ = rejects | "FlattenRejects" >> beam.Flatten() | "WriteRejects" >> WriteRejects(out)
+
+
+def collect_stats(out: str, started: float) -> dict[str, Any]:
+    """`_stats.json`: inputs (counted at ingest), kept (manifest rows), rejected (reject rows), by stage/reason."""
+    import pyarrow.parquet as pq
+
+    from sharding.rejects import read_rejects
+
+    with open(os.path.join(out, "_inputs.json"), encoding="utf-8") as f:
+        inputs = json.load(f)["inputs"]
+    manifest = pq.read_table(os.path.join(out, "manifest.parquet"))
+    rejects = read_rejects(out).to_pylist()
+    by_stage: dict[str, int] = {}
+    by_reason: dict[str, int] = {}
+    for r in rejects:
+        by_stage[r["stage"]] = by_stage.get(r["stage"], 0) + 1
+        by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+    langs: dict[str, int] = {}
+    for row in manifest.column("languages").to_pylist():
+        for lang in row or []:
+            langs[lang] = langs.get(lang, 0) + 1
+    kept = manifest.num_rows
+    return {
+        "inputs": inputs, "kept": kept, "rejected": len(rejects),
+        "balanced": inputs == kept + len(rejects),
+        "rejected_by_stage": dict(sorted(by_stage.items())),
+        "rejected_by_reason": dict(sorted(by_reason.items())),
+        "kept_by_language": dict(sorted(langs.items())),
+        "seconds": round(time.time() - started, 2),
+        "schema_version": SCHEMA_VERSION,
+    }
+
+
+def run(cfg: Config, pipeline_args: list[str] | None = None, config_path: str | None = None) -> dict[str, Any]:
+    started = time.time()
+    out = cfg.output
+    os.makedirs(out, exist_ok=True)
+    notes = preflight(cfg)
+    run_caption, caption_note = caption_plan(cfg)
+    notes.append(caption_note)
+    args = list(pipeline_args or [])
+    _write_json(os.path.join(out, "_run.json"), {
+        "config": to_dict(cfg), "config_path": config_path, "code_version": code_version(),
+        "schema_version": SCHEMA_VERSION, "pipeline_args": args, "python": sys.version.split()[0],
+        "runner": next((a.split("=", 1)[1] for a in args if a.startswith("--runner=")), "DirectRunner"),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "notes": notes,
+    })
+    for n in notes:
+        print(f"[polycap] {n}", file=sys.stderr, flush=True)
+    options = PipelineOptions(args)
+    with beam.Pipeline(options=options) as p:
+        build_pipeline(p, cfg, out, run_caption)
+    stats = collect_stats(out, started)
+    stats["notes"] = notes
+    _write_json(os.path.join(out, "_stats.json"), stats)
+    return stats
+
+
+def summary_lines(stats: dict[str, Any], out: str) -> list[str]:
+    lines = [f"inputs {stats['inputs']} = kept {stats['kept']} + rejected {stats['rejected']}"
+             + ("" if stats["balanced"] else "   <-- MISMATCH: records were lost, this is a bug")]
+    for reason, n in stats["rejected_by_reason"].items():
+        lines.append(f"  rejected {reason}: {n}")
+    if stats["kept_by_language"]:
+        lines.append("  captions by language: " + ", ".join(f"{k}={v}" for k, v in stats["kept_by_language"].items()))
+    lines.extend(stats.get("notes", []))
+    lines.append(f"output: {out} (shards/, manifest.parquet, rejects/, _stats.json, _run.json) in {stats['seconds']} s")
+    return lines

@@ -1,0 +1,75 @@
+"""Build training records: source captions carried forward, and one SFT conversation per caption language."""
+from __future__ import annotations
+
+import dataclasses
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from schemas import Caption, Sample, now_iso
+
+# The instruction that pairs an image with its dense caption in SFT data (ShareGPT4V-style detailed
+# description task), per language.
+DESCRIBE = {
+    "en": "Describe this image in detail.",
+    "ko": "이 이미지를 자세히 설명해 주세요.",
+    "vi": "Hãy mô tả chi tiết bức ảnh này.",
+}
+IMAGE_TOKEN = "<image>"
+
+
+def carry_source_caption(sample: Sample) -> Sample:
+    """No captioner ran: the source caption (alt-text) becomes the English text, labelled as such.
+
+    Never invents a caption: a sample with no source caption stays without one.
+    """
+    if "en" in sample.captions or not (sample.source.orig_caption or "").strip():
+        return sample
+    cap = Caption(text=sample.source.orig_caption.strip(), kind="source", backend="source",
+                  created=now_iso())
+    return dataclasses.replace(sample, captions={**sample.captions, "en": cap})
+
+
+def describe_conversation(lang: str, caption: str) -> list[dict[str, str]] | None:
+    prompt = DESCRIBE.get(lang)
+    if prompt is None:
+        return None
+    return [{"from": "human", "value": f"{IMAGE_TOKEN}\n{prompt}"}, {"from": "gpt", "value": caption}]
+
+
+def build_records(sample: Sample) -> Sample:
+    """Add a describe-the-image conversation for every caption language that has no conversation yet."""
+    convs = dict(sample.conversations)
+    for lang, cap in sorted(sample.captions.items()):
+        if lang not in convs:
+            conv = describe_conversation(lang, cap.text)
+            if conv is not None:
+                convs[lang] = conv
+    if convs == sample.conversations:
+        return sample
+    return dataclasses.replace(sample, conversations=convs)
+
+
+class _BuildDoFn(beam.DoFn):
+    def __init__(self, carry_source: bool):
+        self.carry_source = carry_source
+        self.with_caption = Metrics.counter("records", "with_caption")
+        self.without_caption = Metrics.counter("records", "without_caption")
+
+    def process(self, sample: Sample):
+        if self.carry_source:
+            sample = carry_source_caption(sample)
+        sample = build_records(sample)
+        (self.with_caption if sample.captions else self.without_caption).inc()
+        yield sample
+
+
+class BuildRecords(beam.PTransform):
+    """Final per-sample assembly before sharding; never drops a sample."""
+
+    def __init__(self, carry_source: bool):
+        super().__init__()
+        self.carry_source = carry_source
+
+    def expand(self, pcoll):
+        return pcoll | beam.ParDo(_BuildDoFn(self.carry_source))
