@@ -100,6 +100,17 @@ class CaptionConfig:
     max_chars: int = 2000
     check_quoted_text: bool = True
     cache: bool = True
+    lang: str = "en"                # language the captions must be in (language gate)
+    seed: int = 0                   # sampling seed; the one gate retry uses seed + 1
+    retry_temperature: float = 0.7  # gate retry when temperature is 0 (greedy would repeat the output)
+    aesthetics: bool = False        # append prompts/caption/aesthetics.yaml to every route's prompt
+    routes: dict[str, str] = field(default_factory=dict)  # source name -> route (e.g. wikiart: art_landmark)
+    text_rich_min_area: float = 0.02  # ocr.text_area_ratio from which the text_rich prompt is used
+    document_min_area: float = 0.25   # ... and the document_chart prompt
+    max_ocr_hints: int = 40         # OCR lines injected into the text_rich / document_chart prompts
+    skip_gates: list[str] = field(default_factory=list)  # e.g. [language, repetition] for smoke runs
+    quality: str = ""               # label written on every caption, e.g. "smoke" for tiny offline models
+    device: str = "auto"            # local / vllm backends
 
 
 @dataclass(frozen=True)
@@ -119,6 +130,9 @@ class TranslateConfig:
     prompts: str = ""
     glossary: dict[str, dict[str, str]] = field(default_factory=dict)  # lang -> {term: translation}
     cache: bool = True
+    device: str = "auto"
+    options: dict[str, Any] = field(default_factory=dict)  # backend extras, e.g. {gguf_file: ...}
+    max_chunk_chars: int = 2000     # long texts are split at paragraph (then sentence) boundaries
 
 
 @dataclass(frozen=True)
