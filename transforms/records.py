@@ -6,7 +6,8 @@ import dataclasses
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from schemas import Caption, Sample, now_iso
+from schemas import Sample
+from transforms.caption import carry_source_captions
 
 # The instruction that pairs an image with its dense caption in SFT data (ShareGPT4V-style detailed
 # description task), per language.
@@ -16,18 +17,6 @@ DESCRIBE = {
     "vi": "Hãy mô tả chi tiết bức ảnh này.",
 }
 IMAGE_TOKEN = "<image>"
-
-
-def carry_source_caption(sample: Sample) -> Sample:
-    """No captioner ran: the source caption (alt-text) becomes the English text, labelled as such.
-
-    Never invents a caption: a sample with no source caption stays without one.
-    """
-    if "en" in sample.captions or not (sample.source.orig_caption or "").strip():
-        return sample
-    cap = Caption(text=sample.source.orig_caption.strip(), kind="source", backend="source",
-                  created=now_iso())
-    return dataclasses.replace(sample, captions={**sample.captions, "en": cap})
 
 
 def describe_conversation(lang: str, caption: str) -> list[dict[str, str]] | None:
@@ -58,7 +47,7 @@ class _BuildDoFn(beam.DoFn):
 
     def process(self, sample: Sample):
         if self.carry_source:
-            sample = carry_source_caption(sample)
+            sample = carry_source_captions(sample)
         sample = build_records(sample)
         (self.with_caption if sample.captions else self.without_caption).inc()
         yield sample

@@ -28,8 +28,9 @@ import json
 import random
 import socket
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any, Self
 
 FAULT_KINDS = ("500", "429", "timeout", "truncated", "malformed", "refusal", "length", "disconnect")
 REFUSAL = "I'm sorry, but I can't help with that."
@@ -131,9 +132,10 @@ class _ScriptedError(Exception):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as a real inference server
-    server: "_Server"
+    disable_nagle_algorithm = True  # else headers and body in two writes meet delayed ACKs: +40 ms a reply
+    server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
@@ -148,7 +150,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError, OSError):
             self.close_connection = True  # the client gave up (e.g. after its own timeout)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         fake = self.server.fake
         if self.path.rstrip("/") == "/v1/models":
             data = {"object": "list", "data": [{"id": fake.model, "object": "model", "owned_by": "fake"}]}
@@ -156,7 +158,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, b'{"error": {"message": "not found"}}')
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         if self.path.rstrip("/") != "/v1/chat/completions":
@@ -175,7 +177,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             fake._leave()
 
-    def _complete(self, fake: "FakeOpenAIServer", body: dict[str, Any]) -> None:
+    def _complete(self, fake: FakeOpenAIServer, body: dict[str, Any]) -> None:
         fault, entry = fake._admit(body)
         if fake.api_key is not None and self.headers.get("Authorization") != f"Bearer {fake.api_key}":
             # like OpenAI, the 401 message echoes the key it was given: clients must scrub it
@@ -220,7 +222,8 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
-    fake: "FakeOpenAIServer"
+    request_queue_size = 1024  # the default listen backlog (5) drops connects from a burst of clients
+    fake: FakeOpenAIServer
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self.fake._lock:
@@ -270,7 +273,7 @@ class FakeOpenAIServer:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def start(self) -> "FakeOpenAIServer":
+    def start(self) -> Self:
         if self._server is not None:
             return self
         self._stopping.clear()
@@ -299,10 +302,10 @@ class FakeOpenAIServer:
             self._thread.join(timeout=5)
         self._server, self._thread = None, None
 
-    def __enter__(self) -> "FakeOpenAIServer":
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     # -- bookkeeping (called from handler threads) -------------------------------------------------

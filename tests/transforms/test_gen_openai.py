@@ -1,0 +1,265 @@
+"""OpenAIBackend against FakeOpenAIServer (a test double): faults, retries, timeouts, concurrency, keys."""
+from __future__ import annotations
+
+import base64
+import logging
+import random
+import time
+
+import pytest
+
+from tests.conftest import jpeg_bytes
+from tests.fakes.openai_server import REFUSAL, FakeOpenAIServer, default_caption
+from transforms.backends.base import BackendSpec, GenModelHandler, GenRequest
+from transforms.backends.gen_openai import (
+    OpenAIBackend,
+    backoff_s,
+    image_mime,
+    retry_after_s,
+    to_openai_messages,
+    to_openai_params,
+)
+
+FAST = {"backoff_base_s": 0.005, "backoff_max_s": 0.05, "seed": 0}
+
+
+def spec(server: FakeOpenAIServer, **kw) -> BackendSpec:
+    kw.setdefault("options", FAST)
+    kw.setdefault("timeout_s", 2.0)
+    return BackendSpec("openai", model="fake-vlm", endpoint=server.url, **kw)
+
+
+def req(i: int, image: bool = True, **params) -> GenRequest:
+    parts = [{"type": "image"}] if image else []
+    parts.append({"type": "text", "text": f"Describe image number {i} in detail."})
+    return GenRequest(key=f"k{i}", messages=[{"role": "user", "content": parts}],
+                      images=(jpeg_bytes(color=(i % 256, 40, 90)),) if image else (), params=params)
+
+
+def run(server: FakeOpenAIServer, requests, **kw):
+    backend = OpenAIBackend(spec(server, **kw))
+    try:
+        return backend.generate(requests)
+    finally:
+        backend.close()
+
+
+# -- pure request building -------------------------------------------------------------------------
+def test_image_mime_from_magic_bytes():
+    import io
+
+    from PIL import Image
+
+    def enc(fmt: str) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (4, 4)).save(buf, format=fmt)
+        return buf.getvalue()
+
+    assert image_mime(jpeg_bytes()) == "image/jpeg"
+    assert image_mime(enc("PNG")) == "image/png"
+    assert image_mime(enc("WEBP")) == "image/webp"
+    assert image_mime(enc("GIF")) == "image/gif"
+    with pytest.raises(ValueError):
+        image_mime(b"hello world")
+
+
+def test_messages_get_data_url_parts_in_order():
+    a, b = jpeg_bytes(color=(1, 2, 3)), jpeg_bytes(color=(200, 2, 3))
+    msgs = [{"role": "system", "content": "be precise"},
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "vs"}, {"type": "image"}]}]
+    out = to_openai_messages(msgs, (a, b))
+    assert out[0] == msgs[0]
+    urls = [p["image_url"]["url"] for p in out[1]["content"] if p["type"] == "image_url"]
+    assert [base64.b64decode(u.split(",", 1)[1]) for u in urls] == [a, b]
+    assert urls[0].startswith("data:image/jpeg;base64,")
+    assert out[1]["content"][1] == {"type": "text", "text": "vs"}
+    assert msgs[1]["content"][0] == {"type": "image"}  # input untouched
+    with pytest.raises(ValueError):
+        to_openai_messages(msgs, (a,))
+    with pytest.raises(ValueError):
+        to_openai_messages(msgs[:1], (a,))
+
+
+def test_params_named_and_extra_body():
+    out = to_openai_params({"max_tokens": 9, "temperature": 0.0, "top_p": 0.9, "seed": 3, "top_k": 5,
+                            "repetition_penalty": 1.1, "stop": None})
+    assert out == {"max_tokens": 9, "temperature": 0.0, "top_p": 0.9, "seed": 3,
+                   "extra_body": {"top_k": 5, "repetition_penalty": 1.1}}
+    assert to_openai_params({}) == {}
+
+
+def test_retry_after_parsing_and_backoff_bounds():
+    assert retry_after_s({"retry-after": "2"}) == 2.0
+    assert retry_after_s({"retry-after-ms": "150", "retry-after": "9"}) == 0.15
+    assert retry_after_s({}) is None
+    future = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
+    assert 25 < retry_after_s({"retry-after": future}) <= 31
+    rng = random.Random(0)
+    waits = [backoff_s(n, 0.5, 8.0, rng) for n in range(8)]
+    assert all(0.25 <= w <= 0.5 for w in waits[:1]) and all(4.0 <= w <= 8.0 for w in waits[5:])
+    assert waits[3] > waits[0]
+
+
+# -- against the fake server ------------------------------------------------------------------------
+@pytest.mark.parametrize("fault", ["500", "429", "timeout", "truncated", "malformed", "disconnect"])
+def test_each_fault_kind_is_retried_and_recovered(fault):
+    with FakeOpenAIServer(fault_rate=0.5, faults=(fault,), seed=1, hang_s=5, retry_after=0.01) as srv:
+        requests = [req(i) for i in range(8)]
+        results = run(srv, requests, max_retries=8, timeout_s=0.3, concurrency=8)
+        faulted = sum(e["fault"] == fault for e in srv.log)
+    assert faulted >= 2, "the fault was never injected; the test would prove nothing"
+    assert [r.key for r in results] == [r.key for r in requests]
+    assert all(r.error is None and r.finish_reason == "stop" for r in results), results
+    # a dropped connection can also break a pooled keep-alive socket before a request reaches the server
+    attempts = sum(r.attempts for r in results)
+    assert attempts == srv.requests or (fault == "disconnect" and attempts > srv.requests)
+    assert any(r.attempts > 1 for r in results)
+    for r, q in zip(results, srv_bodies_by_key(srv, results)):
+        assert r.text == default_caption(q)  # each result carries its own request's answer
+
+
+def srv_bodies_by_key(srv: FakeOpenAIServer, results):
+    by_text = {}
+    for body in srv.bodies:
+        by_text[body["messages"][0]["content"][-1]["text"]] = body
+    return [by_text[f"Describe image number {r.key[1:]} in detail."] for r in results]
+
+
+def test_refusal_and_length_come_back_as_results_not_errors():
+    with FakeOpenAIServer(fault_rate=1.0, faults=("refusal",)) as srv:
+        (r,) = run(srv, [req(0)])
+    assert (r.text, r.finish_reason, r.error, r.attempts) == (REFUSAL, "stop", None, 1)
+    with FakeOpenAIServer() as srv:
+        (r,) = run(srv, [req(1, max_tokens=10)])
+    assert r.finish_reason == "length" and len(r.text.split()) == 10 and r.error is None
+
+
+def test_exhausted_retries_are_reported_as_errors():
+    with FakeOpenAIServer(fault_rate=1.0, faults=("500",)) as srv:
+        results = run(srv, [req(0), req(1)], max_retries=2)
+        assert srv.requests == 6
+    for r in results:
+        assert r.finish_reason == "error" and r.text == "" and r.attempts == 3
+        assert "HTTP 500" in r.error
+
+
+def test_4xx_is_not_retried_but_408_is():
+    with FakeOpenAIServer(responder=lambda body: {"status": 400, "error": "bad image"}) as srv:
+        (r,) = run(srv, [req(0)], max_retries=3)
+        assert srv.requests == 1
+    assert r.attempts == 1 and "HTTP 400" in r.error and "bad image" in r.error
+    with FakeOpenAIServer(responder=lambda body: {"status": 408, "error": "slow"}) as srv:
+        (r,) = run(srv, [req(0)], max_retries=2)
+        assert srv.requests == 3 and r.attempts == 3
+
+
+def test_429_honors_retry_after():
+    with FakeOpenAIServer(fault_rate=1.0, faults=("429",), retry_after=0.3) as srv:
+        t0 = time.perf_counter()
+        (r,) = run(srv, [req(0)], max_retries=2)
+        elapsed = time.perf_counter() - t0
+    # our own backoff is <= 0.05 s here, so only Retry-After can explain >= 0.6 s for two waits
+    assert r.attempts == 3 and "HTTP 429" in r.error
+    assert 0.6 <= elapsed < 3.0
+
+
+def test_timeouts_are_bounded():
+    with FakeOpenAIServer(fault_rate=1.0, faults=("timeout",), hang_s=30) as srv:
+        t0 = time.perf_counter()
+        results = run(srv, [req(0), req(1)], max_retries=1, timeout_s=0.3)
+        elapsed = time.perf_counter() - t0
+    assert all(r.error == "timeout" and r.attempts == 2 for r in results)
+    assert elapsed < 2.5
+
+
+def test_concurrency_bound_is_respected_and_used():
+    def slow(body):
+        time.sleep(0.05)
+        return "ok"
+
+    with FakeOpenAIServer(responder=slow) as srv:
+        results = run(srv, [req(i, image=False) for i in range(24)], concurrency=3)
+        assert srv.max_in_flight == 3
+    assert [r.text for r in results] == ["ok"] * 24
+
+
+def test_no_duplicate_or_lost_results_under_faults():
+    faults = ("500", "429", "timeout", "truncated", "malformed", "refusal")
+    with FakeOpenAIServer(fault_rate=0.3, faults=faults, seed=7, hang_s=5, retry_after=0.01) as srv:
+        requests = [req(i, image=False) for i in range(60)]
+        results = run(srv, requests, max_retries=6, timeout_s=0.4, concurrency=16)
+        kinds = {e["fault"] for e in srv.log}
+    assert kinds >= set(faults)
+    assert [r.key for r in results] == [q.key for q in requests]
+    assert all(r.error is None for r in results)
+    refusals = [r for r in results if r.text == REFUSAL]
+    for r, body in zip(results, srv_bodies_by_key(srv, results)):
+        assert r in refusals or r.text == default_caption(body)
+
+
+def test_params_model_and_images_reach_the_server():
+    with FakeOpenAIServer() as srv:
+        (r,) = run(srv, [req(3, max_tokens=500, temperature=0.7, top_p=0.8, seed=11, top_k=20)])
+        body = srv.bodies[0]
+    assert (body["max_tokens"], body["temperature"], body["top_p"], body["seed"], body["top_k"]) == \
+        (500, 0.7, 0.8, 11, 20)
+    assert body["model"] == "fake-vlm" and r.model == "fake-vlm"
+    url = body["messages"][0]["content"][0]["image_url"]["url"]
+    assert base64.b64decode(url.split(",", 1)[1]) == req(3).images[0]
+
+
+def test_api_key_comes_from_env_and_never_leaks(monkeypatch, caplog):
+    secret = "sk-test-polycap-0123456789abcdef"
+    monkeypatch.setenv("POLYCAP_TEST_KEY", secret)
+    caplog.set_level(logging.DEBUG)
+    with FakeOpenAIServer(api_key=secret) as srv:
+        (ok,) = run(srv, [req(0)], api_key_env="POLYCAP_TEST_KEY")
+    assert ok.error is None
+    with FakeOpenAIServer(api_key="another-key", fault_rate=0.5, faults=("500",), seed=3) as srv:
+        backend = OpenAIBackend(spec(srv, api_key_env="POLYCAP_TEST_KEY", max_retries=1))
+        results = backend.generate([req(i) for i in range(4)])
+        text = repr(backend) + str(vars(backend.spec))
+        backend.close()
+    assert all("HTTP 401" in r.error and "***" in r.error for r in results)
+    assert all(r.attempts == 1 for r in results)  # 401 is not retried
+    assert secret not in caplog.text + text + "".join(r.error for r in results)
+
+
+def test_missing_key_env_sends_empty_and_missing_endpoint_fails():
+    with FakeOpenAIServer() as srv:
+        (r,) = run(srv, [req(0)], api_key_env="POLYCAP_SURELY_UNSET_KEY")
+    assert r.error is None
+    with pytest.raises(ValueError, match="endpoint"):
+        OpenAIBackend(BackendSpec("openai", model="m"))
+
+
+def test_bad_request_is_an_error_result_without_a_call():
+    bad = GenRequest("bad", [{"role": "user", "content": [{"type": "image"}]}], images=(b"not an image",))
+    with FakeOpenAIServer() as srv:
+        results = run(srv, [bad, req(1)])
+        assert srv.requests == 1
+    assert results[0].finish_reason == "error" and "unrecognised image" in results[0].error
+    assert results[1].error is None
+
+
+def test_asyncio_run_mode_gives_the_same_answers():
+    requests = [req(i) for i in range(5)]
+    with FakeOpenAIServer() as srv:
+        a = run(srv, requests)
+        b = run(srv, requests, options={**FAST, "loop": "run"})
+    assert [r.text for r in a] == [r.text for r in b] and all(r.error is None for r in b)
+
+
+def test_runs_inside_beam_run_inference():
+    import apache_beam as beam
+    from apache_beam.ml.inference.base import RunInference
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    with FakeOpenAIServer(fault_rate=0.3, seed=2, hang_s=5, retry_after=0.01) as srv:
+        handler = GenModelHandler(spec(srv, max_retries=6, timeout_s=0.5), max_batch_size=4)
+        with TestPipeline() as p:
+            out = (p | beam.Create([req(i, image=False) for i in range(10)])
+                   | RunInference(handler)
+                   | beam.Map(lambda pr: (pr.example.key, pr.inference.key, pr.inference.error is None)))
+            assert_that(out, equal_to([(f"k{i}", f"k{i}", True) for i in range(10)]))

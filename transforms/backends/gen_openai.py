@@ -1,0 +1,254 @@
+"""OpenAI-compatible chat backend (vllm serve, SGLang, LMDeploy, llama.cpp server, OpenAI): async, bounded, retried."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from transforms.backends.base import BackendSpec, GenBackend, GenRequest, GenResult
+
+log = logging.getLogger(__name__)
+
+# Sampling params the chat-completions API takes by name; anything else (top_k, repetition_penalty,
+# min_p ... which vLLM/SGLang accept) travels in `extra_body`.
+_NAMED_PARAMS = ("max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop",
+                 "presence_penalty", "frequency_penalty", "n", "logit_bias")
+# 4xx statuses worth retrying (RFC 9110: 408 Request Timeout, 409 Conflict, 429 Too Many Requests).
+_RETRY_4XX = (408, 409, 429)
+_MAX_WAIT_S = 600.0  # a Retry-After beyond this is treated as this
+_MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"GIF87a", "image/gif"),
+          (b"GIF89a", "image/gif"), (b"BM", "image/bmp"), (b"II*\x00", "image/tiff"), (b"MM\x00*", "image/tiff"))
+
+
+# -- pure request building -------------------------------------------------------------------------
+def image_mime(data: bytes) -> str:
+    """MIME type from the file's magic bytes; ValueError when it is no image format we know."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    for magic, mime in _MAGIC:
+        if data.startswith(magic):
+            return mime
+    raise ValueError(f"unrecognised image bytes (starts with {data[:8]!r})")
+
+
+def image_data_url(data: bytes) -> str:
+    return f"data:{image_mime(data)};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def to_openai_messages(messages: Sequence[dict[str, Any]], images: Sequence[bytes]) -> list[dict[str, Any]]:
+    """Replace each {"type": "image"} part, in order, by a base64 `image_url` part; text parts pass through."""
+    out: list[dict[str, Any]] = []
+    used = 0
+    for msg in messages:
+        content = msg.get("content")
+        if not isinstance(content, list):
+            out.append(dict(msg))
+            continue
+        parts = []
+        for part in content:
+            if part.get("type") == "image":
+                if used >= len(images):
+                    raise ValueError(f"{used + 1} image parts but only {len(images)} images")
+                parts.append({"type": "image_url", "image_url": {"url": image_data_url(images[used])}})
+                used += 1
+            else:
+                parts.append(dict(part))
+        out.append({**msg, "content": parts})
+    if used != len(images):
+        raise ValueError(f"{len(images)} images given but {used} image parts in the messages")
+    return out
+
+
+def to_openai_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Request params -> `chat.completions.create` kwargs; unknown ones go in `extra_body`."""
+    kwargs = {k: v for k, v in params.items() if k in _NAMED_PARAMS and v is not None}
+    extra = {k: v for k, v in params.items() if k not in _NAMED_PARAMS and v is not None}
+    if extra:
+        kwargs["extra_body"] = extra
+    return kwargs
+
+
+def retry_after_s(headers: Any) -> float | None:
+    """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date), if present."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    try:
+        if ms is not None:
+            return max(0.0, float(ms) / 1000)
+    except ValueError:
+        pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def backoff_s(retry: int, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with "equal jitter": half fixed, half random, capped."""
+    step = min(cap, base * (2 ** retry))
+    return step / 2 + rng.uniform(0, step / 2)
+
+
+def classify_error(exc: BaseException) -> tuple[bool, float | None, str]:
+    """-> (retryable, server-requested wait in s, short description) for one failed call."""
+    import openai
+
+    if isinstance(exc, (asyncio.TimeoutError, openai.APITimeoutError)):
+        return True, None, "timeout"
+    if isinstance(exc, openai.APIConnectionError):
+        return True, None, f"connection error: {exc}"
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        retry = status >= 500 or status in _RETRY_4XX
+        wait = retry_after_s(exc.response.headers) if status == 429 else None
+        return retry, wait, f"HTTP {status}: {exc.message}"
+    if isinstance(exc, (ValueError, openai.APIResponseValidationError, _MalformedResponse)):
+        return True, None, f"malformed response: {exc}"  # json.JSONDecodeError is a ValueError
+    return False, None, f"{type(exc).__name__}: {exc}"
+
+
+class _MalformedResponse(Exception):
+    pass
+
+
+def parse_completion(resp: Any, fallback_model: str) -> tuple[str, str, str]:
+    """-> (text, finish_reason, model) from a ChatCompletion; _MalformedResponse if it has no choice."""
+    choices = getattr(resp, "choices", None)
+    if not choices:
+        raise _MalformedResponse("no choices in the response")
+    choice = choices[0]
+    message = getattr(choice, "message", None)
+    if message is None:
+        raise _MalformedResponse("no message in the first choice")
+    text = message.content or getattr(message, "refusal", None) or ""
+    return text, choice.finish_reason or "stop", getattr(resp, "model", None) or fallback_model
+
+
+# -- the backend -----------------------------------------------------------------------------------
+class OpenAIBackend(GenBackend):
+    """AsyncOpenAI client on one event loop per worker; our own retries (the SDK's are disabled).
+
+    `spec.options`: `loop` ("thread": a long-lived loop thread keeping the connection pool warm, default;
+    "run": `asyncio.run` and a fresh client per batch), `backoff_base_s` (0.5), `backoff_max_s` (30),
+    `seed` for the jitter RNG.
+    """
+
+    name = "openai"
+
+    def __init__(self, spec: BackendSpec):
+        super().__init__(spec)
+        if not spec.endpoint:
+            raise ValueError("backend 'openai' needs `endpoint` (e.g. http://127.0.0.1:8000/v1)")
+        self._api_key = os.environ.get(spec.api_key_env, "") if spec.api_key_env else ""
+        if spec.api_key_env and not self._api_key:
+            log.warning("env var %s is not set; sending no API key (fine for local servers)", spec.api_key_env)
+        self._api_key = self._api_key or "EMPTY"
+        opts = spec.options
+        self._mode = opts.get("loop", "thread")
+        if self._mode not in ("thread", "run"):
+            raise ValueError(f"options.loop must be 'thread' or 'run', got {self._mode!r}")
+        self._base = float(opts.get("backoff_base_s", 0.5))
+        self._cap = float(opts.get("backoff_max_s", 30.0))
+        self._rng = random.Random(opts.get("seed"))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._client: Any = None
+        self._sem: asyncio.Semaphore | None = None
+        if self._mode == "thread":
+            self._start_loop()
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"OpenAIBackend(endpoint={self.spec.endpoint!r}, model={self.spec.model!r})"
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key != "EMPTY" else text
+
+    # -- event loop plumbing ----------------------------------------------------------------------
+    def _start_loop(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="openai-backend", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._open(), self._loop).result()
+
+    async def _open(self) -> None:
+        from openai import AsyncOpenAI
+
+        self._client = AsyncOpenAI(base_url=self.spec.endpoint, api_key=self._api_key, max_retries=0,
+                                   timeout=self.spec.timeout_s)
+        self._sem = asyncio.Semaphore(max(1, int(self.spec.concurrency)))
+
+    async def _close_client(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+        self._client = None
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        if not requests:
+            return []
+        if self._mode == "run":
+            return asyncio.run(self._batch_with_fresh_client(requests))
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(self._batch(requests), self._loop).result()
+
+    async def _batch_with_fresh_client(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        await self._open()
+        try:
+            return await self._batch(requests)
+        finally:
+            await self._close_client()
+
+    async def _batch(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        return list(await asyncio.gather(*(self._one(r) for r in requests)))
+
+    def close(self) -> None:
+        if self._loop is None or not self._loop.is_running():
+            return
+        asyncio.run_coroutine_threadsafe(self._close_client(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._loop.close()
+        self._loop = None
+
+    # -- one request with retries -----------------------------------------------------------------
+    async def _one(self, req: GenRequest) -> GenResult:
+        try:
+            kwargs = to_openai_params(req.params)
+            messages = to_openai_messages(req.messages, req.images)
+        except (ValueError, TypeError) as exc:  # a bad request is not worth retrying
+            return GenResult(req.key, "", "error", self.spec.model, f"bad request: {exc}", attempts=0)
+        error = ""
+        for attempt in range(1, self.spec.max_retries + 2):
+            try:
+                text, finish, model = await self._call(messages, kwargs)
+                return GenResult(req.key, text, finish, model, None, attempts=attempt)
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a result, never a raise
+                retry, wait, error = classify_error(exc)
+                error = self._scrub(error)
+            if not retry or attempt > self.spec.max_retries:
+                break
+            delay = wait if wait is not None else backoff_s(attempt - 1, self._base, self._cap, self._rng)
+            log.debug("request %s attempt %d failed (%s); retrying in %.2fs", req.key, attempt, error, delay)
+            await asyncio.sleep(min(delay, _MAX_WAIT_S))
+        return GenResult(req.key, "", "error", self.spec.model, error, attempts=attempt)
+
+    async def _call(self, messages: list[dict[str, Any]], kwargs: dict[str, Any]) -> tuple[str, str, str]:
+        assert self._sem is not None and self._client is not None
+        async with self._sem:
+            # wait_for bounds the whole call; the client's own timeout only bounds each socket read
+            resp = await asyncio.wait_for(
+                self._client.chat.completions.create(model=self.spec.model, messages=messages, **kwargs),
+                timeout=self.spec.timeout_s)
+        return parse_completion(resp, self.spec.model)
