@@ -1,0 +1,158 @@
+"""The shard manifest: one parquet row per sample, with its shard's sha256, size and sample count."""
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from schemas import Sample
+
+MANIFEST_NAME = "manifest.parquet"
+SHARDS_DIR = "shards"
+
+# Per-shard facts (sha256, bytes, samples) repeat on each row of the shard: parquet dictionary-encodes
+# them to almost nothing, and one file keeps samples and shards consistent under one atomic rename.
+MANIFEST_SCHEMA = pa.schema([
+    ("key", pa.string()),
+    ("split", pa.string()),
+    ("shard", pa.string()),
+    ("source_uri", pa.string()),
+    ("source_name", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("languages", pa.list_(pa.string())),
+    ("shard_sha256", pa.string()),
+    ("shard_bytes", pa.int64()),
+    ("shard_samples", pa.int64()),
+])
+# Rows a writer knows before the shard's final name and digest exist (its sidecar file).
+SIDECAR_SCHEMA = pa.schema([MANIFEST_SCHEMA.field(n) for n in
+                            ("key", "source_uri", "source_name", "width", "height", "languages")])
+
+
+def abs_path(path: str) -> str:
+    """Absolute local paths (workers of a multi-process runner share them); URLs unchanged."""
+    return path if "://" in path else os.path.abspath(path)
+
+
+def ensure_dir(path: str) -> None:
+    if not FileSystems.exists(path):
+        try:
+            FileSystems.mkdirs(path)
+        except OSError:
+            if not FileSystems.exists(path):   # another worker made it in between
+                raise
+
+
+def join(base: str, *parts: str) -> str:
+    return FileSystems.join(base, *parts)
+
+
+def basename(path: str) -> str:
+    return posixpath.basename(path.rstrip("/"))
+
+
+def resolve_dirs(path: str) -> tuple[str, str]:
+    """(run_dir, shards_dir) for a run dir (holding `shards/`) or a shard dir (manifest in its parent)."""
+    path = path.rstrip("/") or "/"
+    # Object stores have no directories, so look for files first.
+    if FileSystems.exists(join(path, MANIFEST_NAME)) or FileSystems.exists(join(path, SHARDS_DIR)):
+        return path, join(path, SHARDS_DIR)
+    parent = FileSystems.split(path)[0]
+    if FileSystems.exists(join(parent, MANIFEST_NAME)):
+        return parent, path
+    return path, path
+
+
+def list_files(directory: str) -> dict[str, int]:
+    """basename -> size of the plain files directly inside `directory` (hidden ones included)."""
+    if not FileSystems.exists(directory):
+        return {}
+    pattern = join(directory, "*")
+    out: dict[str, int] = {}
+    for m in FileSystems.match([pattern])[0].metadata_list:
+        rel = m.path[len(directory.rstrip("/")) + 1:]
+        if "/" not in rel:
+            out[rel] = m.size_in_bytes
+    return out
+
+
+def sidecar_rows(samples: Iterable[Sample]) -> dict[str, list[Any]]:
+    """Manifest columns known at write time, in sample order."""
+    cols: dict[str, list[Any]] = {n: [] for n in SIDECAR_SCHEMA.names}
+    for s in samples:
+        cols["key"].append(s.key)
+        cols["source_uri"].append(s.source.uri)
+        cols["source_name"].append(s.source.name)
+        cols["width"].append(s.image.width)
+        cols["height"].append(s.image.height)
+        cols["languages"].append(sorted(s.captions))
+    return cols
+
+
+def write_parquet_atomic(table: pa.Table, path: str) -> None:
+    """Write `table` to a hidden temp name beside `path`, then rename it into place."""
+    head, tail = FileSystems.split(path)
+    tmp = join(head, f".{tail}.tmp-{uuid.uuid4().hex}")
+    with FileSystems.create(tmp) as f:
+        pq.write_table(table, f)
+    FileSystems.rename([tmp], [path])
+
+
+def read_table(path: str) -> pa.Table:
+    with FileSystems.open(path) as f:
+        return pq.read_table(f)
+
+
+def shard_table(sidecar: pa.Table, split: str, shard: str, sha256: str, size: int) -> pa.Table:
+    """Complete a writer's sidecar into manifest rows for its committed shard."""
+    n = sidecar.num_rows
+    extra = {"split": [split] * n, "shard": [shard] * n, "shard_sha256": [sha256] * n,
+             "shard_bytes": [size] * n, "shard_samples": [n] * n}
+    cols = [sidecar.column(name) if name in SIDECAR_SCHEMA.names else pa.array(extra[name], f.type)
+            for name, f in zip(MANIFEST_SCHEMA.names, MANIFEST_SCHEMA)]
+    return pa.Table.from_arrays(cols, schema=MANIFEST_SCHEMA)
+
+
+def kept_rows(old_manifest: str, split: str) -> Iterable[pa.RecordBatch]:
+    """Rows of other splits from an existing manifest (a run dir may hold train and val shards)."""
+    if not FileSystems.exists(old_manifest):
+        return
+    with FileSystems.open(old_manifest) as f:
+        pf = pq.ParquetFile(f)
+        if pf.schema_arrow.names != MANIFEST_SCHEMA.names:
+            return
+        for batch in pf.iter_batches():
+            mask = pc.not_equal(batch.column("split"), split)
+            kept = batch.filter(mask)
+            if kept.num_rows:
+                yield kept.cast(MANIFEST_SCHEMA)
+
+
+def read_manifest(path: str) -> pa.Table | None:
+    """The manifest of a run dir or shard dir, or None when there is none."""
+    run_dir, _ = resolve_dirs(path)
+    mpath = join(run_dir, MANIFEST_NAME)
+    return read_table(mpath) if FileSystems.exists(mpath) else None
+
+
+def shards_of(manifest: pa.Table) -> dict[str, dict[str, Any]]:
+    """shard name -> {split, sha256, bytes, samples (recorded count), keys (in row order)}."""
+    out: dict[str, dict[str, Any]] = {}
+    cols = manifest.select(["key", "split", "shard", "shard_sha256", "shard_bytes", "shard_samples"])
+    for row in cols.to_pylist():
+        info = out.setdefault(row["shard"], {
+            "split": row["split"], "sha256": row["shard_sha256"], "bytes": row["shard_bytes"],
+            "samples": row["shard_samples"], "keys": [], "conflicts": set()})
+        info["keys"].append(row["key"])
+        for name, col in (("sha256", "shard_sha256"), ("bytes", "shard_bytes"), ("samples", "shard_samples")):
+            if info[name] != row[col]:
+                info["conflicts"].add(name)
+    return out
