@@ -41,14 +41,30 @@ def _finish(cur: ShardSample, shard: str) -> ShardSample:
     return cur
 
 
+BLOCK = 512
+
+
+def _check_complete(tf: tarfile.TarFile, fileobj: Any, name: str) -> list[tarfile.TarInfo]:
+    """Read all headers first: a tar cut on a member boundary reads 'fine' in tarfile, so require the
+    two zero blocks that end every complete archive before yielding anything from it."""
+    members = tf.getmembers()
+    end = max((m.offset_data + -(-m.size // BLOCK) * BLOCK for m in members), default=0)
+    fileobj.seek(end)
+    tail = fileobj.read(2 * BLOCK)
+    if len(tail) != 2 * BLOCK or tail.strip(b"\0"):
+        raise ShardError(f"{name}: truncated (no end-of-archive blocks after the last member)")
+    return members
+
+
 def iter_shard(path: str) -> Iterator[ShardSample]:
-    """Yield samples of one tar in order; raises ShardError on a truncated tar or split member group."""
+    """Yield samples of one tar in order; raises ShardError, before yielding anything, on a truncated
+    tar, and on a split member group when it reaches it."""
     name = os.path.basename(path)
     seen: set[str] = set()
     cur: ShardSample | None = None
     try:
-        with tarfile.open(path, "r:") as tf:
-            for m in tf:
+        with open(path, "rb") as fileobj, tarfile.open(fileobj=fileobj, mode="r:") as tf:
+            for m in _check_complete(tf, fileobj, name):
                 if not m.isfile():
                     continue
                 key, ext = split_member(m.name)
