@@ -45,33 +45,37 @@ CORPUS = [
     "Bức ảnh cho thấy một con mèo đang ngủ trên bàn gỗ gần cửa sổ.",
     "Hãy mô tả chi tiết hình ảnh này. Trong ảnh có gì?",
     "Một bát phở với trứng, rau thơm và thịt thái lát trên đĩa trắng.",
+    "system user assistant human gpt caption image picture photo",
     "0 1 2 3 4 5 6 7 8 9 10 100 2024 (x1,y1),(x2,y2) - , . ; : ! ? \" ' ( ) [ ] { } / \\ % & + = * #",
 ]
 
-TILE = 448          # InternVL 1.5 tile size
-PATCH = 56          # large patch keeps a 448 tile at 8x8 = 64 patches -> 16 tokens after pixel shuffle 0.5
+# Real InternVL tiles are 448 px with 14-px patches (256 tokens per tile). The tiny model keeps the same
+# algorithm on 224-px tiles with 28-px patches: 8x8 = 64 patches -> 16 tokens after pixel shuffle 0.5, so a
+# CPU test step moves 4x fewer pixels.
+TILE = 224
+PATCH = 28
 TOKENS_PER_TILE = (TILE // PATCH) ** 2 // 4
 
 
 def train_tokenizer(vocab_size: int = 600):
     """A byte-level BPE in Qwen2's layout, trained on CORPUS; returns a transformers Qwen2Tokenizer."""
-    from tokenizers import Tokenizer, trainers
+    from tokenizers import AddedToken, Tokenizer, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
 
     seed_tok = Qwen2Tokenizer()   # carries Qwen2's normalizer, pre-tokenizer and decoder
     tok: Tokenizer = seed_tok.backend_tokenizer
-    from tokenizers import pre_tokenizers
-
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(CORPUS * 4, trainer=trainer)
     model = json.loads(tok.to_str())["model"]
     named = {"start_image_token": IMG_START, "end_image_token": IMG_END,
              "context_image_token": IMG_CONTEXT, "video_token": VIDEO}
-    return Qwen2Tokenizer(vocab=model["vocab"], merges=[tuple(m) if isinstance(m, list) else tuple(m.split(" "))
-                                                        for m in model["merges"]],
-                          eos_token=IM_END, pad_token=EOT, unk_token=None,
-                          extra_special_tokens=named, model_max_length=4096)
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    tokenizer = Qwen2Tokenizer(vocab=model["vocab"], merges=merges, eos_token=IM_END, pad_token=EOT,
+                               unk_token=None, extra_special_tokens=named, model_max_length=4096)
+    # ChatML and grounding tags must never be split (they are single added tokens in Qwen2/InternVL vocabs)
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    return tokenizer
 
 
 def tiny_config(vocab_size: int, image_token_id: int, eos_id: int, pad_id: int):
@@ -87,16 +91,19 @@ def tiny_config(vocab_size: int, image_token_id: int, eos_id: int, pad_id: int):
 
 
 def build_tiny_processor(max_tiles: int = 6):
-    """InternVLProcessor = GotOcr2 image processor (dynamic tiling, 448 tiles) + trained tokenizer + template."""
-    from transformers import InternVLProcessor
-    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+    """InternVLProcessor = GotOcr2 image processor (dynamic tiling, TILE-px tiles) + trained tokenizer + template."""
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
+        GotOcr2ImageProcessorPil,
+    )
+
+    from trainer.processor import ImageOnlyInternVLProcessor
 
     image_processor = GotOcr2ImageProcessorPil(
         size={"height": TILE, "width": TILE}, crop_to_patches=True, min_patches=1, max_patches=max_tiles,
         do_resize=True, do_rescale=True, do_normalize=True,
         image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])   # ImageNet stats, as InternViT
-    return InternVLProcessor(image_processor=image_processor, tokenizer=train_tokenizer(),
-                             image_seq_length=TOKENS_PER_TILE, chat_template=CHAT_TEMPLATE)
+    return ImageOnlyInternVLProcessor(image_processor=image_processor, tokenizer=train_tokenizer(),
+                                      image_seq_length=TOKENS_PER_TILE, chat_template=CHAT_TEMPLATE)
 
 
 def build_tiny_internvl(out_dir: str, seed: int = 0) -> str:
@@ -105,8 +112,11 @@ def build_tiny_internvl(out_dir: str, seed: int = 0) -> str:
     from transformers import GenerationConfig, InternVLForConditionalGeneration
 
     marker = os.path.join(out_dir, "polycap_tiny.json")
-    if os.path.exists(marker) and json.load(open(marker)).get("seed") == seed:
-        return out_dir   # cache hit: same seed -> same weights
+    stamp = {"seed": seed, "tile": TILE, "patch": PATCH, "tokens_per_tile": TOKENS_PER_TILE, "version": 2}
+    if os.path.exists(marker):
+        with open(marker, encoding="utf-8") as f:
+            if json.load(f) == stamp:
+                return out_dir   # cache hit: same seed and layout -> same weights
     processor = build_tiny_processor()
     tok = processor.tokenizer
     cfg = tiny_config(len(tok), tok.convert_tokens_to_ids(IMG_CONTEXT), tok.convert_tokens_to_ids(IM_END),
@@ -118,6 +128,6 @@ def build_tiny_internvl(out_dir: str, seed: int = 0) -> str:
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    with open(marker, "w") as f:
-        json.dump({"seed": seed, "tokens_per_tile": TOKENS_PER_TILE, "tile": TILE}, f)
+    with open(marker, "w", encoding="utf-8") as f:   # written last: a partial build is never a cache hit
+        json.dump(stamp, f)
     return out_dir
