@@ -99,8 +99,10 @@ def main() -> int:
 
         print("[polycap] short pretrain run of the tiny model on the demo shards (smoke test, CPU)")
         metrics = train("pretrain", str(REPO / "configs" / "train-tiny.yaml"), cfg.output,
-                        ["max_steps=20", f"out_dir={cfg.output}/train-tiny"])
-        print(f"[polycap] tiny pretrain: {metrics}")
+                        ["pretrain.max_steps=20", f"train.out_dir={cfg.output}-train",
+                         "train.resume=false"])
+        print(f"[polycap] tiny pretrain (smoke quality): loss {metrics['first_loss']:.3f} -> "
+              f"{metrics['loss']:.3f} in {metrics['steps']} steps; checkpoint {metrics['final_dir']}")
     return 0
 
 

@@ -1,0 +1,13 @@
+# Worker / launcher image for Flink, Spark or Dataflow (`--sdk_container_image`).
+# GPU workers: build FROM a CUDA base and install the `vllm` extra (it brings its own CUDA torch).
+FROM apache/beam_python3.11_sdk:2.77.0
+WORKDIR /opt/polycap
+COPY pyproject.toml setup.py README.md ./
+COPY pipelines pipelines
+COPY transforms transforms
+COPY schemas schemas
+COPY sharding sharding
+COPY prompts prompts
+COPY trainer trainer
+ARG EXTRAS=ocr
+RUN pip install --no-cache-dir torch==2.13.0 && pip install --no-cache-dir ".[${EXTRAS}]"
