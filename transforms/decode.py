@@ -1,0 +1,283 @@
+"""Decode and validate images once: bomb guard, EXIF transpose, RGB, optional resize, JPEG re-encode, pHash."""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Any
+
+import apache_beam as beam
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from pipelines.config import DecodeConfig
+from schemas import Hashes, ImageInfo, Reason, Reject, Sample
+from transforms.common import StageDoFn, make_reject, route_stage
+
+STAGE = "decode"
+
+# Leading bytes of image containers, so "an image Pillow cannot read" is told apart from "not an image".
+_MAGIC: list[tuple[bytes, str]] = [
+    (b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "BigTIFF"), (b"MM\x00+", "BigTIFF"),
+    (b"\xff\x0a", "JPEG XL"), (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"8BPS", "PSD"), (b"BM", "BMP"), (b"\x00\x00\x01\x00", "ICO"), (b"qoif", "QOI"),
+    (b"FUJIFILMCCD-RAW", "Fujifilm RAF"), (b"IIRO", "Olympus ORF"), (b"IIU\x00", "Panasonic RW2"),
+]
+_FTYP_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"hevc": "HEIC", b"mif1": "HEIF", b"msf1": "HEIF",
+                b"avif": "AVIF", b"avis": "AVIF", b"crx ": "Canon CR3"}
+# Words in Pillow's error messages that mean "valid container, variant not supported", not damage.
+_UNSUPPORTED_HINTS = ("unknown pixel mode", "not supported", "unsupported", "not available",
+                      "unknown compression", "unknown raw mode", "cannot handle")
+# EXIF orientation -> Pillow transpose op (EXIF 2.32, tag 0x0112), as in PIL.ImageOps.exif_transpose.
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+_EXIF_ORIENTATION_TAG = 0x0112
+
+
+class DecodeFailure(Exception):
+    """An expected decode failure: becomes a Reject with this reason and detail."""
+
+    def __init__(self, reason: Reason, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Decoded:
+    data: bytes                     # stored encoding (normalized JPEG, or the input bytes kept as-is)
+    format: str                     # of `data`, lower case ("jpeg")
+    width: int
+    height: int
+    orig_format: str                # Pillow's name for the input container ("JPEG", "PNG", ...)
+    orig_width: int
+    orig_height: int
+    phash: str
+    info: dict[str, Any] = field(default_factory=dict)   # -> provenance["decode"]
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Name of the image container the leading bytes announce, or None."""
+    if data[4:8] == b"ftyp":
+        return _FTYP_BRANDS.get(data[8:12], None)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
+            return name
+    return None
+
+
+def describe_non_image(data: bytes) -> str:
+    head = data[:512].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
+        return "HTML document"
+    if head.startswith(b"%pdf"):
+        return "PDF document"
+    if head.startswith((b"<?xml", b"<svg")):
+        return "XML/SVG document (vector images are not rasterized)"
+    if data.startswith(b"PK\x03\x04"):
+        return "ZIP archive"
+    try:
+        data[:512].decode("utf-8")
+        return "text"
+    except UnicodeDecodeError:
+        return f"unknown binary (starts {data[:8].hex()})"
+
+
+def _plugin_error(data: bytes) -> str:
+    """Pillow's own message from the plugins that accept these bytes (Image.open hides it)."""
+    Image.init()
+    msgs = []
+    for fmt in Image.ID:
+        factory, accept = Image.OPEN[fmt]
+        if accept is None or not accept(data[:16]):
+            continue
+        try:
+            factory(io.BytesIO(data), "")  # type: ignore[call-arg]
+        except Exception as e:  # noqa: BLE001 - we only want the message
+            if str(e) not in msgs:
+                msgs.append(str(e))
+    return "; ".join(msgs)
+
+
+def _classify(msg: str) -> Reason:
+    low = msg.lower()
+    return Reason.UNSUPPORTED_FORMAT if any(h in low for h in _UNSUPPORTED_HINTS) else Reason.CORRUPT_IMAGE
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Parse the header only (no pixels yet) and apply the bomb limit to the declared size."""
+    if not data:
+        raise DecodeFailure(Reason.EMPTY_FILE, "0 bytes")
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        # Someone switched Pillow to pad truncated files with grey; that would hide data loss.
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on; refusing to decode")
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise DecodeFailure(Reason.DECOMPRESSION_BOMB, str(e)) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        kind = sniff_format(data)
+        if kind is None:
+            raise DecodeFailure(Reason.NOT_AN_IMAGE, f"{describe_non_image(data)}, {len(data)} bytes") from None
+        why = _plugin_error(data)
+        if not why:   # an image container, but no installed Pillow plugin accepts it (JPEG XL, HEIC...)
+            raise DecodeFailure(Reason.UNSUPPORTED_FORMAT, f"{kind}: no Pillow decoder installed") from None
+        raise DecodeFailure(_classify(why), f"{kind}: {why}"[:500]) from None
+    w, h = im.size
+    # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; we reject at the warning level
+    # (or lower, from config), from the header, before any pixel is decompressed.
+    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+    if w * h > limit:
+        raise DecodeFailure(Reason.DECOMPRESSION_BOMB, f"{w}x{h} = {w * h} pixels > limit {limit}")
+    if w <= 0 or h <= 0:
+        raise DecodeFailure(Reason.CORRUPT_IMAGE, f"{im.format}: declared size {w}x{h}")
+    return im
+
+
+def target_size(w: int, h: int, max_side: int) -> tuple[int, int]:
+    """(w, h) scaled so the longer side is at most max_side (0 = unchanged), aspect kept."""
+    if max_side <= 0 or max(w, h) <= max_side:
+        return w, h
+    s = max_side / max(w, h)
+    return max(1, round(w * s)), max(1, round(h * s))
+
+
+def load_pixels(im: Image.Image, max_side: int) -> dict[str, Any]:
+    """Load the first frame; for JPEG that will be downscaled, let libjpeg decode at 1/2..1/8 scale."""
+    info: dict[str, Any] = {}
+    tw, th = target_size(*im.size, max_side)
+    if im.format == "JPEG" and (tw, th) != im.size:
+        before = im.size
+        im.draft(im.mode if im.mode in ("RGB", "L") else None, (tw, th))
+        if im.size != before:
+            info["draft"] = list(im.size)
+    try:
+        info["frames"] = int(getattr(im, "n_frames", 1) or 1)   # GIF/TIFF: walks the frame headers
+        im.seek(0)
+        im.load()
+    except Image.DecompressionBombError as e:
+        raise DecodeFailure(Reason.DECOMPRESSION_BOMB, str(e)) from None
+    except (OSError, SyntaxError, ValueError, IndexError, EOFError) as e:
+        raise DecodeFailure(_classify(str(e)), f"{im.format}: {e}"[:500]) from None
+    return info
+
+
+def _scale_to_l(im: Image.Image) -> Image.Image:
+    """16/32-bit integer or float gray -> 8-bit L, scaling by bit depth (Pillow would clip at 255)."""
+    import numpy as np
+
+    a = np.asarray(im)
+    if im.mode.startswith("I;16"):
+        a = a.astype(np.float64) / 257.0
+    elif im.mode == "F" and a.size and 0.0 <= float(a.min()) and float(a.max()) <= 1.0:
+        a = a.astype(np.float64) * 255.0
+    else:  # "I" or out-of-range float: 8/16-bit ranges as such, anything else stretched min..max
+        a = a.astype(np.float64)
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if lo >= 0 and hi <= 255:
+            pass
+        elif lo >= 0 and hi <= 65535:
+            a = a / 257.0
+        else:
+            a = (a - lo) * (255.0 / (hi - lo or 1.0))
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+
+
+def to_rgb(im: Image.Image) -> tuple[Image.Image, str | None]:
+    """RGB version of any Pillow mode; alpha is composited on white. Returns (image, converted_from)."""
+    mode = im.mode
+    if mode == "RGB" and "transparency" not in im.info:
+        return im, None
+    try:
+        if mode.startswith("I") or mode == "F":
+            return _scale_to_l(im).convert("RGB"), mode
+        if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+            rgba = im.convert("RGBA")
+            out = Image.new("RGB", im.size, (255, 255, 255))
+            out.paste(rgba, mask=rgba.getchannel("A"))
+            return out, mode
+        return im.convert("RGB"), mode
+    except ValueError as e:
+        raise DecodeFailure(Reason.UNSUPPORTED_FORMAT, f"mode {mode}: {e}") from None
+
+
+def exif_orientation(im: Image.Image) -> int:
+    """EXIF orientation 1..8 of the opened file (1 when absent, malformed, or the format has no EXIF)."""
+    if im.format not in ("JPEG", "TIFF", "PNG", "WEBP", "MPO", "AVIF", "HEIF"):
+        return 1   # skips a getexif() parse for formats that cannot carry it
+    try:
+        return int(im.getexif().get(_EXIF_ORIENTATION_TAG, 1))
+    except Exception:  # noqa: BLE001 - malformed EXIF must not cost us a valid image
+        return 1
+
+
+def apply_orientation(im: Image.Image, orientation: int) -> tuple[Image.Image, int]:
+    """Rotate/flip per the EXIF orientation; returns (image, orientation applied or 0)."""
+    op = _ORIENTATION.get(orientation)
+    return (im.transpose(op), orientation) if op is not None else (im, 0)
+
+
+def encode_jpeg(im: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def phash_hex(img: Image.Image) -> str:
+    """64-bit perceptual hash (imagehash.phash: 32x32 gray, DCT, 8x8 low band vs median), 16 hex chars."""
+    import imagehash
+
+    return str(imagehash.phash(img))
+
+
+def decode_bytes(data: bytes, cfg: DecodeConfig) -> Decoded:
+    """The one decode of the CPU chain. Raises DecodeFailure for expected rejects."""
+    im = open_image(data, cfg.max_pixels)
+    orig_format, (ow, oh), orig_mode = im.format or "", im.size, im.mode
+    info: dict[str, Any] = {"input_bytes": len(data), "orig_mode": orig_mode}
+    info.update(load_pixels(im, cfg.max_side))
+    rgb, converted_from = to_rgb(im)
+    rgb, orientation = apply_orientation(rgb, exif_orientation(im))
+    size = target_size(*rgb.size, cfg.max_side)
+    if size != rgb.size:
+        rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    if rgb.size != (ow, oh) and rgb.size != (oh, ow):
+        info["resized"] = list(rgb.size)
+    info.update(transposed=orientation, converted_from=converted_from)
+    phash = phash_hex(rgb)
+    untouched = (not orientation and converted_from is None and "resized" not in info
+                 and "draft" not in info and info["frames"] == 1 and orig_format in ("JPEG", "PNG", "WEBP"))
+    if cfg.reencode or not untouched:
+        out, fmt = encode_jpeg(rgb, cfg.jpeg_quality), "jpeg"
+        info.update(reencoded=True, jpeg_quality=cfg.jpeg_quality)
+    else:
+        out, fmt = data, orig_format.lower()
+        info["reencoded"] = False
+    return Decoded(data=out, format=fmt, width=rgb.width, height=rgb.height, orig_format=orig_format,
+                   orig_width=ow, orig_height=oh, phash=phash, info=info)
+
+
+def decode_sample(sample: Sample, cfg: DecodeConfig) -> Sample | Reject:
+    try:
+        d = decode_bytes(sample.image.bytes, cfg)
+    except DecodeFailure as f:
+        return make_reject(sample, STAGE, f.reason, f.detail)
+    image = ImageInfo(bytes=d.data, format=d.format, width=d.width, height=d.height,
+                      orig_format=d.orig_format, orig_width=d.orig_width, orig_height=d.orig_height)
+    hashes = Hashes(sha256=sample.hashes.sha256, phash=d.phash)
+    return replace(sample, image=image, hashes=hashes, provenance={**sample.provenance, STAGE: d.info})
+
+
+class DecodeImages(beam.PTransform):
+    """Samples with raw bytes -> (decoded Samples, Rejects of stage "decode")."""
+
+    def __init__(self, cfg: DecodeConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, pcoll):
+        return route_stage(pcoll, "DecodeOne", StageDoFn(partial(decode_sample, cfg=self.cfg), STAGE), STAGE)
