@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 # Placeholders the model is asked to copy verbatim. Double square brackets around a short id survive
@@ -26,13 +27,14 @@ _PATTERNS: list[tuple[str, str]] = [
     ("quad", r"<quad>.*?</quad>"),
     ("img", r"<img>.*?</img>"),
     ("tag", r"<image>|<img>|</img>|<ref>|</ref>|<video>|<audio>"),
-    ("url", r"\b(?:https?|ftp)://[^\s<>\"'`]+[^\s<>\"'`.,;:!?)\]]|\bwww\.[^\s<>\"'`]+[^\s<>\"'`.,;:!?)\]]"),
+    ("url", r"\b(?:https?|ftp)://[^\s<>\"'`“”‘’«»]+[^\s<>\"'`“”‘’«».,;:!?)\]]"
+            r"|\bwww\.[^\s<>\"'`“”‘’«»]+[^\s<>\"'`“”‘’«».,;:!?)\]]"),
     ("email", r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b"),
     ("coords", r"\(\s*-?\d+(?:\.\d+)?\s*,\s*-?\d+(?:\.\d+)?\s*\)(?:\s*,\s*\(\s*-?\d+(?:\.\d+)?\s*,\s*"
                r"-?\d+(?:\.\d+)?\s*\))*|\[\s*-?\d+(?:\.\d+)?(?:\s*,\s*-?\d+(?:\.\d+)?){1,7}\s*\]"),
     # multiple-choice labels at the start of a line ("A.", "B)", "(C)") and inline "(D)"
     ("choice", r"(?:^|(?<=\n))[ \t]*\(?[A-H][.)](?=\s)|\([A-H]\)(?=\s|$|[.,:;])"),
-    ("number", r"(?<![\w.])[-+]?\d+(?:[.,:]\d+)*(?:%|\b)"),
+    ("number", r"(?<![\d.,])[-+]?\d+(?:[.,:]\d+)*%?"),
 ]
 SPAN_RE = re.compile("|".join(f"(?P<{name}>{pat})" for name, pat in _PATTERNS), re.DOTALL)
 # Kinds whose order and exact text must survive; plain numbers are compared as a multiset because
@@ -70,12 +72,14 @@ def placeholder_ids(text: str) -> list[int]:
     return [int(m.group(1)) for m in PLACEHOLDER_RE.finditer(text)]
 
 
-def check_placeholders(masked: Masked, output: str) -> str | None:
-    """None when the model output carries every placeholder exactly once and no unknown ones, else why."""
+def check_placeholders(masked: Masked, output: str, expected: list[int] | None = None) -> str | None:
+    """None when the model output carries every expected placeholder exactly once and no others.
+
+    `expected` is the ids present in the text that was sent (a chunk of a long text); default all."""
     ids = placeholder_ids(output)
-    n = len(masked.spans)
-    missing = sorted(set(range(n)) - set(ids))
-    extra = sorted({i for i in ids if i >= n})
+    want = set(range(len(masked.spans)) if expected is None else expected)
+    missing = sorted(want - set(ids))
+    extra = sorted({i for i in ids if i not in want})
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if missing or extra or dup:
         return f"placeholders missing={missing} unknown={extra} repeated={dup}"
@@ -95,7 +99,11 @@ def restore(masked: Masked, output: str) -> str:
 
 
 def _norm_number(s: str) -> str:
-    return re.sub(r"[,.:]", "", s.lstrip("+"))
+    """Digits only, leading and trailing zeros stripped: 1,000 == 1.000 and "11 million" == "1100만"
+    (Korean counts in units of 10^4), "40 per cent" == "40%", "04:00" == "4 giờ". A human translator
+    rescales numbers; we only call it a change when the significant digits differ."""
+    digits = re.sub(r"\D", "", s)
+    return digits.strip("0") or "0"
 
 
 def compare_spans(source: str, output: str) -> str | None:
@@ -114,8 +122,11 @@ def compare_spans(source: str, output: str) -> str | None:
             else "structural spans reordered"
     s_num = sorted(_norm_number(s.text) for s in src if s.kind == "number")
     o_num = sorted(_norm_number(s.text) for s in out if s.kind == "number")
-    if s_num != o_num:
-        lost = [n for n in s_num if n not in o_num][:3]
-        added = [n for n in o_num if n not in s_num][:3]
-        return f"numbers differ: lost={lost} added={added}"
+    # A number is "changed" when one is lost AND another appears: translators legitimately spell a
+    # number out ("two") or write one for a word ("June" -> "tháng 6"), but not both at once.
+    lost = list((Counter(s_num) - Counter(o_num)).elements())
+    added = list((Counter(o_num) - Counter(s_num)).elements())
+    # "7.55am" -> "오전 7시 55분" splits one number into two: same significant digits, not a change
+    if lost and added and sorted("".join(lost)) != sorted("".join(added)):
+        return f"numbers changed: lost={lost[:3]} added={added[:3]}"
     return None
