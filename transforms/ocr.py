@@ -1,0 +1,315 @@
+"""OCR stage: PP-OCR text lines per image, boxes on Qwen-VL's 0–1000 grid, in reading order, with language."""
+from __future__ import annotations
+
+import math
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import PredictionResult, RunInference
+
+from schemas import OcrLine, OcrResult, Reason, Reject, Sample
+from transforms.backends.ocr_models import (
+    OcrModelError,
+    OcrModelHandler,
+    check_ocr_models,
+)
+from transforms.common import REJECTS, SAMPLES, make_reject
+
+__all__ = [
+    "OcrModelError",
+    "RunOcr",
+    "check_ocr_models",
+    "dominant_lang",
+    "normalize_quad",
+    "quad_box",
+    "reading_order",
+    "ref_box",
+    "render_grounded",
+    "rotate_grid_box",
+    "text_area_ratio",
+    "to_ocr_result",
+]
+
+STAGE = "ocr"
+# Qwen-VL (Bai et al. 2023, §2.2): box coordinates are normalized to [0, 1000) and written as integers.
+GRID = 1000
+
+
+# ---- pure functions ---------------------------------------------------------------------------------
+
+def to_grid(v: float, size: int) -> int:
+    """A pixel coordinate on an axis of `size` pixels -> integer on the [0, 1000) grid."""
+    return min(GRID - 1, max(0, math.floor(v * GRID / max(size, 1))))
+
+
+def normalize_quad(quad_px: list[float], width: int, height: int) -> list[int]:
+    """8 pixel floats (x1, y1, ..., x4, y4) -> 8 grid ints."""
+    return [to_grid(v, width if i % 2 == 0 else height) for i, v in enumerate(quad_px[:8])]
+
+
+def quad_box(quad: list[int]) -> list[int]:
+    """Axis-aligned [x1, y1, x2, y2] enclosing a grid quad."""
+    xs, ys = quad[0::2], quad[1::2]
+    return [min(xs), min(ys), max(xs), max(ys)]
+
+
+def rotate_grid_box(box: list[int], k: int) -> list[int]:
+    """A grid box on the stored image -> the same box on `np.rot90(image, k)` (the upright page)."""
+    x1, y1, x2, y2 = box
+    for _ in range(k % 4):  # one counter-clockwise quarter turn: (x, y) -> (y, GRID - x)
+        x1, y1, x2, y2 = y1, GRID - x2, y2, GRID - x1
+    return [x1, y1, x2, y2]
+
+
+# A vertical gutter must be at least this wide (grid units, i.e. 1.5% of the page) to split columns.
+MIN_GUTTER = 15
+
+
+def _gaps(spans: list[tuple[int, int]], min_gap: int) -> list[int]:
+    """Cut positions between merged [start, end) spans separated by at least `min_gap`."""
+    cuts, end = [], None
+    for lo, hi in sorted(spans):
+        if end is not None and lo - end >= min_gap:
+            cuts.append((end + lo) // 2)
+        end = hi if end is None else max(end, hi)
+    return cuts
+
+
+def _split(items: list, axis: int, cuts: list[int]) -> list[list]:
+    groups: list[list] = [[] for _ in range(len(cuts) + 1)]
+    for box, ln in items:
+        groups[sum(box[axis] >= c for c in cuts)].append((box, ln))
+    return [g for g in groups if g]
+
+
+def _rows(items: list) -> list[OcrLine]:
+    """Top-to-bottom rows, left-to-right within a row; a line joins a row when it overlaps the row's
+    vertical span by at least half the smaller height."""
+    rows: list[tuple[list[int], list]] = []
+    for box, ln in sorted(items, key=lambda kb: ((kb[0][1] + kb[0][3]) / 2, kb[0][0])):
+        top, bottom = box[1], box[3]
+        if rows:
+            span, members = rows[-1]
+            overlap = min(bottom, span[1]) - max(top, span[0])
+            if overlap >= 0.5 * min(max(bottom - top, 1), max(span[1] - span[0], 1)):
+                span[0], span[1] = min(span[0], top), max(span[1], bottom)
+                members.append((box, ln))
+                continue
+        rows.append(([top, bottom], [(box, ln)]))
+    return [ln for _, members in rows for _, ln in sorted(members, key=lambda kb: kb[0][0])]
+
+
+def _xy_cut(items: list, depth: int = 0) -> list[OcrLine]:
+    """Recursive XY-cut (Nagy & Seth 1984): split at column gutters first (left to right), else at
+    horizontal gaps between bands (top to bottom) and recurse; a block with neither is read in rows."""
+    if len(items) <= 1 or depth > 32:
+        return _rows(items)
+    cols = _gaps([(b[0], b[2]) for b, _ in items], MIN_GUTTER)
+    if cols and all(len(g) >= 2 for g in _split(items, 0, cols)):
+        return [ln for g in _split(items, 0, cols) for ln in _xy_cut(g, depth + 1)]
+    blocks = _blocks(_split(items, 1, _gaps([(b[1], b[3]) for b, _ in items], 1)))
+    if len(blocks) > 1:
+        return [ln for g in blocks for ln in _xy_cut(g, depth + 1)]
+    return _rows(items)
+
+
+def _blocks(bands: list[list]) -> list[list]:
+    """Merge consecutive horizontal bands that have a column gutter into one block (a two-column body
+    between a title and a footer), so the next cut can find the gutter across the whole body."""
+    blocks: list[list] = []
+    prev_multi = False
+    for band in bands:
+        multi = len(band) > 1 and bool(_gaps([(b[0], b[2]) for b, _ in band], MIN_GUTTER))
+        if multi and prev_multi:
+            blocks[-1].extend(band)
+        else:
+            blocks.append(list(band))
+        prev_multi = multi
+    return blocks
+
+
+def reading_order(lines: list[OcrLine], k: int = 0) -> list[OcrLine]:
+    """Lines in reading order on the upright page (`k` quarter turns from the stored image): columns left
+    to right, bands top to bottom, rows left to right (left-to-right, top-to-bottom scripts)."""
+    return _xy_cut([(rotate_grid_box(ln.box, k), ln) for ln in lines])
+
+
+def _polygon_area(quad: list[float]) -> float:
+    xs, ys = quad[0::2], quad[1::2]
+    return abs(sum(xs[i] * ys[(i + 1) % 4] - xs[(i + 1) % 4] * ys[i] for i in range(4))) / 2
+
+
+def text_area_ratio(quads_px: list[list[float]], width: int, height: int) -> float:
+    """Share of the image covered by text lines: sum of line-quad areas / image area, capped at 1
+    (detected lines rarely overlap, so the sum is the union up to rounding)."""
+    if width <= 0 or height <= 0:
+        return 0.0
+    return round(min(1.0, sum(_polygon_area(q) for q in quads_px) / (width * height)), 4)
+
+
+# Scripts that name their language outright; the rest are resolved by langdetect or reported as a script.
+_SCRIPT_LANG = {"HANGUL": "ko", "HIRAGANA": "ja", "KATAKANA": "ja", "GREEK": "el", "THAI": "th",
+                "HEBREW": "he", "TAMIL": "ta", "TELUGU": "te"}
+_SCRIPT_CODE = {"LATIN": "latn", "CYRILLIC": "cyrl", "ARABIC": "arab", "DEVANAGARI": "deva", "CJK": "zh"}
+_SYLLABIC = {"HANGUL", "HIRAGANA", "KATAKANA", "CJK"}
+_VI_LETTERS = set("ăơưđĂƠƯĐạảấầẩẫậắằẳẵặẹẻẽếềểễệỉịọỏốồổỗộớờởỡợụủứừửữựỳỵỷỹ")
+
+
+def _script(ch: str) -> str:
+    name = unicodedata.name(ch, "")
+    return name.split(" ", 1)[0] if name else ""
+
+
+def dominant_lang(texts: Iterable[str]) -> str | None:
+    """ISO 639-1 code of the dominant language where the script or langdetect says it clearly,
+    else an ISO 15924 script code (`latn`, `cyrl`, ...); None when there are no letters."""
+    text = " ".join(texts)
+    counts: Counter[str] = Counter()
+    for script in map(_script, text):
+        if script in _SCRIPT_LANG or script in _SCRIPT_CODE:
+            # a Hangul/Han/kana character is a syllable or a word: weigh it like ~3 Latin letters
+            counts[script] += 3 if script in _SYLLABIC else 1
+    if not counts:
+        return None
+    if counts["HIRAGANA"] + counts["KATAKANA"] > 0 and counts.most_common(1)[0][0] in (
+            "CJK", "HIRAGANA", "KATAKANA"):
+        return "ja"  # Japanese mixes kana with kanji; any kana among CJK text means Japanese
+    top = counts.most_common(1)[0][0]
+    if top in _SCRIPT_LANG:
+        return _SCRIPT_LANG[top]
+    if top == "LATIN" and sum(c in _VI_LETTERS for c in text) >= max(2, 0.05 * counts["LATIN"]):
+        return "vi"
+    if top != "CJK" and counts[top] >= 12:
+        guess = _langdetect(text)
+        if guess:
+            return guess
+    return _SCRIPT_CODE[top]
+
+
+def _langdetect(text: str) -> str | None:
+    try:
+        from langdetect import DetectorFactory, detect_langs
+    except ImportError:
+        return None
+    DetectorFactory.seed = 0  # deterministic
+    try:
+        best = detect_langs(text)[0]
+    except Exception:  # noqa: BLE001 - langdetect raises on text without features
+        return None
+    return best.lang.split("-")[0] if best.prob >= 0.8 else None
+
+
+def ref_box(text: str, box: list[int]) -> str:
+    """Qwen-VL's grounding text form for one line."""
+    x1, y1, x2, y2 = box
+    return f"<ref>{text}</ref><box>({x1},{y1}),({x2},{y2})</box>"
+
+
+def render_grounded(lines: list[OcrLine], sep: str = "\n") -> str:
+    """All lines (already in reading order) in Qwen-VL's `<ref>TEXT</ref><box>(x1,y1),(x2,y2)</box>` form."""
+    return sep.join(ref_box(ln.text, ln.box) for ln in lines)
+
+
+def to_ocr_result(raw: dict[str, Any], min_score: float) -> OcrResult:
+    """Engine output (pixel quads on the stored image) -> OcrResult: grid boxes, filtered, ordered."""
+    w, h = raw["width"], raw["height"]
+    kept = [(t.strip(), q, s) for t, q, s in raw["lines"] if s >= min_score and t.strip()]
+    lines = []
+    for text, quad_px, score in kept:
+        quad = normalize_quad(quad_px, w, h)
+        lines.append(OcrLine(text=text, box=quad_box(quad), quad=quad, score=round(score, 4)))
+    lines = reading_order(lines, raw.get("angle", 0) // 90)
+    return OcrResult(engine=raw["engine"], models=dict(raw["models"]), status="ok" if lines else "empty",
+                     lines=lines, lang=dominant_lang(ln.text for ln in lines),
+                     text_area_ratio=text_area_ratio([q for _, q, _ in kept], w, h))
+
+
+# ---- Beam -------------------------------------------------------------------------------------------
+
+def _provenance(cfg: Any, raw: dict[str, Any]) -> dict[str, Any]:
+    return {"backend": cfg.backend, "engine": raw.get("engine", cfg.backend), "models": raw.get("models", {}),
+            "params": {"min_score": cfg.min_score, "langs": list(cfg.langs), "device": cfg.device,
+                       "orientation": cfg.orientation},
+            "angle": raw.get("angle", 0), "seconds": raw.get("seconds"), "error": raw.get("error")}
+
+
+def _failed(sample: Sample, error: str, cfg: Any, raw: dict[str, Any]) -> Sample | Reject:
+    """OCR failed for this sample: a Reject (on_failure=reject) or the sample with ocr.status=failed."""
+    if cfg.on_failure == "reject":
+        return make_reject(sample, STAGE, Reason.OCR_FAILED, error[:2000])
+    result = OcrResult(engine=raw.get("engine", cfg.backend), models=dict(raw.get("models", {})),
+                       status="failed", error=error[:2000])
+    return replace(sample, ocr=result, provenance={**sample.provenance, STAGE: _provenance(cfg, raw)})
+
+
+class _Counted(beam.DoFn):
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+
+    def _emit(self, out: Sample | Reject, extra: str = ""):
+        if extra:
+            Metrics.counter(STAGE, extra).inc()
+        if isinstance(out, Reject):
+            Metrics.counter(STAGE, f"dropped_{out.reason}").inc()
+            return beam.pvalue.TaggedOutput(REJECTS, out)
+        Metrics.counter(STAGE, "kept").inc()
+        return out
+
+
+class _AttachOcr(_Counted):
+    """PredictionResult(sample, raw engine output) -> sample with `ocr` + provenance, or a reject."""
+
+    def process(self, pred: PredictionResult):
+        sample, raw = pred.example, pred.inference
+        if raw.get("error"):
+            yield self._emit(_failed(sample, raw["error"], self.cfg, raw), "failed")
+            return
+        result = to_ocr_result(raw, self.cfg.min_score)
+        out = replace(sample, ocr=result, provenance={**sample.provenance, STAGE: _provenance(self.cfg, raw)})
+        yield self._emit(out, "rotated" if raw.get("angle") else ("empty" if result.status == "empty" else ""))
+
+
+class _FailBatch(_Counted):
+    """A dead-lettered batch `(samples, error)` from RunInference -> one failure per sample in it."""
+
+    def process(self, bad: tuple[Any, Any]):
+        batch, err = bad
+        if isinstance(err, tuple) and len(err) >= 2:
+            err = f"{getattr(err[0], '__name__', err[0])}: {err[1]}"
+        for sample in batch if isinstance(batch, (list, tuple)) else [batch]:
+            yield self._emit(_failed(sample, str(err), self.cfg, {}), "failed")
+
+
+def _attach_dead_letter(bad: tuple[Any, Any], cfg: Any) -> Reject:
+    pred, err = bad
+    sample = pred.example if isinstance(pred, PredictionResult) else pred
+    detail = f"{getattr(err[0], '__name__', err[0])}: {err[1]}" if isinstance(err, tuple) else str(err)
+    return make_reject(sample, STAGE, Reason.OCR_FAILED, detail[:2000])
+
+
+class RunOcr(beam.PTransform):
+    """Samples -> (samples with `ocr`, rejects). Models are checked when the pipeline is built, so a
+    missing or corrupt model fails once, before any image is read."""
+
+    def __init__(self, cfg: Any):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, pcoll):
+        cfg = self.cfg
+        if cfg.engine == "onnxruntime" or cfg.backend == "rapidocr":
+            check_ocr_models(cfg)  # local models: fail here, once, not per image on the workers
+        main, dlq = pcoll | "Infer" >> RunInference(OcrModelHandler(cfg)).with_exception_handling()
+        res = main | "Attach" >> beam.ParDo(_AttachOcr(cfg)).with_outputs(
+            REJECTS, main=SAMPLES).with_exception_handling(main_tag=SAMPLES, dead_letter_tag="dead")
+        failed = dlq.failed_inferences | "FailedBatches" >> beam.ParDo(_FailBatch(cfg)).with_outputs(
+            REJECTS, main=SAMPLES)
+        attach_dead = res["dead"] | "AttachDeadLetters" >> beam.Map(_attach_dead_letter, cfg)
+        samples = (res[SAMPLES], failed[SAMPLES]) | "OcrSamples" >> beam.Flatten()
+        rejects = (res[REJECTS], failed[REJECTS], attach_dead) | "OcrRejects" >> beam.Flatten()
+        return samples, rejects
