@@ -212,7 +212,8 @@ def carry_source_captions(sample: Sample) -> Sample:
     text = (sample.source.orig_caption or "").strip()
     if "en" in sample.captions or not text:
         return sample
-    cap = Caption(text=text, kind="source", backend="source", created=now_iso())
+    # no `created`: nothing was generated, and reruns must write identical shards
+    cap = Caption(text=text, kind="source", backend="source")
     return dataclasses.replace(sample, captions={**sample.captions, "en": cap},
                                provenance={**sample.provenance, STAGE: {"backend": "source", "carried": True}})
 

@@ -88,10 +88,23 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def shards32(tmp_path_factory) -> str:
-    """32 samples in 4 shards of 8 (en/ko/vi captions + conversations)."""
-    d = str(tmp_path_factory.mktemp("shards32"))
-    write_shards(d, make_samples(32), per_shard=8)
-    return d
+    """32 samples written by `polycap run` itself (the main job): images + alt-text sidecars in a folder,
+    decoded, filtered, exact-deduplicated and sharded (max 8 per shard); the English caption is carried
+    forward from the sidecar and the SFT conversation is built from it."""
+    from pipelines.config import load_config
+    from pipelines.run import run
+
+    src = tmp_path_factory.mktemp("src32")
+    for s in make_samples(32):
+        (src / f"{s.key}.jpg").write_bytes(s.image.bytes)
+        (src / f"{s.key}.txt").write_text(s.captions["en"].text, encoding="utf-8")
+    out = tmp_path_factory.mktemp("run32")
+    # near-dup off: the synthetic shapes share pHashes by design (same layout, other colors)
+    cfg = load_config(data={"sources": [{"kind": "dir", "path": str(src), "name": "shapes"}],
+                            "output": str(out), "dedup": {"near": False}, "shards": {"max_samples": 8}})
+    stats = run(cfg)
+    assert stats["balanced"] and stats["kept"] == 32, stats
+    return str(out)
 
 
 @pytest.fixture(scope="session")
