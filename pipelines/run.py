@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,6 +17,16 @@ from pipelines.config import Config, to_dict
 from schemas import SCHEMA_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+class _DropTagNoise(logging.Filter):
+    """Beam warns on every ParDo with both tagged outputs and `.with_exception_handling()`; it is harmless."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requested in with_outputs() but not declared" not in record.getMessage()
+
+
+logging.getLogger().addFilter(_DropTagNoise())
 
 
 def code_version() -> str:
