@@ -1,0 +1,178 @@
+"""`polycap translate`: an English dataset file -> the same format per target language, plus rejects and stats."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from typing import Any, Iterator
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.config import TranslateConfig
+from schemas import REJECT_SCHEMA, Reason, Reject, reject_to_row
+from transforms.formats import FormatError, RawRecord, container_of, detect_format, read_records, \
+    set_slots, text_slots, write_records
+from transforms.translate import TextUnit, Translated, TranslateTexts
+
+READ_STAGE = "translate_read"
+STAGE = "translate"
+SEP = "\t"
+
+
+def _unit_key(index: int, path: tuple) -> str:
+    return f"{index}{SEP}{json.dumps(list(path))}"
+
+
+def _parse_unit_key(key: str) -> tuple[int, tuple]:
+    idx, path = key.split(SEP, 1)
+    return int(idx), tuple(json.loads(path))
+
+
+class _ExplodeFn(beam.DoFn):
+    """RawRecord -> TextUnits (one per text slot); unparsable or malformed records -> Reject."""
+
+    def __init__(self, fmt: str, fields: list[str], uri: str):
+        self.fmt, self.fields, self.uri = fmt, fields, uri
+
+    def process(self, raw: RawRecord) -> Iterator[Any]:
+        err = raw.error
+        if not err:
+            try:
+                slots = text_slots(raw.record, self.fmt, self.fields)
+            except FormatError as e:
+                err = str(e)
+        if err:
+            yield beam.pvalue.TaggedOutput("bad", Reject(
+                key=raw.rid, source_uri=f"{self.uri}#{raw.index}", stage=READ_STAGE, reason=Reason.BAD_RECORD,
+                detail=err[:2000], source_name=os.path.basename(self.uri)))
+            return
+        yield beam.pvalue.TaggedOutput("ok", (raw.index, raw))
+        for path, text in slots:
+            yield TextUnit(_unit_key(raw.index, path), text)
+
+
+class _MergeFn(beam.DoFn):
+    """(index, {raw, results}) -> per language: (lang, (index, container, record)) or a Reject."""
+
+    def __init__(self, fmt: str, langs: list[str], uri: str):
+        self.fmt, self.langs, self.uri = fmt, langs, uri
+
+    def process(self, element) -> Iterator[Any]:
+        index, grouped = element
+        raws, results = list(grouped["raw"]), list(grouped["results"])
+        if not raws:
+            return
+        raw: RawRecord = raws[0]
+        for lang in self.langs:
+            mine: list[Translated] = [r for r in results if r.lang == lang]
+            failed = sorted((r for r in mine if r.text is None), key=lambda r: r.key)
+            if failed:
+                f = failed[0]
+                slot = json.dumps(_parse_unit_key(f.key)[1])
+                yield beam.pvalue.TaggedOutput("rejects", Reject(
+                    key=raw.rid, source_uri=f"{self.uri}#{index}", stage=STAGE, reason=Reason(f.reason),
+                    detail=f"lang={lang} slot={slot} ({len(failed)} of {len(mine)} texts failed): {f.detail}"[:2000],
+                    source_name=os.path.basename(self.uri)))
+                continue
+            texts = {_parse_unit_key(r.key)[1]: r.text for r in mine}
+            yield (lang, raw.container), (index, set_slots(raw.record, self.fmt, lang, texts))
+
+
+class _WriteFn(beam.DoFn):
+    """All records of one (language, container) -> one file, in input order."""
+
+    def __init__(self, out_dir: str, in_path: str, container: str):
+        self.out_dir, self.in_path, self.container = out_dir, in_path, container
+
+    def process(self, element) -> Iterator[tuple[str, int]]:
+        (lang, shard), items = element
+        records = [rec for _, rec in sorted(items, key=lambda x: x[0])]
+        name = shard or os.path.basename(self.in_path)
+        write_records(os.path.join(self.out_dir, lang, name), self.container, records)
+        yield lang, len(records)
+
+
+def _write_rejects(rows: list[dict[str, Any]], out_dir: str) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = os.path.join(out_dir, "rejects")
+    os.makedirs(d, exist_ok=True)
+    table = pa.Table.from_pylist(rows, schema=REJECT_SCHEMA)
+    pq.write_table(table, os.path.join(d, "rejects-00000.parquet.tmp"))
+    os.replace(os.path.join(d, "rejects-00000.parquet.tmp"), os.path.join(d, "rejects-00000.parquet"))
+    return len(rows)
+
+
+def _counter(result: Any, name: str) -> int:
+    try:
+        from apache_beam.metrics.metric import MetricsFilter
+
+        res = result.metrics().query(MetricsFilter().with_namespace("translate").with_name(name))
+        return int(sum(c.committed or 0 for c in res["counters"]))
+    except Exception:  # noqa: BLE001 - a runner without metrics support still gets its output
+        return -1
+
+
+def _stats(out_dir: str, langs: list[str], inputs: int, fmt: str, result: Any, started: float) -> dict:
+    import pyarrow.parquet as pq
+
+    rej = pq.read_table(os.path.join(out_dir, "rejects")).to_pylist()
+    bad = sum(1 for r in rej if r["stage"] == READ_STAGE)
+    by_lang = {}
+    for lang in langs:
+        kept_path = os.path.join(out_dir, lang)
+        kept = 0
+        for f in os.listdir(kept_path) if os.path.isdir(kept_path) else []:
+            kept += sum(1 for _ in read_records(os.path.join(kept_path, f)))
+        rejected = bad + sum(1 for r in rej if r["stage"] == STAGE and f"lang={lang} " in r["detail"])
+        by_lang[lang] = {"kept": kept, "rejected": rejected, "balanced": kept + rejected == inputs}
+    return {"inputs": inputs, "format": fmt, "langs": by_lang, "bad_records": bad,
+            "rejects_by_reason": dict(Counter(r["reason"] for r in rej)),
+            "requests": _counter(result, "requests"), "cache_hits": _counter(result, "cache_hits"),
+            "retries": _counter(result, "retries"), "seconds": round(time.time() - started, 2),
+            "balanced": all(v["balanced"] for v in by_lang.values())}
+
+
+def run(in_path: str, to: list[str], out_dir: str, cfg: TranslateConfig, fmt: str = "auto",
+        field: str = "caption", pipeline_args: list[str] | None = None) -> dict:
+    """Translate `in_path` into each language of `to`; returns (and writes) `_stats.json`.
+
+    Every input record ends as one output record or one reject row per language; a record that cannot be
+    parsed is one BAD_RECORD row (stage translate_read) and counts as rejected in every language.
+    """
+    started = time.time()
+    if not os.path.exists(in_path):
+        raise FileNotFoundError(f"input not found: {in_path}")
+    container = container_of(in_path)
+    raws = list(read_records(in_path))
+    if fmt == "auto":
+        first = next((r.record for r in raws if r.record is not None), None)
+        fmt = detect_format(first, container)
+    fields = [f.strip() for f in field.split(",") if f.strip()]
+    langs = list(to)
+    os.makedirs(out_dir, exist_ok=True)
+    uri = os.path.abspath(in_path)
+    opts = PipelineOptions(pipeline_args or [])
+    p = beam.Pipeline(options=opts)
+    parts = (p | "Records" >> beam.Create(raws)
+             | "Explode" >> beam.ParDo(_ExplodeFn(fmt, fields, uri)).with_outputs("ok", "bad", main="units"))
+    translated = parts["units"] | "Translate" >> TranslateTexts(cfg, os.path.join(out_dir, "_cache", "translate"),
+                                                              langs)
+    by_index = translated | "ByRecord" >> beam.Map(lambda r: (_parse_unit_key(r.key)[0], r))
+    merged = ({"raw": parts["ok"], "results": by_index} | "Join" >> beam.CoGroupByKey()
+              | "Merge" >> beam.ParDo(_MergeFn(fmt, langs, uri)).with_outputs("rejects", main="records"))
+    _ = (merged["records"] | "ByFile" >> beam.GroupByKey()
+         | "Write" >> beam.ParDo(_WriteFn(out_dir, in_path, container)))
+    _ = ((parts["bad"], merged["rejects"]) | "AllRejects" >> beam.Flatten()
+         | "RejectRows" >> beam.Map(reject_to_row)
+         | "CollectRejects" >> beam.combiners.ToList()
+         | "WriteRejects" >> beam.Map(_write_rejects, out_dir))
+    result = p.run()
+    result.wait_until_finish()
+    stats = _stats(out_dir, langs, len(raws), fmt, result, started)
+    with open(os.path.join(out_dir, "_stats.json"), "w", encoding="utf-8") as f:
+        json.dump(stats, f, indent=2, ensure_ascii=False)
+    return stats

@@ -1,0 +1,218 @@
+"""Dataset formats for `polycap translate`: read records, find their text slots, write them back unchanged."""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+FORMATS = ("llava", "sharegpt", "messages", "captions", "shards")
+Path_ = tuple[Any, ...]   # where a text sits inside a record, e.g. ("conversations", 2, "value")
+
+
+class FormatError(ValueError):
+    """A record that does not have the structure of its format (becomes a BAD_RECORD reject)."""
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    index: int                      # position in the input (output keeps this order)
+    rid: str                        # record id for reject rows: its `id` field, else "<file>#<index>"
+    record: Any                     # parsed JSON object / parquet row / shard sample dict; None if unparsable
+    error: str = ""                 # why it could not be parsed
+    container: str = ""             # shards: the tar it came from
+
+
+# -- reading ---------------------------------------------------------------------------------------
+def _rid(name: str, i: int, rec: Any) -> str:
+    if isinstance(rec, dict):
+        for k in ("id", "key", "question_id"):
+            if isinstance(rec.get(k), (str, int)) and not isinstance(rec.get(k), bool):
+                return str(rec[k])
+    return f"{name}#{i}"
+
+
+def container_of(path: str) -> str:
+    """json | jsonl | parquet | shards, from the path."""
+    if os.path.isdir(path) or path.endswith(".tar"):
+        return "shards"
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if ext == ".parquet":
+        return "parquet"
+    if ext == ".json":
+        return "json"
+    raise FormatError(f"{path}: unknown file type (expected .json, .jsonl, .parquet, a .tar or a shard dir)")
+
+
+def _read_shards(path: str) -> Iterator[RawRecord]:
+    from sharding.reader import ShardError, iter_shard, list_shards
+
+    shards = [path] if path.endswith(".tar") else list_shards(path)
+    i = 0
+    for shard in shards:
+        try:
+            for s in iter_shard(shard):
+                rec = {"key": s.key, "jpg": s.jpg, "json": s.json, "texts": dict(s.texts)}
+                yield RawRecord(i, s.key, rec, container=os.path.basename(shard))
+                i += 1
+        except ShardError as e:
+            yield RawRecord(i, os.path.basename(shard), None, str(e), os.path.basename(shard))
+            i += 1
+
+
+def read_records(path: str) -> Iterator[RawRecord]:
+    """Every record of the file in order; an unparsable one comes with `record=None` and `error`."""
+    kind, name = container_of(path), os.path.basename(path)
+    if kind == "shards":
+        yield from _read_shards(path)
+    elif kind == "parquet":
+        import pyarrow.parquet as pq
+
+        for i, row in enumerate(pq.read_table(path).to_pylist()):
+            yield RawRecord(i, _rid(name, i, row), row)
+    elif kind == "jsonl":
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                if not line.strip():
+                    continue  # a blank line (e.g. the trailing one) is not a record
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield RawRecord(i, f"{name}#{i}", None, f"line {i + 1}: {e}")
+                    continue
+                yield RawRecord(i, _rid(name, i, rec), rec)
+    else:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)   # a broken JSON array cannot be split into records: fail loudly
+        if not isinstance(data, list):
+            data = [data]
+        for i, rec in enumerate(data):
+            yield RawRecord(i, _rid(name, i, rec), rec)
+
+
+def detect_format(record: Any, container: str) -> str:
+    """llava | sharegpt | messages | captions | shards, from the container and one record's keys."""
+    if container == "shards":
+        return "shards"
+    if isinstance(record, dict):
+        if isinstance(record.get("conversations"), list):
+            return "llava"
+        msgs = record.get("messages")
+        if isinstance(msgs, list) and msgs:
+            return "messages" if any(isinstance(m, dict) and isinstance(m.get("content"), list)
+                                     for m in msgs) else "sharegpt"
+    return "captions"
+
+
+# -- text slots ------------------------------------------------------------------------------------
+def _turn_slots(turns: Any, key: str, role_keys: tuple[str, ...], text_key: str) -> list[tuple[Path_, str]]:
+    if not isinstance(turns, list) or not turns:
+        raise FormatError(f"`{key}` must be a non-empty list")
+    out = []
+    for i, t in enumerate(turns):
+        if not isinstance(t, dict) or not any(isinstance(t.get(r), str) for r in role_keys):
+            raise FormatError(f"{key}[{i}]: expected an object with {'/'.join(role_keys)}")
+        content = t.get(text_key)
+        if isinstance(content, str):
+            out.append(((key, i, text_key), content))
+        elif isinstance(content, list) and text_key == "content":
+            for j, part in enumerate(content):
+                if not isinstance(part, dict):
+                    raise FormatError(f"{key}[{i}].content[{j}]: expected an object")
+                if part.get("type") == "text":
+                    tk = "text" if isinstance(part.get("text"), str) else "value"
+                    if not isinstance(part.get(tk), str):
+                        raise FormatError(f"{key}[{i}].content[{j}]: text part without text")
+                    out.append(((key, i, text_key, j, tk), part[tk]))
+        else:
+            raise FormatError(f"{key}[{i}].{text_key}: expected a string")
+    return out
+
+
+def text_slots(record: Any, fmt: str, fields: list[str]) -> list[tuple[Path_, str]]:
+    """Every (path, English text) of a record that gets translated; FormatError if malformed."""
+    if not isinstance(record, dict):
+        raise FormatError(f"expected a JSON object, got {type(record).__name__}")
+    if fmt == "llava":
+        return _turn_slots(record.get("conversations"), "conversations", ("from",), "value")
+    if fmt in ("sharegpt", "messages"):
+        return _turn_slots(record.get("messages"), "messages", ("role",), "content")
+    if fmt == "shards":
+        out: list[tuple[Path_, str]] = []
+        if isinstance(record["texts"].get("en"), str):
+            out.append((("texts", "en"), record["texts"]["en"]))
+        conv = (record["json"].get("conversations") or {}).get("en")
+        if conv:
+            out += [(("json", "conversations", "en") + p[1:], t)
+                    for p, t in _turn_slots(conv, "en", ("from",), "value")]
+        return out
+    out = []
+    for f in fields:
+        v = record.get(f)
+        if isinstance(v, str):
+            out.append(((f,), v))
+        elif isinstance(v, list) and all(isinstance(x, str) for x in v):
+            out += [((f, j), x) for j, x in enumerate(v)]
+        elif v is not None:
+            raise FormatError(f"field {f!r}: expected a string or a list of strings")
+    if not out:
+        raise FormatError(f"no text field {', '.join(fields)} in record (use --field)")
+    return out
+
+
+def set_slots(record: Any, fmt: str, lang: str, texts: dict[Path_, str]) -> Any:
+    """A deep copy of `record` with every slot replaced by its translation; all else is untouched.
+
+    Shards keep English and gain the language: `texts[lang]` and `json.conversations[lang]`."""
+    rec = copy.deepcopy(record)
+    for path, text in texts.items():
+        if fmt == "shards":
+            path = ("texts", lang) if path[0] == "texts" else ("json", "conversations", lang) + path[3:]
+            if path[0] == "json":
+                convs = rec["json"].setdefault("conversations", {})
+                convs.setdefault(lang, copy.deepcopy(record["json"]["conversations"]["en"]))
+        cur = rec
+        for p in path[:-1]:
+            cur = cur[p]
+        cur[path[-1]] = text
+    return rec
+
+
+# -- writing ---------------------------------------------------------------------------------------
+def write_records(path: str, container: str, records: list[Any]) -> None:
+    """Write records in the input's container; written to a temp name, then renamed."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp"
+    if container == "json":
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(records, f, ensure_ascii=False, indent=2)
+            f.write("\n")
+    elif container == "jsonl":
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    elif container == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(records), tmp)
+    else:
+        _write_tar(tmp, records)
+    os.replace(tmp, path)
+
+
+def _write_tar(path: str, records: list[dict[str, Any]]) -> None:
+    with tarfile.open(path, "w") as tf:
+        for r in records:
+            members = [(f"{r['key']}.jpg", r["jpg"]),
+                       (f"{r['key']}.json", json.dumps(r["json"], ensure_ascii=False, sort_keys=True).encode())]
+            members += [(f"{r['key']}.{lang}.txt", t.encode("utf-8")) for lang, t in sorted(r["texts"].items())]
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                tf.addfile(info, io.BytesIO(data))
