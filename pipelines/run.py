@@ -71,6 +71,23 @@ def caption_plan(cfg: Config) -> tuple[bool, str]:
     return True, f"caption: {cfg.caption.backend} {cfg.caption.model} ({msg})"
 
 
+def translate_plan(cfg: Config) -> tuple[bool, str]:
+    """Whether the translate stage runs; an OpenAI-compatible endpoint must be configured and answer."""
+    t = cfg.translate
+    if not t.enabled or t.backend == "none":
+        return False, "translate: disabled"
+    if t.backend == "openai":
+        from transforms.caption import served_models
+
+        if not t.endpoint:
+            return False, "translate: NOT RUN — no translate.endpoint configured; no translation invented"
+        try:
+            served_models(t.endpoint.rstrip("/"), t.api_key_env)
+        except (OSError, ValueError) as e:
+            return False, f"translate: NOT RUN — GET {t.endpoint}/models failed ({getattr(e, 'reason', e)})"
+    return True, f"translate: {t.backend} {t.model} -> {', '.join(t.to)}"
+
+
 def preflight(cfg: Config) -> list[str]:
     """Checks that must fail once, before any work (models present, endpoints reachable)."""
     notes = []
@@ -82,7 +99,7 @@ def preflight(cfg: Config) -> list[str]:
     return notes
 
 
-def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool) -> None:
+def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, run_translate: bool) -> None:
     from sharding.rejects import WriteRejects
     from sharding.writer import WriteShards
     from transforms.decode import DecodeImages
@@ -115,7 +132,7 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool) -
         samples, r = samples | label >> stage
         rejects.append(r)
     samples = samples | "BuildRecords" >> BuildRecords(carry_source=not run_caption)
-    if cfg.translate.enabled:
+    if run_translate:
         from transforms.translate import TranslateSamples
         samples, r = samples | "Translate" >> TranslateSamples(cfg.translate, out)
         rejects.append(r)
@@ -162,7 +179,8 @@ def run(cfg: Config, pipeline_args: list[str] | None = None, config_path: str | 
     os.makedirs(out, exist_ok=True)
     notes = preflight(cfg)
     run_caption, caption_note = caption_plan(cfg)
-    notes.append(caption_note)
+    run_translate, translate_note = translate_plan(cfg)
+    notes.extend([caption_note, translate_note])
     args = list(pipeline_args or [])
     _write_json(os.path.join(out, "_run.json"), {
         "config": to_dict(cfg), "config_path": config_path, "code_version": code_version(),
@@ -174,7 +192,7 @@ def run(cfg: Config, pipeline_args: list[str] | None = None, config_path: str | 
         print(f"[polycap] {n}", file=sys.stderr, flush=True)
     options = PipelineOptions(args)
     with beam.Pipeline(options=options) as p:
-        build_pipeline(p, cfg, out, run_caption)
+        build_pipeline(p, cfg, out, run_caption, run_translate)
     stats = collect_stats(out, started)
     stats["notes"] = notes
     _write_json(os.path.join(out, "_stats.json"), stats)
