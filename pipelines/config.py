@@ -1,6 +1,7 @@
 """Job config: frozen dataclasses loaded from YAML, overridden by `--set a.b=c`, validated before any work."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -262,27 +263,41 @@ def _set_path(data: dict[str, Any], dotted: str, raw: str) -> None:
     cur[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
 
 
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a file; a missing file or bad YAML is a ConfigError naming the file."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("config: top level must be a mapping")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None, prefix: str = "") -> dict[str, Any]:
+    """A deep copy of `data` with `a.b=c` overrides applied (values parsed as YAML)."""
+    data = copy.deepcopy(data)
+    for ov in overrides or []:
+        if "=" not in ov:
+            raise ConfigError(f"--set {ov!r}: expected a.b=value")
+        k, v = ov.split("=", 1)
+        k = k.strip()
+        _set_path(data, k if not prefix or k.startswith(prefix) else f"{prefix}{k}", v)
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 data: dict[str, Any] | None = None) -> Config:
     """Load YAML (or a dict), apply `a.b=c` overrides (values parsed as YAML), validate."""
     if data is None:
         if path is None:
             raise ConfigError("no config given")
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError("config: top level must be a mapping")
-    data = dict(data)
-    for ov in overrides or []:
-        if "=" not in ov:
-            raise ConfigError(f"--set {ov!r}: expected a.b=value")
-        k, v = ov.split("=", 1)
-        _set_path(data, k.strip(), v)
-    cfg = build(Config, data)
+    cfg = build(Config, apply_overrides(data, overrides))
     _check(cfg)
     return cfg
 
@@ -297,27 +312,9 @@ def load_section(cls: type, section: str, path: str | None = None, overrides: li
 
     `overrides` are `a=b` or `section.a=b`; `defaults` apply only where the file sets nothing.
     """
-    data: dict[str, Any] = {}
-    if path:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError("config: top level must be a mapping")
-        sec = raw.get(section, {})
-        if not isinstance(sec, dict):
-            raise ConfigError(f"{section}: expected a mapping")
-        data = dict(sec)
-    for k, v in (defaults or {}).items():
-        data.setdefault(k, v)
-    wrapped = {section: data}
-    for ov in overrides or []:
-        if "=" not in ov:
-            raise ConfigError(f"--set {ov!r}: expected a.b=value")
-        k, v = ov.split("=", 1)
-        k = k.strip()
-        _set_path(wrapped, k if k.startswith(f"{section}.") else f"{section}.{k}", v)
+    sec = read_yaml(path).get(section, {}) if path else {}
+    if not isinstance(sec, dict):
+        raise ConfigError(f"{section}: expected a mapping")
+    data = {**(defaults or {}), **sec}
+    wrapped = apply_overrides({section: data}, overrides, prefix=f"{section}.")
     return build(cls, wrapped[section], section)

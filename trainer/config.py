@@ -1,15 +1,12 @@
 """Trainer config: frozen dataclasses from YAML (no exec), `--set a.b=c` overrides, validated before any work."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pipelines.config import ConfigError, build
+from pipelines.config import ConfigError, apply_overrides, build, read_yaml
 
 STAGES = ("pretrain", "sft")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -129,37 +126,16 @@ def _check(cfg: TrainerConfig) -> None:
             raise ConfigError(f"train.{name}: must be >= 0")
 
 
-def _set_path(data: dict[str, Any], dotted: str, raw: str) -> None:
-    keys = dotted.split(".")
-    cur = data
-    for k in keys[:-1]:
-        nxt = cur.setdefault(k, {})
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"{dotted}: {k} is not a mapping")
-        cur = nxt
-    cur[keys[-1]] = yaml.safe_load(raw) if raw != "" else ""
-
-
 def load_trainer_config(path: str | Path | None = None, overrides: list[str] | None = None,
                         shards: str | None = None, data: dict[str, Any] | None = None) -> TrainerConfig:
     """YAML (or a dict) + `a.b=c` overrides (values parsed as YAML) + `--shards`, validated."""
     if data is None:
         if path is None:
             raise ConfigError("no trainer config given")
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError("config: top level must be a mapping")
-    data = copy.deepcopy(data)
-    for ov in overrides or []:
-        if "=" not in ov:
-            raise ConfigError(f"--set {ov!r}: expected a.b=value")
-        k, v = ov.split("=", 1)
-        _set_path(data, k.strip(), v)
+    data = apply_overrides(data, overrides)
     if shards:
         data.setdefault("data", {})["shards"] = shards
     cfg = build(TrainerConfig, data)
