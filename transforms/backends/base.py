@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
@@ -66,6 +66,32 @@ class GenBackend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
+
+
+def map_image_parts(messages: Sequence[dict[str, Any]], images: Sequence[bytes],
+                    convert: Callable[[bytes], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Replace each {"type": "image"} part, in order, by `convert(image bytes)`; other parts pass through.
+    The number of image parts must equal the number of images."""
+    out: list[dict[str, Any]] = []
+    used = 0
+    for msg in messages:
+        content = msg.get("content")
+        if not isinstance(content, list):
+            out.append(dict(msg))
+            continue
+        parts = []
+        for part in content:
+            if part.get("type") != "image":
+                parts.append(dict(part))
+                continue
+            if used >= len(images):
+                raise ValueError(f"{used + 1} image parts but only {len(images)} images")
+            parts.append(convert(images[used]))
+            used += 1
+        out.append({**msg, "content": parts})
+    if used != len(images):
+        raise ValueError(f"{len(images)} images given but {used} image parts in the messages")
+    return out
 
 
 def make_backend(spec: BackendSpec) -> GenBackend:

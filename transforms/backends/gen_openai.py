@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from transforms.backends.base import BackendSpec, GenBackend, GenRequest, GenResult
+from transforms.backends.base import BackendSpec, GenBackend, GenRequest, GenResult, map_image_parts
 
 log = logging.getLogger(__name__)
 
@@ -44,26 +44,8 @@ def image_data_url(data: bytes) -> str:
 
 def to_openai_messages(messages: Sequence[dict[str, Any]], images: Sequence[bytes]) -> list[dict[str, Any]]:
     """Replace each {"type": "image"} part, in order, by a base64 `image_url` part; text parts pass through."""
-    out: list[dict[str, Any]] = []
-    used = 0
-    for msg in messages:
-        content = msg.get("content")
-        if not isinstance(content, list):
-            out.append(dict(msg))
-            continue
-        parts = []
-        for part in content:
-            if part.get("type") == "image":
-                if used >= len(images):
-                    raise ValueError(f"{used + 1} image parts but only {len(images)} images")
-                parts.append({"type": "image_url", "image_url": {"url": image_data_url(images[used])}})
-                used += 1
-            else:
-                parts.append(dict(part))
-        out.append({**msg, "content": parts})
-    if used != len(images):
-        raise ValueError(f"{len(images)} images given but {used} image parts in the messages")
-    return out
+    return map_image_parts(messages, images,
+                           lambda data: {"type": "image_url", "image_url": {"url": image_data_url(data)}})
 
 
 def to_openai_params(params: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from transforms.backends.base import BackendSpec, GenBackend, GenRequest, GenResult
+from transforms.backends.base import BackendSpec, GenBackend, GenRequest, GenResult, map_image_parts
 
 log = logging.getLogger(__name__)
 
@@ -37,29 +37,12 @@ def to_vllm_messages(messages: Sequence[dict[str, Any]], images: Sequence[bytes]
     (a decoded PIL image; vLLM >= 0.8) or, with image_part="data_url", an OpenAI `image_url` part."""
     from transforms.backends.gen_openai import image_data_url
 
-    out, used = [], 0
-    for msg in messages:
-        content = msg.get("content")
-        if not isinstance(content, list):
-            out.append(dict(msg))
-            continue
-        parts = []
-        for part in content:
-            if part.get("type") != "image":
-                parts.append(dict(part))
-                continue
-            if used >= len(images):
-                raise ValueError(f"{used + 1} image parts but only {len(images)} images")
-            data = images[used]
-            used += 1
-            if image_part == "data_url":
-                parts.append({"type": "image_url", "image_url": {"url": image_data_url(data)}})
-            else:
-                parts.append({"type": "image_pil", "image_pil": decode_image(data)})
-        out.append({**msg, "content": parts})
-    if used != len(images):
-        raise ValueError(f"{len(images)} images given but {used} image parts in the messages")
-    return out
+    def convert(data: bytes) -> dict[str, Any]:
+        if image_part == "data_url":
+            return {"type": "image_url", "image_url": {"url": image_data_url(data)}}
+        return {"type": "image_pil", "image_pil": decode_image(data)}
+
+    return map_image_parts(messages, images, convert)
 
 
 def sampling_kwargs(params: dict[str, Any]) -> dict[str, Any]:
