@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
@@ -64,7 +65,7 @@ class GenBackend(ABC):
     def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
         """One result per request, same order. Must not raise for per-request failures."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         pass
 
 
