@@ -81,6 +81,16 @@ class OcrConfig:
     engine: str = "onnxruntime"     # onnxruntime (offline CPU, ONNX dirs) | paddle (native models, GPU)
     det_model: str = "PP-OCRv6_small_det"   # PaddleOCR model name = folder name under model_dir
     rec_model: str = ""             # "" = by langs (PP-OCRv6_small_rec; ko -> korean_PP-OCRv5_mobile_rec)
+    # Text detection (paddleocr backend). Images whose long side exceeds det_max_side are detected at that
+    # size (PP-OCR 2.x's default, 960 max). PaddleOCR 3.x detects at full size (min side 64, max 4000):
+    # on the 300-dpi UNLV pages it merged lines across 17-28 px gutters (10 merged lines on 8071_093,
+    # CER 66%; 3 at max side 1280-1600); at 960 none merge (CER 2.7%) and recognition still reads crops
+    # of the full image (bench/results/ocr.json). 0 = PaddleOCR's own sizing. Thresholds: 0 = PaddleOCR's
+    # defaults (0.3 / 0.6 / 1.5); raising det_thresh to 0.45-0.5 or lowering unclip to 1.2 did not unmerge.
+    det_max_side: int = 960
+    det_thresh: float = 0.0
+    det_box_thresh: float = 0.0
+    det_unclip_ratio: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -134,6 +144,8 @@ class TranslateConfig:
     device: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)  # backend extras, e.g. {gguf_file: ...}
     max_chunk_chars: int = 2000     # long texts are split at paragraph (then sentence) boundaries
+    prompt_style: str = "auto"      # chat | completion (few-shot, for base LMs) | auto: completion for
+                                    # the Gemma 270M base GGUF or options.base_model, else chat
 
 
 @dataclass(frozen=True)

@@ -192,6 +192,7 @@ def run(path: str, cfg: Any, out_json: str | None = None, gt_sources: str = "ups
     report = {
         "input": str(path), "gt_sources": gt_sources, "images": len(rows),
         "backend": cfg.backend, "engine": cfg.engine, "device": cfg.device, "orientation": cfg.orientation,
+        "det_max_side": getattr(cfg, "det_max_side", None),
         "failed": sum(p.get("status") in ("failed", "rejected", "lost") for p in preds),
         "wall_s": round(wall, 2), "images_per_s": round(len(rows) / wall, 3),
         "engine_images_per_s": round(len(rows) / engine_s, 3) if engine_s else None,

@@ -6,7 +6,8 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any
+from itertools import pairwise
+from typing import Any, cast
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -66,65 +67,74 @@ def rotate_grid_box(box: list[int], k: int) -> list[int]:
     return [x1, y1, x2, y2]
 
 
-# A vertical gutter must be at least this wide (grid units, i.e. 1.5% of the page) to split columns.
-MIN_GUTTER = 15
+# ---- reading order: recursive XY-cut on line boxes ----------------------------------------------------
+# Boxes are laid out in upright-page pixels so that gaps compare with line heights on both axes.
+# DB detectors pad each line polygon (unclip ratio 1.5, Liao et al. 2020): measured on the UNLV magazine
+# pages (issue 3) a box overhangs its ink by ~0.2-0.4 line heights, enough for the boxes of two columns
+# 17 px apart to touch. INK_PAD trims that off both ends before gutters are looked for.
+INK_PAD = 0.2
+# A column gutter is at least half a line height of whitespace between trimmed boxes. Boxes are whole
+# lines, so a gap on one row already exceeds a word space; a gutter must also run through every line.
+GUTTER_EM = 0.5
+# Captions and pull quotes may straddle a gutter (UNLV 8087_054: a 7-line caption sits across it): up to
+# this share of a block's lines, each narrower than FLOAT_MAX_WIDTH of the block and fewer than either
+# column's lines, is read after the columns.
+FLOAT_SHARE = 0.25
+FLOAT_MAX_WIDTH = 0.5
+
+Box = tuple[float, float, float, float]
 
 
-def _gaps(spans: list[tuple[int, int]], min_gap: int) -> list[int]:
+def _size(box: Box) -> float:
+    """Line height (the short side, so vertical lines of CJK text count too)."""
+    return max(min(box[2] - box[0], box[3] - box[1]), 1e-6)
+
+
+def _ink_x(box: Box) -> tuple[float, float]:
+    pad = min(INK_PAD * _size(box), 0.25 * (box[2] - box[0]))
+    return box[0] + pad, box[2] - pad
+
+
+def _em(items: list) -> float:
+    sizes = sorted(_size(b) for b, _ in items)
+    return sizes[len(sizes) // 2]
+
+
+def _gaps(spans: list[tuple[float, float]], min_gap: float) -> list[float]:
     """Cut positions between merged [start, end) spans separated by at least `min_gap`."""
-    cuts, end = [], None
+    cuts: list[float] = []
+    end: float | None = None
     for lo, hi in sorted(spans):
         if end is not None and lo - end >= min_gap:
-            cuts.append((end + lo) // 2)
+            cuts.append((end + lo) / 2)
         end = hi if end is None else max(end, hi)
     return cuts
 
 
-def _split(items: list, axis: int, cuts: list[int]) -> list[list]:
+def _split(items: list, axis: int, cuts: list[float]) -> list[list]:
+    """Groups of items between consecutive cuts, by box centre along `axis` (0 = x, 1 = y)."""
     groups: list[list] = [[] for _ in range(len(cuts) + 1)]
     for box, ln in items:
-        groups[sum(box[axis] >= c for c in cuts)].append((box, ln))
+        centre = (box[axis] + box[axis + 2]) / 2
+        groups[sum(centre >= c for c in cuts)].append((box, ln))
     return [g for g in groups if g]
 
 
-def _rows(items: list) -> list[OcrLine]:
-    """Top-to-bottom rows, left-to-right within a row; a line joins a row when it overlaps the row's
-    vertical span by at least half the smaller height."""
-    rows: list[tuple[list[int], list]] = []
-    for box, ln in sorted(items, key=lambda kb: ((kb[0][1] + kb[0][3]) / 2, kb[0][0])):
-        top, bottom = box[1], box[3]
-        if rows:
-            span, members = rows[-1]
-            overlap = min(bottom, span[1]) - max(top, span[0])
-            if overlap >= 0.5 * min(max(bottom - top, 1), max(span[1] - span[0], 1)):
-                span[0], span[1] = min(span[0], top), max(span[1], bottom)
-                members.append((box, ln))
-                continue
-        rows.append(([top, bottom], [(box, ln)]))
-    return [ln for _, members in rows for _, ln in sorted(members, key=lambda kb: kb[0][0])]
+def _columns(items: list, em: float) -> list[list]:
+    """Columns split at gutters that no line crosses, left to right; [] when there are none."""
+    cuts = _gaps([_ink_x(b) for b, _ in items], GUTTER_EM * em)
+    groups = _split(items, 0, cuts)
+    return groups if cuts and all(len(g) >= 2 for g in groups) else []
 
 
-def _xy_cut(items: list, depth: int = 0) -> list[OcrLine]:
-    """Recursive XY-cut (Nagy & Seth 1984): split at column gutters first (left to right), else at
-    horizontal gaps between bands (top to bottom) and recurse; a block with neither is read in rows."""
-    if len(items) <= 1 or depth > 32:
-        return _rows(items)
-    cols = _gaps([(b[0], b[2]) for b, _ in items], MIN_GUTTER)
-    if cols and all(len(g) >= 2 for g in _split(items, 0, cols)):
-        return [ln for g in _split(items, 0, cols) for ln in _xy_cut(g, depth + 1)]
-    blocks = _blocks(_split(items, 1, _gaps([(b[1], b[3]) for b, _ in items], 1)))
-    if len(blocks) > 1:
-        return [ln for g in blocks for ln in _xy_cut(g, depth + 1)]
-    return _rows(items)
-
-
-def _blocks(bands: list[list]) -> list[list]:
-    """Merge consecutive horizontal bands that have a column gutter into one block (a two-column body
-    between a title and a footer), so the next cut can find the gutter across the whole body."""
+def _bands(items: list, em: float) -> list[list]:
+    """Horizontal bands split at whitespace rows, top to bottom; consecutive bands that both have a
+    gutter (clean or crossed by a caption) are one block (a two-column body whose lines happen to align),
+    so its columns stay whole."""
     blocks: list[list] = []
     prev_multi = False
-    for band in bands:
-        multi = len(band) > 1 and bool(_gaps([(b[0], b[2]) for b, _ in band], MIN_GUTTER))
+    for band in _split(items, 1, _gaps([(b[1], b[3]) for b, _ in items], 1.0)):
+        multi = bool(_columns(band, em) or _floating_split(band, em))
         if multi and prev_multi:
             blocks[-1].extend(band)
         else:
@@ -133,10 +143,87 @@ def _blocks(bands: list[list]) -> list[list]:
     return blocks
 
 
-def reading_order(lines: list[OcrLine], k: int = 0) -> list[OcrLine]:
-    """Lines in reading order on the upright page (`k` quarter turns from the stored image): columns left
-    to right, bands top to bottom, rows left to right (left-to-right, top-to-bottom scripts)."""
-    return _xy_cut([(rotate_grid_box(ln.box, k), ln) for ln in lines])
+def _low_runs(spans: list[tuple[float, float]], cap: int) -> list[tuple[float, float]]:
+    """Maximal x runs crossed by at most c lines, for every c up to `cap` (c = 0: clean gutters)."""
+    edges = sorted({v for s in spans for v in s})
+    cells = [(lo, hi, sum(a < hi and b > lo for a, b in spans)) for lo, hi in pairwise(edges)]
+    runs: set[tuple[float, float]] = set()
+    for c in range(cap + 1):
+        run: list[float] = []
+        for lo, hi, n in [*cells, (edges[-1], edges[-1], cap + 1)]:
+            if n <= c:
+                run = [run[0] if run else lo, hi]
+            elif run:
+                runs.add((run[0], run[1]))
+                run = []
+    return sorted(runs)
+
+
+def _floating_split(items: list, em: float) -> tuple[list, list, list] | None:
+    """(left, right, floating) around the gutter crossed by the fewest short lines, or None."""
+    spans = [_ink_x(b) for b, _ in items]
+    cap = max(1, int(FLOAT_SHARE * len(items)))
+    width = max(b[2] for b, _ in items) - min(b[0] for b, _ in items)
+    best = None
+    for lo, hi in _low_runs(spans, cap):
+        if hi - lo < GUTTER_EM * em:
+            continue
+        left = [it for it, (_, b) in zip(items, spans) if b <= lo]
+        right = [it for it, (a, _) in zip(items, spans) if a >= hi]
+        floating = [it for it, (a, b) in zip(items, spans) if b > lo and a < hi]
+        if (min(len(left), len(right)) <= max(1, len(floating)) or len(floating) > cap
+                or any(b[2] - b[0] > FLOAT_MAX_WIDTH * width for b, _ in floating)):
+            continue
+        if best is None or (len(floating), lo - hi) < best[0]:
+            best = ((len(floating), lo - hi), (left, right, floating))
+    return best[1] if best else None
+
+
+def _rows(items: list) -> list[OcrLine]:
+    """Top-to-bottom rows, left-to-right within a row; a line joins a row when it overlaps the row's
+    vertical span by at least half the smaller height."""
+    rows: list[tuple[list[float], list]] = []
+    for box, ln in sorted(items, key=lambda kb: ((kb[0][1] + kb[0][3]) / 2, kb[0][0])):
+        top, bottom = box[1], box[3]
+        if rows:
+            span, members = rows[-1]
+            overlap = min(bottom, span[1]) - max(top, span[0])
+            if overlap >= 0.5 * min(max(bottom - top, 1e-6), max(span[1] - span[0], 1e-6)):
+                span[0], span[1] = min(span[0], top), max(span[1], bottom)
+                members.append((box, ln))
+                continue
+        rows.append(([top, bottom], [(box, ln)]))
+    return [ln for _, members in rows for _, ln in sorted(members, key=lambda kb: kb[0][0])]
+
+
+def _xy_cut(items: list, depth: int = 0) -> list[OcrLine]:
+    """Recursive XY-cut (Nagy & Seth 1984): columns at clean gutters (left to right), else bands at
+    whitespace rows (top to bottom), else columns around floating captions; a block with none of these
+    is read in rows."""
+    if len(items) <= 1 or depth > 32:
+        return _rows(items)
+    em = _em(items)
+    groups = _columns(items, em) or _bands(items, em)
+    if len(groups) <= 1:
+        groups = [g for g in _floating_split(items, em) or () if g]
+    if len(groups) <= 1:
+        return _rows(items)
+    return [ln for g in groups for ln in _xy_cut(g, depth + 1)]
+
+
+def reading_order(lines: list[OcrLine], k: int = 0, size: tuple[int, int] | None = None) -> list[OcrLine]:
+    """Lines in reading order on the upright page (`k` quarter turns from the stored image of `size` =
+    (width, height) pixels; None = square): columns left to right, blocks top to bottom, rows left to
+    right within a column (left-to-right, top-to-bottom scripts). Boxes stay on the 0–1000 grid."""
+    w, h = size or (GRID, GRID)
+    if k % 2:
+        w, h = h, w
+    sx, sy = w / GRID, h / GRID
+    items = []
+    for ln in lines:
+        x1, y1, x2, y2 = rotate_grid_box(ln.box, k)
+        items.append(((x1 * sx, y1 * sy, (x2 + 1) * sx, (y2 + 1) * sy), ln))
+    return _xy_cut(items)
 
 
 def _polygon_area(quad: list[float]) -> float:
@@ -223,7 +310,7 @@ def to_ocr_result(raw: dict[str, Any], min_score: float) -> OcrResult:
     for text, quad_px, score in kept:
         quad = normalize_quad(quad_px, w, h)
         lines.append(OcrLine(text=text, box=quad_box(quad), quad=quad, score=round(score, 4)))
-    lines = reading_order(lines, raw.get("angle", 0) // 90)
+    lines = reading_order(lines, raw.get("angle", 0) // 90, (w, h))
     return OcrResult(engine=raw["engine"], models=dict(raw["models"]), status="ok" if lines else "empty",
                      lines=lines, lang=dominant_lang(ln.text for ln in lines),
                      text_area_ratio=text_area_ratio([q for _, q, _ in kept], w, h))
@@ -234,7 +321,9 @@ def to_ocr_result(raw: dict[str, Any], min_score: float) -> OcrResult:
 def _provenance(cfg: Any, raw: dict[str, Any]) -> dict[str, Any]:
     return {"backend": cfg.backend, "engine": raw.get("engine", cfg.backend), "models": raw.get("models", {}),
             "params": {"min_score": cfg.min_score, "langs": list(cfg.langs), "device": cfg.device,
-                       "orientation": cfg.orientation},
+                       "orientation": cfg.orientation, "det_max_side": cfg.det_max_side,
+                       "det_thresh": cfg.det_thresh, "det_box_thresh": cfg.det_box_thresh,
+                       "det_unclip_ratio": cfg.det_unclip_ratio},
             "angle": raw.get("angle", 0), "seconds": raw.get("seconds"), "error": raw.get("error")}
 
 
@@ -265,7 +354,7 @@ class _AttachOcr(_Counted):
     """PredictionResult(sample, raw engine output) -> sample with `ocr` + provenance, or a reject."""
 
     def process(self, pred: PredictionResult):
-        sample, raw = pred.example, pred.inference
+        sample, raw = cast(Sample, pred.example), cast("dict[str, Any]", pred.inference)
         if raw.get("error"):
             yield self._emit(_failed(sample, raw["error"], self.cfg, raw), "failed")
             return
@@ -287,7 +376,7 @@ class _FailBatch(_Counted):
 
 def _attach_dead_letter(bad: tuple[Any, Any], cfg: Any) -> Reject:
     pred, err = bad
-    sample = pred.example if isinstance(pred, PredictionResult) else pred
+    sample = cast(Sample, pred.example if isinstance(pred, PredictionResult) else pred)
     detail = f"{getattr(err[0], '__name__', err[0])}: {err[1]}" if isinstance(err, tuple) else str(err)
     return make_reject(sample, STAGE, Reason.OCR_FAILED, detail[:2000])
 

@@ -39,6 +39,83 @@ def test_reading_order_on_a_page_turned_clockwise():
     assert [ln.text for ln in ocr.reading_order(lines, k=1)] == ["first", "second"]
 
 
+# ---- column-aware reading order on synthetic pages (2550 x 3300 px: a US letter page at 300 dpi) --------
+
+PAGE = (2550, 3300)
+
+
+def _page(spec: list[tuple[str, tuple[int, int, int, int]]], size=PAGE, k: int = 0) -> list[OcrLine]:
+    """Pixel boxes on the upright page -> OcrLines on the grid of the stored image (turned by `k`)."""
+    w, h = size
+    return [_line(text, ocr.rotate_grid_box([ocr.to_grid(x1, w), ocr.to_grid(y1, h), ocr.to_grid(x2, w),
+                                             ocr.to_grid(y2, h)], -k % 4)) for text, (x1, y1, x2, y2) in spec]
+
+
+def _column(prefix: str, x1: int, x2: int, y0: int, n: int, pitch: int = 48) -> list:
+    """A justified column as a detector boxes it: 50 px lines touching each other, first line indented,
+    last line short."""
+    return [(f"{prefix}{i}", (x1 + (50 if i == 0 else 0), y0 + i * pitch,
+                              x2 if i < n - 1 else x1 + (x2 - x1) // 3, y0 + i * pitch + 50)) for i in range(n)]
+
+
+def _shuffled(lines: list[OcrLine]) -> list[OcrLine]:
+    return [lines[i] for i in np.random.default_rng(0).permutation(len(lines))]
+
+
+def _texts(spec) -> list[str]:
+    return [t for t, _ in spec]
+
+
+@pytest.mark.parametrize("left,right", [
+    ((270, 1240), (1300, 2270)),   # a 60 px gutter
+    ((170, 815), (832, 1478)),     # 17 px between the boxes (UNLV 8071_093: boxes almost touch)
+])
+def test_two_columns_are_read_column_by_column(left, right):
+    title = [("Title", (800, 300, 1700, 380))]
+    lcol, rcol = _column("L", *left, 600, 30), _column("R", *right, 600, 30)   # rows aligned across
+    footer = [("54 Travel", (200, 3150, 1100, 3200))]
+    spec = title + lcol + rcol + footer
+    assert [ln.text for ln in ocr.reading_order(_shuffled(_page(spec)), 0, PAGE)] == _texts(spec)
+
+
+def test_caption_across_the_gutter_is_read_after_the_columns():
+    # UNLV 8087_054's layout: a photo between the columns, its caption straddling the gutter.
+    lcol = _column("L", 270, 1240, 600, 10) + _column("Lw", 270, 1000, 1080, 12) + _column("Lb", 270, 1240, 1680, 8)
+    rcol = _column("R", 1300, 2270, 600, 10) + _column("Rw", 1540, 2270, 1080, 12) + _column("Rb", 1300, 2270, 1680, 8)
+    caption = [(f"C{i}", (1080 + 10 * (i % 3), 1250 + 40 * i, 1470 - 10 * (i % 2), 1285 + 40 * i)) for i in range(6)]
+    spec = [("dateline", (1100, 380, 1440, 430))] + lcol + rcol + caption
+    assert [ln.text for ln in ocr.reading_order(_shuffled(_page(spec)), 0, PAGE)] == _texts(spec)
+
+
+def test_full_width_heading_separates_two_column_sections():
+    top = _column("a", 270, 1240, 300, 8) + _column("b", 1300, 2270, 300, 8)
+    heading = [("Heading across the page", (270, 760, 2270, 840))]
+    bottom = _column("c", 270, 1240, 900, 8) + _column("d", 1300, 2270, 900, 8)
+    spec = top + heading + bottom
+    assert [ln.text for ln in ocr.reading_order(_shuffled(_page(spec)), 0, PAGE)] == _texts(spec)
+
+
+def test_single_column_text_is_never_split_into_columns():
+    # Short lines ("earlier.", a last line) and indents leave white space at the right, never a gutter.
+    spec = (_column("p", 270, 2270, 300, 6) + [("earlier.", (270, 588, 420, 638))]
+            + _column("q", 270, 2270, 636, 5) + [("2", (2200, 900, 2240, 950))])
+    assert [ln.text for ln in ocr.reading_order(_shuffled(_page(spec)), 0, PAGE)] == _texts(spec)
+
+
+def test_scene_text_is_read_in_rows():
+    size = (640, 480)
+    spec = [("EXIT", (40, 40, 180, 100)), ("PARKING", (420, 45, 600, 100)),
+            ("Main Street", (120, 200, 520, 280)), ("300 m", (250, 320, 390, 360))]
+    assert [ln.text for ln in ocr.reading_order(_shuffled(_page(spec, size)), 0, size)] == _texts(spec)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_columns_of_a_turned_page_are_read_upright(k):
+    spec = _column("L", 270, 1240, 600, 12) + _column("R", 1300, 2270, 600, 12)
+    stored = PAGE[::-1] if k % 2 else PAGE
+    assert [ln.text for ln in ocr.reading_order(_shuffled(_page(spec, k=k)), k, stored)] == _texts(spec)
+
+
 @pytest.mark.parametrize("k", [0, 1, 2, 3])
 def test_quad_to_original_maps_back_onto_the_stored_image(k):
     h, w = 30, 50

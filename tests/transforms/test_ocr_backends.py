@@ -84,6 +84,16 @@ def test_paddle_kwargs_are_offline_and_explicit(model_dir):
     assert kw["text_recognition_model_dir"] == str(model_dir / "PP-OCRv6_small_rec")
 
 
+def test_only_large_images_are_detected_at_det_max_side():
+    from transforms.backends.ocr_paddle import det_kwargs
+
+    cfg = OcrConfig(enabled=True)
+    assert det_kwargs(cfg, 3300, 2560) == {"text_det_limit_type": "max", "text_det_limit_side_len": 960}
+    assert det_kwargs(cfg, 480, 640) == {}          # small images and word crops keep PaddleOCR's sizing
+    tuned = OcrConfig(enabled=True, det_max_side=0, det_thresh=0.4, det_unclip_ratio=1.2)
+    assert det_kwargs(tuned, 3300, 2560) == {"text_det_thresh": 0.4, "text_det_unclip_ratio": 1.2}
+
+
 @pytest.mark.slow
 def test_rendered_text_is_read_and_boxed_where_drawn(paddle, monkeypatch):
     rgb, drawn = _rendered()
@@ -113,6 +123,19 @@ def test_rotated_page_is_read_upright_and_boxed_on_the_stored_image(paddle, eval
     # the page is turned counter-clockwise: the first line is a tall, narrow box on the stored image
     x1, y1, x2, y2 = res.lines[0].box
     assert (y2 - y1) > 5 * (x2 - x1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", ["8071_093.3B", "8087_054.3B"])
+def test_two_column_magazine_page_cer_below_5_percent(paddle, eval_dir, page):
+    """Issue 3 acceptance on UNLV magazine scans: narrow gutters (8071) and a caption across the gutter
+    (8087). Plain output order against the upstream transcription, no re-alignment."""
+    from pipelines.ocr_eval import cer_counts
+
+    folder = eval_dir / "ocr" / "tesseract_test"
+    res = ocr.to_ocr_result(paddle.read(decode_rgb((folder / f"{page}.tif").read_bytes())), 0.5)
+    edits, chars = cer_counts("\n".join(ln.text for ln in res.lines), (folder / f"{page}.txt").read_text())
+    assert edits / chars < 0.05, (page, edits / chars)
 
 
 @pytest.mark.slow

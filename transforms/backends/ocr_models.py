@@ -239,8 +239,8 @@ class DocOrientation:
                          Image.Resampling.LANCZOS)
         left, top = (img.width - 224) // 2, (img.height - 224) // 2
         arr = np.asarray(img.crop((left, top, left + 224, top + 224)), dtype=np.float32)[:, :, ::-1] / 255.0
-        arr = (arr - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
-        return arr.transpose(2, 0, 1)[None].astype(np.float32)
+        norm = (arr - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+        return norm.transpose(2, 0, 1)[None].astype(np.float32)
 
     def predict(self, rgb: np.ndarray) -> tuple[int, float]:
         """(angle, score); angle is 0 unless the classifier is at least `min_score` sure."""

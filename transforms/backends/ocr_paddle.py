@@ -44,6 +44,23 @@ def paddle_kwargs(cfg: Any, models: OcrModels) -> dict[str, Any]:
     return kw
 
 
+def det_kwargs(cfg: Any, height: int, width: int) -> dict[str, Any]:
+    """Per-image `predict` arguments for text detection (see OcrConfig.det_max_side for why).
+
+    Only images larger than `det_max_side` are sized down; smaller ones keep PaddleOCR's sizing, which
+    enlarges tiny crops (min side 64) so single words are still found.
+    """
+    kw: dict[str, Any] = {}
+    if cfg.det_max_side and max(height, width) > cfg.det_max_side:
+        kw["text_det_limit_type"] = "max"
+        kw["text_det_limit_side_len"] = int(cfg.det_max_side)
+    for field, name in (("det_thresh", "text_det_thresh"), ("det_box_thresh", "text_det_box_thresh"),
+                        ("det_unclip_ratio", "text_det_unclip_ratio")):
+        if getattr(cfg, field):
+            kw[name] = float(getattr(cfg, field))
+    return kw
+
+
 class PaddleOcrEngine:
     """Loaded once per worker; `recognize(rgb)` -> [(text, quad 8 floats in pixels, score)]."""
 
@@ -61,11 +78,12 @@ class PaddleOcrEngine:
                                 f"{type(e).__name__}: {str(e)[:400]}") from None
         self.name = f"paddleocr {paddleocr.__version__} ({cfg.engine}, {cfg.device})"
         self.extra_models: dict[str, str] = {}
+        self.cfg = cfg
 
     def recognize(self, rgb: np.ndarray) -> list[tuple[str, list[float], float]]:
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])  # PaddleX treats arrays as OpenCV BGR
         out = []
-        for res in self.pipeline.predict(bgr):
+        for res in self.pipeline.predict(bgr, **det_kwargs(self.cfg, *bgr.shape[:2])):
             for text, poly, score in zip(res["rec_texts"], res["rec_polys"], res["rec_scores"]):
                 quad = [float(v) for v in np.asarray(poly, dtype=np.float64).reshape(-1)[:8]]
                 out.append((str(text), quad, float(score)))
