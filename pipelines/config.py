@@ -254,6 +254,9 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"decode.jpeg_quality: must be in 1..100, got {cfg.decode.jpeg_quality}")
     if cfg.ocr.backend not in ("paddleocr", "rapidocr"):
         raise ConfigError(f"ocr.backend: {cfg.ocr.backend!r} is not one of paddleocr, rapidocr")
+    for name in ("det_max_side", "det_thresh", "det_box_thresh", "det_unclip_ratio", "min_score"):
+        if getattr(cfg.ocr, name, 0) < 0:
+            raise ConfigError(f"ocr.{name}: must be >= 0, got {getattr(cfg.ocr, name)}")
     if cfg.ocr.on_failure not in ("keep", "reject"):
         raise ConfigError(f"ocr.on_failure: {cfg.ocr.on_failure!r} is not one of keep, reject")
     for sec in ("caption", "translate"):
