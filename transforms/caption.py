@@ -22,6 +22,7 @@ from transforms.backends.base import BackendSpec, GenBackend, GenModelHandler, G
 from transforms.cache import ResultCache, cache_key
 from transforms.caption_gates import GateConfig, run_gates
 from transforms.common import DEAD, REJECTS, SAMPLES, StageDoFn, make_reject
+from transforms.records import carry_source_captions  # noqa: F401  (re-exported: part of this stage's API)
 
 STAGE = "caption"
 ENDPOINT_ENV = "POLYCAP_CAPTION_ENDPOINT"
@@ -205,17 +206,6 @@ def finish(job: CaptionJob, attempts: list[Attempt], quality: str = "") -> Sampl
 def finish_outcome(outcome: tuple[CaptionJob, list[Attempt], str]) -> Sample | Reject:
     job, attempts, quality = outcome
     return finish(job, attempts, quality)
-
-
-def carry_source_captions(sample: Sample) -> Sample:
-    """No captioner is usable: the source caption (alt-text) becomes captions["en"]; never invents one."""
-    text = (sample.source.orig_caption or "").strip()
-    if "en" in sample.captions or not text:
-        return sample
-    # no `created`: nothing was generated, and reruns must write identical shards
-    cap = Caption(text=text, kind="source", backend="source")
-    return dataclasses.replace(sample, captions={**sample.captions, "en": cap},
-                               provenance={**sample.provenance, STAGE: {"backend": "source", "carried": True}})
 
 
 # ---- backend spec and endpoint checks -------------------------------------------------------------------

@@ -6,8 +6,7 @@ import dataclasses
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from schemas import Sample
-from transforms.caption import carry_source_captions
+from schemas import Caption, Sample
 
 # The instruction that pairs an image with its dense caption in SFT data (ShareGPT4V-style detailed
 # description task), per language.
@@ -17,6 +16,20 @@ DESCRIBE = {
     "vi": "Hãy mô tả chi tiết bức ảnh này.",
 }
 IMAGE_TOKEN = "<image>"
+
+
+def carry_source_captions(sample: Sample) -> Sample:
+    """No captioner is usable: the source caption (alt-text) becomes captions["en"]; never invents one.
+
+    Lives here, not in transforms/caption.py, so a run without captioning never imports the model stack
+    (Beam's RunInference pulls in torch: 1.35 s per worker start, bench/results/pipeline.json)."""
+    text = (sample.source.orig_caption or "").strip()
+    if "en" in sample.captions or not text:
+        return sample
+    # no `created`: nothing was generated, and reruns must write identical shards
+    cap = Caption(text=text, kind="source", backend="source")
+    return dataclasses.replace(sample, captions={**sample.captions, "en": cap},
+                               provenance={**sample.provenance, "caption": {"backend": "source", "carried": True}})
 
 
 def describe_conversation(lang: str, caption: str) -> list[dict[str, str]] | None:
