@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Optional
 
 import typer
 
@@ -22,7 +21,7 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _load(config: Optional[str], overrides: list[str], **extra):
+def _load(config: str | None, overrides: list[str], **extra):
     from pipelines.config import ConfigError, load_config
 
     try:
@@ -35,10 +34,11 @@ def _load(config: Optional[str], overrides: list[str], **extra):
 @app.command(context_settings=PASSTHROUGH)
 def run(ctx: typer.Context,
         config: str = typer.Argument(..., help="job config YAML"),
-        output: Optional[str] = typer.Option(None, "--output", "-o", help="output dir (overrides `output`)"),
+        output: str | None = typer.Option(None, "--output", "-o", help="output dir (overrides `output`)"),
         set_: list[str] = typer.Option([], "--set", help="override a config value: a.b=c (repeatable)")):
     """Run the main job. Extra arguments after `--` go to Beam (e.g. --runner, --direct_num_workers)."""
-    from pipelines.run import run as run_job, summary_lines
+    from pipelines.run import run as run_job
+    from pipelines.run import summary_lines
 
     cfg = _load(config, set_, output=output)
     try:
@@ -56,7 +56,7 @@ def translate(ctx: typer.Context,
               inp: str = typer.Argument(..., metavar="IN", help="dataset file (JSON/JSONL/parquet) or shard dir"),
               to: str = typer.Option("ko,vi", "--to", help="target languages, comma-separated"),
               out: str = typer.Option(..., "--out", help="output dir"),
-              config: Optional[str] = typer.Option(None, "--config", help="YAML with a `translate:` section"),
+              config: str | None = typer.Option(None, "--config", help="YAML with a `translate:` section"),
               fmt: str = typer.Option("auto", "--format", help="auto|llava|sharegpt|messages|captions|shards"),
               field: str = typer.Option("caption", "--field", help="text field for caption files"),
               set_: list[str] = typer.Option([], "--set", help="override translate.* values: a.b=c")):
@@ -78,8 +78,8 @@ def translate(ctx: typer.Context,
 
 @app.command("ocr-eval")
 def ocr_eval(path: str = typer.Argument(..., help="labelled JSONL (path, lang, text) or a dir of images"),
-             config: Optional[str] = typer.Option(None, "--config", help="YAML with an `ocr:` section"),
-             out_json: Optional[str] = typer.Option(None, "--out", help="write the report as JSON"),
+             config: str | None = typer.Option(None, "--config", help="YAML with an `ocr:` section"),
+             out_json: str | None = typer.Option(None, "--out", help="write the report as JSON"),
              set_: list[str] = typer.Option([], "--set", help="override ocr.* values")):
     """Run the OCR stage over a labelled set: CER per language and images per second."""
     from pipelines.config import ConfigError, OcrConfig, load_section
@@ -127,7 +127,7 @@ def shards_export(path: str = typer.Argument(..., help="run dir or shard dir"),
         _fail(str(e), 1)
 
 
-def _train(stage: str, config: str, shards: Optional[str], set_: list[str]) -> None:
+def _train(stage: str, config: str, shards: str | None, set_: list[str]) -> None:
     from trainer.train import run as run_train
 
     try:
@@ -139,7 +139,7 @@ def _train(stage: str, config: str, shards: Optional[str], set_: list[str]) -> N
 
 @train_app.command("pretrain")
 def train_pretrain(config: str = typer.Argument(..., help="trainer YAML, e.g. configs/train-tiny.yaml"),
-                   shards: Optional[str] = typer.Option(None, "--shards", help="run dir or shard dir"),
+                   shards: str | None = typer.Option(None, "--shards", help="run dir or shard dir"),
                    set_: list[str] = typer.Option([], "--set", help="override a trainer value: a.b=c")):
     """Pretraining on (image, caption) pairs."""
     _train("pretrain", config, shards, set_)
@@ -147,7 +147,7 @@ def train_pretrain(config: str = typer.Argument(..., help="trainer YAML, e.g. co
 
 @train_app.command("sft")
 def train_sft(config: str = typer.Argument(..., help="trainer YAML"),
-              shards: Optional[str] = typer.Option(None, "--shards", help="run dir or shard dir"),
+              shards: str | None = typer.Option(None, "--shards", help="run dir or shard dir"),
               set_: list[str] = typer.Option([], "--set", help="override a trainer value: a.b=c")):
     """Supervised fine-tuning on conversations (loss on assistant turns only)."""
     _train("sft", config, shards, set_)

@@ -5,15 +5,24 @@ import json
 import os
 import time
 from collections import Counter
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.config import TranslateConfig
 from schemas import REJECT_SCHEMA, Reason, Reject, reject_to_row
-from transforms.formats import FormatError, RawRecord, container_of, detect_format, read_records, \
-    set_slots, text_slots, write_records
+from transforms.formats import (
+    FormatError,
+    RawRecord,
+    container_of,
+    detect_format,
+    read_records,
+    set_slots,
+    text_slots,
+    write_records,
+)
 from transforms.translate import TextUnit, Translated, TranslateTexts
 
 READ_STAGE = "translate_read"

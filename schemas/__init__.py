@@ -1,4 +1,6 @@
 """Typed records for polycap: Sample, Reject, the one Reason enum, and their pyarrow schemas."""
+from schemas.arrow import REJECT_SCHEMA, SAMPLE_SCHEMA, reject_to_row, sample_from_row, sample_to_row
+from schemas.reasons import Reason
 from schemas.records import (
     SCHEMA_VERSION,
     Caption,
@@ -11,8 +13,6 @@ from schemas.records import (
     Source,
     now_iso,
 )
-from schemas.reasons import Reason
-from schemas.arrow import REJECT_SCHEMA, SAMPLE_SCHEMA, reject_to_row, sample_from_row, sample_to_row
 
 __all__ = [
     "SCHEMA_VERSION", "Caption", "Hashes", "ImageInfo", "OcrLine", "OcrResult", "Reject", "Sample",

@@ -5,8 +5,9 @@ import glob
 import json
 import os
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from sharding.format import SHARD_RE, split_member, text_lang
 

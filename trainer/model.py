@@ -1,4 +1,4 @@
-"""The model: transformers' InternVLForConditionalGeneration (InternViT + pixel shuffle + MLP + Qwen2), frozen per stage."""
+"""The model: transformers' InternVLForConditionalGeneration (InternViT + MLP + Qwen2), frozen per stage."""
 from __future__ import annotations
 
 import math

@@ -250,7 +250,8 @@ def decode_bytes(data: bytes, cfg: DecodeConfig) -> Decoded:
     info.update(transposed=orientation, converted_from=converted_from)
     phash = phash_hex(rgb)
     untouched = (not orientation and converted_from is None and "resized" not in info
-                 and "draft" not in info and info["frames"] == 1 and orig_format == "JPEG")  # shards store `.jpg` members
+                 and "draft" not in info and info["frames"] == 1
+                 and orig_format == "JPEG")  # shards store `.jpg` members
     if cfg.reencode or not untouched:
         out, fmt = encode_jpeg(rgb, cfg.jpeg_quality), "jpeg"
         info.update(reencoded=True, jpeg_quality=cfg.jpeg_quality)

@@ -6,8 +6,9 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 FORMATS = ("llava", "sharegpt", "messages", "captions", "shards")
 Path_ = tuple[Any, ...]   # where a text sits inside a record, e.g. ("conversations", 2, "value")

@@ -412,7 +412,8 @@ def _routed(pcoll: beam.PCollection, label: str, dofn: beam.DoFn, rejects: list)
 class ReadSource(beam.PTransform):
     """Pipeline root -> (PCollection[Sample], PCollection[Reject]) for one configured source."""
 
-    EXTS: ClassVar[dict[str, tuple[str, ...] | None]] = {"dir": None, "urls": URL_LIST_EXTS, "webdataset": TAR_EXTS, "llava": LLAVA_EXTS}
+    EXTS: ClassVar[dict[str, tuple[str, ...] | None]] = {
+        "dir": None, "urls": URL_LIST_EXTS, "webdataset": TAR_EXTS, "llava": LLAVA_EXTS}
 
     def __init__(self, src: SourceConfig, ingest: IngestConfig):
         super().__init__()

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -15,7 +16,14 @@ from prompts import Prompt, load_prompt_dir
 from schemas import Reason, now_iso
 from transforms.backends.base import BackendSpec, GenModelHandler, GenRequest, GenResult
 from transforms.cache import ResultCache, cache_key
-from transforms.protect import Masked, check_placeholders, compare_spans, mask, placeholder_ids, restore
+from transforms.protect import (
+    Masked,
+    check_placeholders,
+    compare_spans,
+    mask,
+    placeholder_ids,
+    restore,
+)
 from transforms.translate_gates import first_failure
 
 STAGE = "translate"
@@ -26,6 +34,10 @@ LANG_NAMES = {"ko": "Korean", "vi": "Vietnamese", "ja": "Japanese", "zh": "Chine
 SMOKE_MODELS = re.compile(r"270m|135m|tiny", re.IGNORECASE)   # models that only exercise the path
 _PARA = re.compile(r"(\n[ \t]*\n\s*)")
 _SENT = re.compile(r"(?<=[.!?])(\s+)")
+_LINE = re.compile(r"[^\n]*\n*")
+STYLES = ("chat", "completion")
+COMPLETION_PROMPT = "completion"    # prompts/translate/completion.yaml: few-shot pairs for base LMs
+COMPLETION_STOP = ["\n"]           # completion texts go one line at a time; the answer ends at the newline
 
 
 @dataclass(frozen=True)
@@ -88,9 +100,16 @@ def split_paragraphs(text: str, max_chars: int) -> list[str]:
     return [p for p in out if p] or [text]
 
 
-def plan_chunks(unit: TextUnit, lang: str, max_chars: int) -> list[_Chunk]:
+def split_lines(text: str, max_chars: int) -> list[str]:
+    """Pieces whose concatenation is `text`, one line each (with its newlines); long lines split as above."""
+    lines = [m for m in _LINE.findall(text) if m]
+    return [q for line in lines for q in split_paragraphs(line, max_chars)] or [text]
+
+
+def plan_chunks(unit: TextUnit, lang: str, max_chars: int, by_line: bool = False) -> list[_Chunk]:
+    """A unit's chunks for one language; `by_line` for completion prompts, whose answers end at a newline."""
     masked = mask(unit.text)
-    pieces = split_paragraphs(masked.text, max_chars)
+    pieces = (split_lines if by_line else split_paragraphs)(masked.text, max_chars)
     chunks = []
     for i, piece in enumerate(pieces):
         core = piece.strip()
@@ -123,8 +142,33 @@ def system_prompt(prompt: Prompt, lang: str, glossary: dict[str, str], strict_re
     return prompt.render(**values).strip()
 
 
+def prompt_style(cfg: TranslateConfig) -> str:
+    """"chat" (system + user messages) or "completion" (few-shot text for a base LM that has no chat template)."""
+    from transforms.backends.gen_local import GEMMA_GGUF_ALIAS
+
+    if cfg.prompt_style == "auto":
+        base = cfg.backend == "local" and (cfg.model == GEMMA_GGUF_ALIAS or bool(cfg.options.get("base_model")))
+        return "completion" if base else "chat"
+    if cfg.prompt_style not in STYLES:
+        raise ValueError(f"translate.prompt_style must be auto, chat or completion, got {cfg.prompt_style!r}")
+    return cfg.prompt_style
+
+
+def completion_text(prompt: Prompt, lang: str, text: str, glossary: dict[str, str], strict: bool) -> str:
+    """The few-shot prompt for one line: example pairs for `lang`, then `English: <text>` and the cue."""
+    name = LANG_NAMES.get(lang, lang)
+    pairs = (prompt.meta.get("examples") or {}).get(lang) or []
+    examples = "".join(f"English: {en}\n{name}: {tr}\n\n" for en, tr in pairs)
+    gloss = "".join(f"English: {k}\n{name}: {v}\n\n" for k, v in sorted(glossary.items()))
+    template = str(prompt.meta["strict_template"]) if strict else prompt.template
+    return template.format(language=name, examples=examples, glossary=gloss, text=text)
+
+
 def gen_params(cfg: TranslateConfig) -> dict[str, Any]:
-    return {"max_tokens": cfg.max_tokens, "temperature": cfg.temperature, "seed": 0}
+    params: dict[str, Any] = {"max_tokens": cfg.max_tokens, "temperature": cfg.temperature, "seed": 0}
+    if prompt_style(cfg) == "completion":
+        params["stop"] = COMPLETION_STOP
+    return params
 
 
 def chunk_cache_key(chunk: _Chunk, cfg: TranslateConfig, prompt: Prompt) -> str:
@@ -136,7 +180,11 @@ def chunk_cache_key(chunk: _Chunk, cfg: TranslateConfig, prompt: Prompt) -> str:
 
 
 def build_request(chunk: _Chunk, cfg: TranslateConfig, prompt: Prompt, key: str) -> GenRequest:
-    system = system_prompt(prompt, chunk.lang, cfg.glossary.get(chunk.lang, {}), chunk.prev_reason)
+    glossary = cfg.glossary.get(chunk.lang, {})
+    if prompt_style(cfg) == "completion":
+        text = completion_text(prompt, chunk.lang, chunk.sent, glossary, strict=chunk.attempt > 1)
+        return GenRequest(key=key, messages=[{"role": "user", "content": text}], params=gen_params(cfg))
+    system = system_prompt(prompt, chunk.lang, glossary, chunk.prev_reason)
     return GenRequest(key=key, messages=[{"role": "system", "content": system},
                                          {"role": "user", "content": chunk.sent}], params=gen_params(cfg))
 
@@ -184,12 +232,16 @@ def provenance_for(cfg: TranslateConfig, prompt: Prompt) -> dict[str, Any]:
     name = f"{cfg.model} {cfg.options.get('gguf_file', '')}"
     return {"backend": cfg.backend, "model": cfg.model, "prompt_id": prompt.id, "prompt_sha256": prompt.sha256,
             "params": gen_params(cfg), "version": VERSION, "translated_from": "en",
-            "quality": "smoke" if SMOKE_MODELS.search(name) else ""}
+            "quality": "smoke" if SMOKE_MODELS.search(name) else "", "prompt_style": prompt_style(cfg)}
 
 
 def prompts_for(cfg: TranslateConfig, langs: list[str]) -> dict[str, Prompt]:
     """Prompt per target language: `<lang>.yaml`, else `generic.yaml`; loaded once on the driver."""
     all_prompts = load_prompt_dir("translate", cfg.prompts or None)
+    if prompt_style(cfg) == "completion":
+        if COMPLETION_PROMPT not in all_prompts:
+            raise ValueError(f"translate.prompt_style completion needs {COMPLETION_PROMPT}.yaml in the prompts dir")
+        return {lang: all_prompts[COMPLETION_PROMPT] for lang in langs}
     return {lang: all_prompts.get(lang) or all_prompts["generic"] for lang in langs}
 
 
@@ -276,14 +328,19 @@ class TranslateTexts(beam.PTransform):
         self.prompts = prompts_for(cfg, self.langs)
 
     def _generate(self, jobs: beam.PCollection, label: str) -> beam.PCollection:
-        handler = KeyedModelHandler(GenModelHandler(backend_spec(self.cfg), max_batch_size=self.cfg.batch_size))
+        # fixed-size batches: BatchElements would otherwise start at 1 and grow, which for the local backend
+        # (one left-padded `generate` per batch) costs a full decode per request until it has grown
+        size = self.cfg.batch_size
+        handler: Any = KeyedModelHandler(GenModelHandler(backend_spec(self.cfg), min_batch_size=size,
+                                                         max_batch_size=size))
         return jobs | f"{label}Infer" >> RunInference(handler)
 
     def expand(self, units):
         cfg, langs = self.cfg, self.langs
         advance = _AdvanceFn(cfg, self.prompts, self.cache_root)
+        by_line = prompt_style(cfg) == "completion"
         chunks = units | "Chunk" >> beam.FlatMap(
-            lambda u: [c for lang in langs for c in plan_chunks(u, lang, cfg.max_chunk_chars)])
+            lambda u: [c for lang in langs for c in plan_chunks(u, lang, cfg.max_chunk_chars, by_line)])
         first = chunks | "Plan" >> beam.ParDo(advance).with_outputs(REQUESTS, main="done")
         answered = self._generate(first[REQUESTS], "First")
         second = answered | "Judge" >> beam.ParDo(advance).with_outputs(REQUESTS, main="done")
@@ -319,7 +376,7 @@ def merge_sample(sample, results: list[Translated], langs: list[str]):
     from schemas import Caption
     from transforms.common import make_reject
 
-    prov = {"langs": {}, "failed": {}}
+    prov: dict[str, dict[str, Any]] = {"langs": {}, "failed": {}}
     captions, convs = dict(sample.captions), dict(sample.conversations)
     for lang in langs:
         mine = {r.key.split("/", 1)[1]: r for r in results if r.lang == lang}
@@ -353,8 +410,8 @@ class _MergeSamplesFn(beam.DoFn):
         self.langs = langs
 
     def process(self, element):
-        from transforms.common import REJECTS
         from schemas import Reject
+        from transforms.common import REJECTS
 
         _, grouped = element
         for sample in grouped["sample"]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 from schemas import Reason
 from transforms.protect import SPAN_RE, compare_spans

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from transforms.backends.base import GenBackend, GenRequest, GenResult
 

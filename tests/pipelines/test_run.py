@@ -6,11 +6,11 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
 import zlib
-import struct
 from pathlib import Path
 
 import pyarrow.parquet as pq

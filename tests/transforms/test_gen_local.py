@@ -7,12 +7,16 @@ from tests.conftest import jpeg_bytes
 from transforms.backends.base import BackendSpec, GenModelHandler, GenRequest
 from transforms.backends.gen_local import (
     LocalBackend,
+    batch_groups,
     count_image_parts,
+    cpu_threads,
+    decode_new,
     finish_reason,
     generation_kwargs,
     is_vision_config,
     plain_prompt,
     resolve_device,
+    stop_strings,
 )
 
 CORPUS = ["A red car is parked on a quiet street next to a green tree.",
@@ -64,7 +68,7 @@ def test_pure_helpers():
     assert is_vision_config({"vision_config": {}, "text_config": {}}) and not is_vision_config({"hidden_size": 8})
     msgs = [{"role": "system", "content": "Translate."},
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hello"}]}]
-    assert plain_prompt(msgs) == "Translate.\n\nHello\n\n"
+    assert plain_prompt(msgs) == "Translate.\n\nHello"
     assert count_image_parts(msgs) == 1
     assert generation_kwargs({}) == {"max_new_tokens": 256, "do_sample": False, "temperature": None,
                                      "top_p": None, "top_k": None}
@@ -73,6 +77,29 @@ def test_pure_helpers():
     assert finish_reason([5, 6, 2], {2}, 3) == "stop"
     assert finish_reason([5, 6, 7], {2}, 3) == "length"
     assert finish_reason([5, 2], {2}, 8) == "stop"
+
+
+def test_stop_strings_batching_and_threads():
+    assert stop_strings({}) == [] and stop_strings({"stop": "\n"}) == ["\n"]
+    assert stop_strings({"stop": ["\n", ""]}) == ["\n"]
+    greedy = [text_request("a", max_tokens=4), text_request("b", "Other.", max_tokens=4),
+              text_request("c", max_tokens=5), text_request("d", max_tokens=4, temperature=0.7, seed=1),
+              text_request("e", max_tokens=4)]
+    assert batch_groups(greedy, batchable=True) == [[0, 1, 4], [2], [3]]   # same params share a generate
+    assert batch_groups(greedy, batchable=False) == [[0], [1], [2], [3], [4]]
+    with_image = GenRequest("i", [{"role": "user", "content": [{"type": "image"}]}], images=(b"x",))
+    assert batch_groups([with_image, greedy[0]], batchable=True) == [[0], [1]]
+    assert cpu_threads(3) == 3 and 1 <= cpu_threads() <= 8
+
+
+def test_decode_new_cuts_at_eos_padding_and_stop_strings():
+    vocab = {5: "Hello", 6: " world", 7: "\n", 8: "English", 0: "", 1: ""}
+    dec = lambda ids: "".join(vocab[i] for i in ids)   # a toy decoder over the toy vocab
+    assert decode_new([5, 6, 1, 0, 0], {1}, 0, 5, [], dec) == ("Hello world", "stop")        # EOS
+    assert decode_new([5, 6, 6, 6], {1}, 0, 4, [], dec) == ("Hello world world world", "length")
+    assert decode_new([5, 6, 7, 8, 0], {1}, 0, 5, ["\n"], dec) == ("Hello world", "stop")     # stop string
+    assert decode_new([5, 6, 7, 8], {1}, 0, 4, ["\n"], dec) == ("Hello world", "stop")        # stop wins
+    assert decode_new([7, 5], {1}, 0, 2, ["\n"], dec) == ("", "stop")                        # empty: gated above
 
 
 # -- text-only LLM -----------------------------------------------------------------------------------
@@ -92,6 +119,38 @@ def test_text_model_sampling_follows_the_request_seed(qwen2_dir):
     a, b, c = backend.generate(reqs)
     assert a.text == b.text != c.text
     assert backend.quality == "smoke"
+
+
+def test_backends_of_one_process_share_the_loaded_model(qwen2_dir):
+    a = LocalBackend(BackendSpec("local", model=qwen2_dir, device="cpu"))
+    b = LocalBackend(BackendSpec("local", model=qwen2_dir, device="cpu", options={"model_name": "other"}))
+    c = LocalBackend(BackendSpec("local", model=qwen2_dir, device="cpu", options={"dtype": "bfloat16"}))
+    assert a.model is b.model and a._lock is b._lock and b.model_id == "other"
+    assert c.model is not a.model                           # the dtype is part of the cache key
+
+
+def test_batched_greedy_equals_one_by_one_and_stop_strings_cut(qwen2_dir, monkeypatch):
+    backend = LocalBackend(BackendSpec("local", model=qwen2_dir, device="cpu"))
+    calls = []                                              # (batch rows, new tokens) of each generate call
+    real = backend.model.generate
+
+    def spy(**kwargs):
+        out = real(**kwargs)
+        calls.append((out.shape[0], out.shape[1] - kwargs["input_ids"].shape[1]))
+        return out
+
+    monkeypatch.setattr(backend.model, "generate", spy)
+    texts = ["Describe the image in detail.", "A red car.", "The photo shows a cat sleeping on a wooden table."]
+    reqs = [text_request(str(i), t, max_tokens=8) for i, t in enumerate(texts)]
+    batched = backend.generate(reqs)                        # one left-padded generate call
+    alone = [backend.generate([r])[0] for r in reqs]
+    assert calls == [(3, 8), (1, 8), (1, 8), (1, 8)]
+    assert [r.key for r in batched] == ["0", "1", "2"]
+    assert [(r.text, r.finish_reason) for r in batched] == [(r.text, r.finish_reason) for r in alone]
+    # this random model greedily repeats a blank-line token, so "\n" stops it after its first token
+    calls.clear()
+    (cut,) = backend.generate([text_request("s", texts[2], max_tokens=8, stop=["\n"])])
+    assert cut.finish_reason == "stop" and cut.text == "" and calls == [(1, 1)]
 
 
 def test_plain_prompt_without_chat_template(tmp_path):

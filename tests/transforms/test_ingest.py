@@ -127,7 +127,8 @@ def test_parse_llava_record_bad_cases():
 def test_merge_conversations_keeps_one_image_token_first():
     conv1 = [{"from": "human", "value": "What is it?<image>"}, {"from": "gpt", "value": "A cat."}]
     conv2 = [{"from": "human", "value": "<image>\nColor?"}, {"from": "gpt", "value": "  Black. "}]
-    recs = [parse_llava_record({"image": "a.jpg", "conversations": c}, "f", i, "/r") for i, c in enumerate((conv1, conv2))]
+    recs = [parse_llava_record({"image": "a.jpg", "conversations": c}, "f", i, "/r")
+            for i, c in enumerate((conv1, conv2))]
     merged = merge_conversations(recs)
     assert merged == [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A cat."},
                       {"from": "human", "value": "Color?"}, {"from": "gpt", "value": "  Black. "}]
@@ -178,7 +179,8 @@ def test_dir_sidecars_empty_hidden_and_glob(tmp_path, eval_dir):
     by_name = {os.path.basename(s.source.uri): s for s in samples}
     assert sorted(by_name) == ["0001.jpg", "bad.gif", "empty.png", "notes.md"]
     s = by_name["0001.jpg"]
-    assert s.source.orig_caption == "a rocket on a pad" and s.source.meta == {"json": {"url": "http://x/1.jpg", "width": 3}}
+    assert s.source.orig_caption == "a rocket on a pad"
+    assert s.source.meta == {"json": {"url": "http://x/1.jpg", "width": 3}}
     assert s.source.license == "cc0" and s.source.name == "dir"
     assert by_name["empty.png"].image.bytes == b"" and "json_error" in by_name["bad.gif"].source.meta
     samples, _ = run(SourceConfig(kind="dir", path=str(tmp_path / "*.png")))

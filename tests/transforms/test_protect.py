@@ -2,7 +2,8 @@ from transforms.protect import check_placeholders, compare_spans, find_spans, ma
 
 TEXT = ("<image>\nWhere is <ref>the red cup</ref><box>(120,340),(560,780)</box>? See https://example.org/a?b=1, "
         "mail jo@example.com, run `pip install x` or\n```\nfor i in range(3):\n    print(i)\n```\n"
-        "math $E = mc^2$ and \\(x_1\\). It costs 3.5% more than 1,200 won.\nA. yes\n(B) no <quad>(1,2),(3,4),(5,6),(7,8)</quad>")
+        "math $E = mc^2$ and \\(x_1\\). It costs 3.5% more than 1,200 won.\nA. yes\n"
+        "(B) no <quad>(1,2),(3,4),(5,6),(7,8)</quad>")
 
 
 def test_mask_hides_every_protected_span_and_keeps_ref_inner_text():

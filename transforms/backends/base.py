@@ -65,7 +65,7 @@ class GenBackend(ABC):
     def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
         """One result per request, same order. Must not raise for per-request failures."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         pass
 
 
