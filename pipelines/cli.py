@@ -114,6 +114,15 @@ def shards_stats(path: str = typer.Argument(..., help="run dir or shard dir")):
     typer.echo(json.dumps(shard_stats(path), indent=2, ensure_ascii=False))
 
 
+@shards_app.command("preview")
+def shards_preview(path: str = typer.Argument(..., help="run dir or shard dir"),
+                   n: int = typer.Option(5, "-n", help="how many samples")):
+    """The first samples: key, size, source, OCR line count and captions per language."""
+    from sharding.preview import preview
+
+    typer.echo(json.dumps(preview(path, n), indent=2, ensure_ascii=False))
+
+
 @shards_app.command("export")
 def shards_export(path: str = typer.Argument(..., help="run dir or shard dir"),
                   fmt: str = typer.Option("llava", "--format", help="llava|sharegpt|internvl"),
