@@ -149,15 +149,16 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, r
     _ = rejects | "FlattenRejects" >> beam.Flatten() | "WriteRejects" >> WriteRejects(out)
 
 
-def collect_stats(out: str, started: float) -> dict[str, Any]:
-    """`_stats.json`: inputs (counted at ingest), kept (manifest rows), rejected (reject rows), by stage/reason."""
+def collect_stats(out: str, started: float, split: str) -> dict[str, Any]:
+    """`_stats.json`: inputs (counted at ingest), kept (this split's manifest rows; other splits written into
+    the same output dir by earlier runs are not this run's), rejected (reject rows), by stage/reason."""
     import pyarrow.parquet as pq
 
     from sharding.rejects import read_rejects
 
     with open(os.path.join(out, "_inputs.json"), encoding="utf-8") as f:
         inputs = json.load(f)["inputs"]
-    manifest = pq.read_table(os.path.join(out, "manifest.parquet"))
+    manifest = pq.read_table(os.path.join(out, "manifest.parquet"), filters=[("split", "=", split)])
     rejects = read_rejects(out).to_pylist()
     by_stage: dict[str, int] = {}
     by_reason: dict[str, int] = {}
@@ -200,7 +201,7 @@ def run(cfg: Config, pipeline_args: list[str] | None = None, config_path: str | 
     options = PipelineOptions(args)
     with beam.Pipeline(options=options) as p:
         build_pipeline(p, cfg, out, run_caption, run_translate)
-    stats = collect_stats(out, started)
+    stats = collect_stats(out, started, cfg.shards.split)
     stats["notes"] = notes
     _write_json(os.path.join(out, "_stats.json"), stats)
     return stats

@@ -125,8 +125,12 @@ def _counter(result: Any, name: str) -> int:
         return -1
 
 
-def _stats(out_dir: str, langs: list[str], inputs: int, fmt: str, result: Any, started: float) -> dict:
+def _stats(out_dir: str, langs: list[str], inputs: int, fmt: str, result: Any, started: float,
+           in_path: str) -> dict:
+    """Counts for THIS input only: output files written for other inputs into the same OUT are not counted."""
     import pyarrow.parquet as pq
+
+    mine = None if os.path.isdir(in_path) else {os.path.basename(in_path)}
 
     rej = pq.read_table(os.path.join(out_dir, "rejects")).to_pylist()
     bad = sum(1 for r in rej if r["stage"] == READ_STAGE)
@@ -135,6 +139,8 @@ def _stats(out_dir: str, langs: list[str], inputs: int, fmt: str, result: Any, s
         kept_path = os.path.join(out_dir, lang)
         kept = 0
         for f in os.listdir(kept_path) if os.path.isdir(kept_path) else []:
+            if mine is not None and f not in mine:
+                continue
             kept += sum(1 for _ in read_records(os.path.join(kept_path, f)))
         rejected = bad + sum(1 for r in rej if r["stage"] == STAGE and f"lang={lang} " in r["detail"])
         by_lang[lang] = {"kept": kept, "rejected": rejected, "balanced": kept + rejected == inputs}
@@ -181,7 +187,7 @@ def run(in_path: str, to: list[str], out_dir: str, cfg: TranslateConfig, fmt: st
          | "WriteRejects" >> beam.Map(_write_rejects, out_dir))
     result = p.run()
     result.wait_until_finish()
-    stats = _stats(out_dir, langs, len(raws), fmt, result, started)
+    stats = _stats(out_dir, langs, len(raws), fmt, result, started, in_path)
     with open(os.path.join(out_dir, "_stats.json"), "w", encoding="utf-8") as f:
         json.dump(stats, f, indent=2, ensure_ascii=False)
     return stats

@@ -18,8 +18,8 @@ import pytest
 
 from pipelines.config import load_config
 from pipelines.run import run
-from sharding.reader import iter_samples
-from sharding.validate import validate_dir
+from sharding.reader import iter_samples, list_shards
+from sharding.validate import check_tar, validate_dir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -154,9 +154,70 @@ def test_sigkill_midway_leaves_nothing_a_reader_would_trust(tmp_path, eval_dir):
     proc.wait()
     assert was_running, "the run finished before it could be killed; make the input larger"
     report = validate_dir(str(out))
-    # Either everything that is there is complete and consistent, or the validator flags it; a reader
-    # never yields a sample out of a half-written tar.
-    if report.ok:
-        assert sum(1 for _ in iter_samples(str(out))) == len(pq.read_table(out / "manifest.parquet"))
+    # Whatever a reader would open (committed `*.tar` names) is a whole, well-formed tar: the writer's
+    # temps (`.….tar.tmp-…`) are never listed, so no sample can come out of a half-written file.
+    committed = list_shards(str(out))
+    for path in committed:
+        assert check_tar(path)[1] == [], path
+    assert all(".tmp-" not in os.path.basename(p) for p in committed)
+    read = [s.key for s in iter_samples(str(out))]          # raises ShardError on a truncated tar
+    if (out / "manifest.parquet").exists():
+        # a committed manifest describes exactly what a reader yields, and the validator agrees
+        assert sorted(read) == sorted(pq.read_table(out / "manifest.parquet").column("key").to_pylist())
+        assert report.ok, report.errors
     else:
-        assert report.errors
+        # killed before the commit step: no manifest, so nothing is trusted and the validator says so
+        assert not report.ok and any("manifest" in e for e in report.errors), report.errors
+
+
+def _fake_run_dir(out: Path, inputs: int, kept: list[tuple[str, str, list[str]]], n_rejects: int) -> None:
+    """The three files `collect_stats` reads, written directly: `_inputs.json`, manifest rows
+    (key, split, languages), and `n_rejects` reject rows."""
+    import pyarrow as pa
+
+    from schemas import REJECT_SCHEMA
+    from sharding.manifest import MANIFEST_SCHEMA
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "_inputs.json").write_text(json.dumps({"inputs": inputs}))
+    cols = {n: [None] * len(kept) for n in MANIFEST_SCHEMA.names}
+    cols["key"], cols["split"], cols["languages"] = ([k[i] for k in kept] for i in range(3))
+    pq.write_table(pa.table(cols, schema=MANIFEST_SCHEMA), out / "manifest.parquet")
+    (out / "rejects").mkdir(exist_ok=True)
+    rows = [{"key": f"r{i}", "source_uri": f"mem://r{i}", "stage": "decode", "reason": "corrupt_image",
+             "detail": "x"} for i in range(n_rejects)]
+    pq.write_table(pa.Table.from_pylist(rows, schema=REJECT_SCHEMA), out / "rejects" / "rejects-00000.parquet")
+
+
+def test_stats_balance_compares_independent_counts(tmp_path):
+    """`balanced` compares the ingest-time input count with kept + rejected read back from the outputs,
+    so a lost record (or a double-counted one) shows up as a mismatch."""
+    from pipelines.run import collect_stats, summary_lines
+
+    kept = [("a", "train", ["en"]), ("b", "train", ["en", "ko"]), ("c", "train", [])]
+    _fake_run_dir(tmp_path / "ok", inputs=5, kept=kept, n_rejects=2)
+    st = collect_stats(str(tmp_path / "ok"), time.time(), "train")
+    assert (st["inputs"], st["kept"], st["rejected"], st["balanced"]) == (5, 3, 2, True)
+    assert st["kept_by_language"] == {"en": 2, "ko": 1}
+    assert st["rejected_by_stage"] == {"decode": 2} and st["rejected_by_reason"] == {"corrupt_image": 2}
+    assert "MISMATCH" not in summary_lines(st, "x")[0]
+    for inputs in (6, 4):                                    # one record lost / one counted twice
+        _fake_run_dir(tmp_path / f"bad{inputs}", inputs=inputs, kept=kept, n_rejects=2)
+        st = collect_stats(str(tmp_path / f"bad{inputs}"), time.time(), "train")
+        assert st["balanced"] is False
+        assert "MISMATCH" in summary_lines(st, "x")[0]
+
+
+def test_stats_count_only_the_split_this_run_wrote(tmp_path, eval_dir):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("coffee.png", "rocket.jpg"):
+        shutil.copyfile(eval_dir / "photos" / "skimage" / name, src / name)
+    out = tmp_path / "out"
+    run(load_config(data={"sources": [{"kind": "dir", "path": str(src)}], "output": str(out),
+                          "shards": {"split": "val"}}))
+    stats = run(load_config(data={"sources": [{"kind": "dir", "path": str(src)}], "output": str(out),
+                                  "shards": {"split": "train"}}))
+    splits = pq.read_table(out / "manifest.parquet").column("split").to_pylist()
+    assert sorted(splits) == ["train", "train", "val", "val"]          # the writer keeps the other split
+    assert (stats["inputs"], stats["kept"], stats["rejected"]) == (2, 2, 0) and stats["balanced"], stats

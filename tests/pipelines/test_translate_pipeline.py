@@ -152,3 +152,19 @@ def test_real_local_model_round_trip_smoke_quality(eval_dir, tmp_path):
         assert structure(str(out), "caption") == structure(str(src), "caption")
     for r in rej:                                      # a smoke-quality miss is a reject with its reason
         assert r["stage"] == "translate" and r["reason"].startswith("gate_") and r["detail"].startswith("lang=ko")
+
+
+def test_stats_count_only_this_inputs_output_file(tmp_path):
+    """Two inputs translated into the same OUT: each run's stats count only its own output file."""
+    from pipelines.config import TranslateConfig
+    from pipelines.translate import run as run_translate
+
+    cfg = TranslateConfig(enabled=True, to=["ko"], backend="tests.fakes.fake_translator:FakeTranslatorBackend",
+                          model="fake")
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text('{"caption": "A red cup."}\n{"caption": "A blue cup."}\n')
+    b.write_text('{"caption": "A green cup."}\n')
+    out = tmp_path / "out"
+    assert run_translate(str(a), ["ko"], str(out), cfg)["langs"]["ko"]["kept"] == 2
+    st = run_translate(str(b), ["ko"], str(out), cfg)
+    assert st["langs"]["ko"] == {"kept": 1, "rejected": 0, "balanced": True}

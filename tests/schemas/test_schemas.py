@@ -101,4 +101,6 @@ def test_reject_row_matches_schema():
 
 
 def test_schema_version_is_semver():
-    assert len(schemas.SCHEMA_VERSION.split(".")) == 3
+    import re
+
+    assert re.fullmatch(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)", schemas.SCHEMA_VERSION), schemas.SCHEMA_VERSION

@@ -65,7 +65,15 @@ def test_sample_json_matches_golden_file():
     if os.environ.get("POLYCAP_UPDATE_GOLDEN"):
         GOLDEN.write_text(json.dumps(got, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
     assert got == json.loads(GOLDEN.read_text(encoding="utf-8"))
+    # checked against the input, not the golden file (which POLYCAP_UPDATE_GOLDEN rewrites)
     assert "bytes" not in got["image"] and got["schema_version"] == SCHEMA_VERSION
+    s = golden_sample()
+    assert got["key"] == s.key and got["source"]["uri"] == s.source.uri and got["source"]["meta"] == s.source.meta
+    assert (got["image"]["width"], got["image"]["height"], got["image"]["orig_format"]) == (640, 480, "PNG")
+    assert got["hashes"] == {"sha256": s.hashes.sha256, "phash": s.hashes.phash}
+    assert got["ocr"]["lines"][0]["box"] == [100, 200, 300, 260] and got["ocr"]["lines"][0]["text"] == "STOP"
+    assert {lang: c["text"] for lang, c in got["captions"].items()} == {k: c.text for k, c in s.captions.items()}
+    assert got["captions"]["ko"]["translated_from"] == "en" and got["conversations"] == s.conversations
     raw = json_bytes(golden_sample())
     assert "정지 표지판".encode() in raw          # UTF-8, not \\u escapes
     assert json.loads(raw) == got

@@ -6,7 +6,7 @@ import random
 import pytest
 from PIL import Image
 
-from trainer.tiling import candidate_grids, closest_grid, dynamic_tiles, normalize
+from trainer.tiling import IMAGENET_MEAN, IMAGENET_STD, candidate_grids, closest_grid, dynamic_tiles, normalize
 
 
 def test_paper_example_800x1300_is_2x3_grid_896x1344():
@@ -58,3 +58,11 @@ def test_pixel_values_equal_the_saved_processor(tiny_model_dir):
     ref = ip(images=[img], return_tensors="pt", max_patches=6)["pixel_values"]
     mine = normalize(dynamic_tiles(img, 6, tile=ip.size["height"]), ip.image_mean, ip.image_std)
     assert mine.shape == ref.shape and float((mine - ref).abs().max()) < 1e-5
+
+
+def test_default_normalization_is_the_imagenet_statistics():
+    """InternViT is trained with the ImageNet mean/std (torchvision's published values)."""
+    assert IMAGENET_MEAN == (0.485, 0.456, 0.406) and IMAGENET_STD == (0.229, 0.224, 0.225)
+    gray = Image.new("RGB", (448, 448), (124, 116, 104))          # ~ the mean colour itself
+    x = normalize([gray])
+    assert x.shape == (1, 3, 448, 448) and float(x.abs().max()) < 0.01

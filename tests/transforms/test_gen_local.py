@@ -176,8 +176,9 @@ def test_bad_model_dir_fails_at_load():
 # -- tiny InternVL (VLM path) --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def internvl_dir(tmp_path_factory):
-    tiny = pytest.importorskip("trainer.tiny")
-    return tiny.build_tiny_internvl(str(tmp_path_factory.mktemp("internvl")))
+    from trainer.tiny import build_tiny_internvl  # not importorskip: a broken own module must fail
+
+    return build_tiny_internvl(str(tmp_path_factory.mktemp("internvl")))
 
 
 def test_tiny_internvl_captions_an_image(internvl_dir):
