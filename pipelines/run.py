@@ -15,6 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.config import Config, to_dict
 from schemas import SCHEMA_VERSION
+from transforms.staging import clear_staging
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,6 +113,7 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, r
     from transforms.ingest import ReadSource
     from transforms.progress import LogProgress
     from transforms.records import BuildRecords
+    from transforms.staging import StageImages
 
     read = [p | f"Read{i}_{s.kind}" >> ReadSource(s, cfg.ingest) for i, s in enumerate(cfg.sources)]
     samples = [s for s, _ in read] | "FlattenSources" >> beam.Flatten()
@@ -138,6 +140,8 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, r
     for label, stage in stages:
         samples, r = samples | label >> stage
         rejects.append(r)
+        if label == "Decode":  # fused with decode: image bytes never sit in a materialized PCollection
+            samples = samples | "StageImages" >> StageImages(out)
     samples = samples | "BuildRecords" >> BuildRecords(carry_source=not run_caption)
     if run_translate:
         from transforms.translate import TranslateSamples
@@ -201,6 +205,7 @@ def run(cfg: Config, pipeline_args: list[str] | None = None, config_path: str | 
     options = PipelineOptions(args)
     with beam.Pipeline(options=options) as p:
         build_pipeline(p, cfg, out, run_caption, run_translate)
+    clear_staging(out)
     stats = collect_stats(out, started, cfg.shards.split)
     stats["notes"] = notes
     _write_json(os.path.join(out, "_stats.json"), stats)

@@ -19,7 +19,7 @@ SOURCE_TYPE = pa.struct([
 ])
 IMAGE_TYPE = pa.struct([
     ("bytes", pa.binary()), ("format", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
-    ("orig_format", pa.string()), ("orig_width", pa.int32()), ("orig_height", pa.int32()),
+    ("orig_format", pa.string()), ("orig_width", pa.int32()), ("orig_height", pa.int32()), ("ref", pa.string()),
 ])
 HASHES_TYPE = pa.struct([("sha256", pa.string()), ("phash", pa.string())])
 OCR_LINE_TYPE = pa.struct([

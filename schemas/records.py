@@ -8,7 +8,7 @@ from typing import Any
 from schemas.reasons import Reason
 
 # Bump on any change to the dataclasses below or to schemas/arrow.py.
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"   # 1.1.0: ImageInfo.ref (staged image bytes)
 
 
 def now_iso() -> str:
@@ -34,6 +34,7 @@ class ImageInfo:
     orig_format: str = ""          # PIL format of the input (JPEG, PNG, TIFF, ...)
     orig_width: int = 0
     orig_height: int = 0
+    ref: str = ""                  # where the bytes are while staged out of the record (transforms/staging.py)
 
 
 @dataclass(frozen=True)

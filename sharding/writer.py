@@ -47,6 +47,7 @@ from pipelines.config import ShardsConfig
 from schemas import SCHEMA_VERSION, Sample
 from sharding import manifest as mf
 from sharding.format import LANG_RE, SHARD_RE, shard_name
+from transforms.staging import image_bytes
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def sample_to_json(sample: Sample) -> dict[str, Any]:
     """The shard `json` member: the whole record minus image bytes, plus `schema_version`."""
     d = dataclasses.asdict(sample)
     del d["image"]["bytes"]
+    del d["image"]["ref"]        # a staging path of this run, not part of the record
     d["schema_version"] = SCHEMA_VERSION
     return d
 
@@ -83,9 +85,10 @@ def sample_members(sample: Sample) -> list[tuple[str, bytes]]:
     key = sample.key
     if not SAFE_KEY_RE.match(key):
         raise ShardWriteError(f"key {key!r} is not a dot-free name of [A-Za-z0-9_-]")
-    if not sample.image.bytes:
+    data = image_bytes(sample)
+    if not data:
         raise ShardWriteError(f"sample {key}: no image bytes (was it decoded?)")
-    members = [(f"{key}.jpg", sample.image.bytes), (f"{key}.json", json_bytes(sample))]
+    members = [(f"{key}.jpg", data), (f"{key}.json", json_bytes(sample))]
     for lang in sorted(sample.captions):
         if not LANG_RE.match(lang):
             raise ShardWriteError(f"sample {key}: caption language {lang!r} is not a language code")

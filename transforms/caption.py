@@ -23,6 +23,7 @@ from transforms.cache import ResultCache, cache_key
 from transforms.caption_gates import GateConfig, run_gates
 from transforms.common import DEAD, REJECTS, SAMPLES, StageDoFn, make_reject
 from transforms.records import carry_source_captions  # noqa: F401  (re-exported: part of this stage's API)
+from transforms.staging import image_bytes
 
 STAGE = "caption"
 ENDPOINT_ENV = "POLYCAP_CAPTION_ENDPOINT"
@@ -125,7 +126,7 @@ class CaptionJob:
     def request(self, attempt: int) -> GenRequest:
         content = [{"type": "image"}, {"type": "text", "text": self.prompt.text}]
         return GenRequest(key=self.cache_key(attempt), messages=[{"role": "user", "content": content}],
-                          images=(self.sample.image.bytes,), params=dict(self.params[attempt]))
+                          images=(image_bytes(self.sample),), params=dict(self.params[attempt]))
 
 
 def make_job(sample: Sample, prompts: dict[str, Prompt], cfg: CaptionConfig, spec: BackendSpec) -> CaptionJob:
@@ -337,7 +338,7 @@ class CaptionModelHandler(ModelHandler[CaptionJob, PredictionResult, GenBackend]
                 for job, attempts in zip(batch, results)]
 
     def get_num_bytes(self, batch: Sequence[CaptionJob]) -> int:
-        return sum(len(j.sample.image.bytes) for j in batch)
+        return sum(len(j.sample.image.bytes) or j.sample.image.width * j.sample.image.height // 8 for j in batch)
 
 
 class _PrepareDoFn(beam.DoFn):

@@ -77,6 +77,7 @@ def test_real_photos_and_edge_formats_balance(tmp_path, eval_dir):
         if f.name in rejected:
             assert rejected[f.name]["reason"] and rejected[f.name]["detail"]
     assert validate_dir(str(out)).ok
+    assert not (out / "_staging").exists()      # staged image bytes are removed once shards are committed
 
 
 @pytest.mark.slow

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from transforms.staging import image_bytes
+
 DET_DEFAULT = "PP-OCRv6_small_det"
 REC_DEFAULT = "PP-OCRv6_small_rec"
 KOREAN_REC = "korean_PP-OCRv5_mobile_rec"   # PaddleOCR 3.x's name; no pip package ships its weights
@@ -328,7 +330,7 @@ class OcrModelHandler(ModelHandler[Any, PredictionResult, OcrRunner]):
         for sample in batch:
             t0 = time.perf_counter()
             try:
-                res = model.read(decode_rgb(sample.image.bytes))
+                res = model.read(decode_rgb(image_bytes(sample)))
             except Exception as e:  # noqa: BLE001 - per-image failure: recorded, routed by the stage's on_failure
                 res = {"lines": [], "engine": model.engine.name, "models": dict(model.models),
                        "error": f"{type(e).__name__}: {str(e)[:500]}"}
