@@ -111,21 +111,12 @@ def run_once(src: Path, out: Path, beam_args: list[str]) -> dict:
 def chain_floor(src: Path, rounds: int = 2) -> dict:
     """The bare per-image work (read, sha256, decode_bytes: decode, EXIF, RGB, pHash, JPEG) on the same
     files in this one process, best of `rounds`: what the job would cost with zero framework overhead."""
+    from bench.cpu_chain import chain_once
     from pipelines.config import DecodeConfig
-    from transforms.decode import DecodeFailure, decode_bytes
 
     cfg, paths, best, failures = DecodeConfig(), sorted(src.iterdir()), None, 0
     for _ in range(rounds):
-        c0, t0 = time.process_time(), time.perf_counter()
-        failures = 0
-        for p in paths:
-            data = p.read_bytes()
-            hashlib.sha256(data).hexdigest()
-            try:
-                decode_bytes(data, cfg)
-            except DecodeFailure:
-                failures += 1
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        cpu, wall, failures = chain_once(paths, cfg)
         best = min(best or (wall, cpu), (wall, cpu))
     wall, cpu = best
     return {"images": len(paths), "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
