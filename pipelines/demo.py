@@ -32,12 +32,13 @@ CARDS = [
 ]
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def load_font(size: int, bold: bool = False) -> ImageFont.ImageFont:
+    """DejaVu Sans from matplotlib's data when it is installed, else Pillow's built-in scalable font."""
     try:
         import matplotlib
 
-        path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans-Bold.ttf"
-        return ImageFont.truetype(str(path), size)
+        name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
+        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name), size)
     except (ImportError, OSError):
         return ImageFont.load_default(size=size)
 
@@ -45,7 +46,7 @@ def _font(size: int) -> ImageFont.ImageFont:
 def text_card(text: str, size: tuple[int, int] = (640, 360)) -> Image.Image:
     img = Image.new("RGB", size, (250, 248, 240))
     draw = ImageDraw.Draw(img)
-    draw.multiline_text((40, 60), text, fill=(20, 20, 20), font=_font(48), spacing=20)
+    draw.multiline_text((40, 60), text, fill=(20, 20, 20), font=load_font(48, bold=True), spacing=20)
     return img
 
 

@@ -4,24 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from pipelines.config import load_config
+from pipelines.demo import load_font
 from pipelines.run import run
 from sharding.reader import iter_samples
 from transforms.backends import ocr_models
 
 CARDS = {"invoice.png": ["Invoice 2024-07", "Total due 318 EUR"], "notice.png": ["Polycap reads text"]}
-
-
-def _font(size: int):
-    try:
-        import matplotlib
-
-        path = Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
-        return ImageFont.truetype(str(path), size)
-    except ImportError:
-        return ImageFont.load_default(size=size)
 
 
 def _cards(folder: Path) -> Path:
@@ -31,7 +22,7 @@ def _cards(folder: Path) -> Path:
         img = Image.new("RGB", (640, 320), "white")
         draw = ImageDraw.Draw(img)
         for i, text in enumerate(lines):
-            draw.text((40, 40 + 100 * i), text, fill="black", font=_font(40))
+            draw.text((40, 40 + 100 * i), text, fill="black", font=load_font(40))
         img.save(folder / name)
     return folder
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from pipelines.config import OcrConfig
+from pipelines.demo import load_font
 from transforms import ocr
 from transforms.backends import ocr_models
 from transforms.backends.ocr_models import (
@@ -31,21 +32,11 @@ def _cfg(model_dir: Path, **kw) -> OcrConfig:
     return OcrConfig(enabled=True, model_dir=str(model_dir), **kw)
 
 
-def _font(size: int):
-    try:
-        import matplotlib
-
-        path = Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
-        return ImageFont.truetype(str(path), size)
-    except ImportError:
-        return ImageFont.load_default(size=size)
-
-
 def _rendered() -> tuple[np.ndarray, list[tuple[str, tuple[int, int, int, int]]]]:
     """White 720x260 card with two lines; returns the RGB array and each line's drawn pixel bbox."""
     img = Image.new("RGB", (720, 260), "white")
     draw = ImageDraw.Draw(img)
-    font = _font(40)
+    font = load_font(40)
     drawn = []
     for text, xy in LINES:
         draw.text(xy, text, fill="black", font=font)
