@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench import write_result
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 EVAL = Path(os.environ.get("POLYCAP_EVAL_DIR", REPO.parent / "shared" / "eval"))
@@ -73,9 +75,7 @@ def main() -> None:
         "reference": "img2dataset ~153 img/s at ~860 MB RSS on this machine (DESIGN.md, includes resize)",
         "cpus": os.cpu_count(),
     }
-    out = REPO / "bench" / "results" / "download.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result("download", result)
     print(json.dumps(result, indent=2))
 
 

@@ -14,7 +14,8 @@ import platform
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "caption_client.json"
+from bench import write_result
+
 PLAN = ((1, 150), (8, 300), (64, 400))   # (concurrency, requests) per loop mode
 LOOPS = ("thread", "run")
 
@@ -102,9 +103,7 @@ def main() -> None:
            "note": "wall-clock rates on a shared 2-core box are noisy; client_cpu_ms_per_request is the "
                    "robust number (1000 / it = requests/s one client core can drive)",
            "image_bytes": len(image), "points": points}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {write_result('caption_client', out)}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import write_result
 from pipelines.config import DecodeConfig
 from transforms.decode import (
     DecodeFailure,
@@ -41,7 +42,6 @@ from transforms.decode import (
 )
 
 EVAL = Path(os.environ.get("POLYCAP_EVAL_DIR", REPO.parent / "shared" / "eval"))
-OUT = REPO / "bench" / "results" / "cpu_chain.json"
 STEPS = ("read", "sha256", "decode", "exif", "rgb", "resize", "phash", "encode")
 
 
@@ -153,8 +153,7 @@ def main(n: int = 500) -> dict:
         "results": results,
         "seconds": round(time.time() - t0, 1),
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(out, indent=1))
+    write_result("cpu_chain", out, indent=1)
     return out
 
 

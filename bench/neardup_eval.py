@@ -26,11 +26,11 @@ from PIL import Image, ImageOps
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import write_result
 from pipelines.config import DecodeConfig
 from transforms.decode import DecodeFailure, decode_bytes, phash_hex
 
 EVAL = Path(os.environ.get("POLYCAP_EVAL_DIR", REPO.parent / "shared" / "eval"))
-OUT = REPO / "bench" / "results" / "neardup.json"
 T_RANGE = range(21)
 # Upstream aliases inside real_sets/imageio_vs_skimage and photos/skimage (same picture, other name).
 ALIASES = {"immunohistochemistry": "ihc", "clock_motion": "clock"}
@@ -226,8 +226,7 @@ def main() -> dict:
         "results": results,
         "seconds": round(time.time() - t0, 1),
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(out, indent=1))
+    write_result("neardup", out, indent=1)
     return out
 
 

@@ -12,12 +12,12 @@ import platform
 import sys
 from pathlib import Path
 
+from bench import write_result
 from pipelines.config import OcrConfig
 from pipelines.ocr_eval import run
 
 REPO = Path(__file__).resolve().parents[1]
 GT = Path(os.environ.get("POLYCAP_EVAL_DIR", REPO.parent / "shared" / "eval")) / "ocr" / "gt.jsonl"
-OUT = REPO / "bench" / "results" / "ocr.json"
 
 
 def _summary(rep: dict) -> dict:
@@ -41,8 +41,7 @@ def main(gt: str = str(GT)) -> dict:
     results["acceptance"] = {"en_tesseract_pages_cer": en.get("cer"),
                              "en_tesseract_pages_cer_line_aligned": en.get("cer_line_aligned"),
                              "threshold": 0.05, "pass": en.get("cer") is not None and en["cer"] < 0.05}
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_result("ocr", results)
     return results
 
 

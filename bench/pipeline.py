@@ -25,6 +25,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from bench import write_result
+
 REPO = Path(__file__).resolve().parents[1]
 EVAL = REPO.parent / "shared" / "eval" / "photos"
 FLOOR_2PROC = 178.0
@@ -160,8 +162,7 @@ def main(n: int = 1000, repeats: int = 2) -> dict:
                 "2-core machine shared with other jobs, see load_avg_1m_before; cpu_s = user+sys of the "
                 "job's processes",
     }
-    out = REPO / "bench" / "results" / "pipeline.json"
-    out.write_text(json.dumps(result, indent=2))
+    write_result("pipeline", result)
     print(json.dumps(result, indent=2))
     return result
 

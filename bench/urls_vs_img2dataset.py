@@ -26,6 +26,8 @@ from pathlib import Path
 
 import psutil
 
+from bench import write_result
+
 REPO = Path(__file__).resolve().parents[1]
 I2D_PYTHON = Path(os.environ.get("I2D_PYTHON", "/tmp/i2d-venv/bin/python"))
 TIMEOUT_S, RETRIES, QUALITY = 10, 2, 92   # polycap's IngestConfig/DecodeConfig defaults, given to both tools
@@ -196,8 +198,7 @@ def main(n: int = 1000, repeats: int = 2) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     result = build_result(n, inputs, runs, fixed, have_i2d, half)
     result["uptime_start_end"] = [up0, _uptime()]
-    out = REPO / "bench" / "results" / "urls_vs_img2dataset.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result("urls_vs_img2dataset", result)
     print(json.dumps(result, indent=2))
     return result
 
