@@ -303,16 +303,21 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None, prefix: s
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                data: dict[str, Any] | None = None) -> Config:
-    """Load YAML (or a dict), apply `a.b=c` overrides (values parsed as YAML), validate."""
+def config_mapping(path: str | Path | None, data: dict[str, Any] | None, what: str = "config") -> dict[str, Any]:
+    """The config as a mapping: `data` when given, else the YAML file at `path`."""
     if data is None:
         if path is None:
-            raise ConfigError("no config given")
+            raise ConfigError(f"no {what} given")
         data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError("config: top level must be a mapping")
-    cfg = build(Config, apply_overrides(data, overrides))
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                data: dict[str, Any] | None = None) -> Config:
+    """Load YAML (or a dict), apply `a.b=c` overrides (values parsed as YAML), validate."""
+    cfg = build(Config, apply_overrides(config_mapping(path, data), overrides))
     _check(cfg)
     return cfg
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import ConfigError, apply_overrides, build, read_yaml
+from pipelines.config import ConfigError, apply_overrides, build, config_mapping
 
 STAGES = ("pretrain", "sft")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -129,13 +129,7 @@ def _check(cfg: TrainerConfig) -> None:
 def load_trainer_config(path: str | Path | None = None, overrides: list[str] | None = None,
                         shards: str | None = None, data: dict[str, Any] | None = None) -> TrainerConfig:
     """YAML (or a dict) + `a.b=c` overrides (values parsed as YAML) + `--shards`, validated."""
-    if data is None:
-        if path is None:
-            raise ConfigError("no trainer config given")
-        data = read_yaml(path)
-    if not isinstance(data, dict):
-        raise ConfigError("config: top level must be a mapping")
-    data = apply_overrides(data, overrides)
+    data = apply_overrides(config_mapping(path, data, "trainer config"), overrides)
     if shards:
         data.setdefault("data", {})["shards"] = shards
     cfg = build(TrainerConfig, data)
