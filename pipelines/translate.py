@@ -105,13 +105,12 @@ class _WriteFn(beam.DoFn):
 
 def _write_rejects(rows: list[dict[str, Any]], out_dir: str) -> int:
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from sharding.manifest import write_parquet_atomic
 
     d = os.path.join(out_dir, "rejects")
     os.makedirs(d, exist_ok=True)
-    table = pa.Table.from_pylist(rows, schema=REJECT_SCHEMA)
-    pq.write_table(table, os.path.join(d, "rejects-00000.parquet.tmp"))
-    os.replace(os.path.join(d, "rejects-00000.parquet.tmp"), os.path.join(d, "rejects-00000.parquet"))
+    write_parquet_atomic(pa.Table.from_pylist(rows, schema=REJECT_SCHEMA), os.path.join(d, "rejects-00000.parquet"))
     return len(rows)
 
 
