@@ -45,14 +45,23 @@ def _finish(cur: ShardSample, shard: str) -> ShardSample:
 BLOCK = 512
 
 
-def _check_complete(tf: tarfile.TarFile, fileobj: Any, name: str) -> list[tarfile.TarInfo]:
-    """Read all headers first: a tar cut on a member boundary reads 'fine' in tarfile, so require the
-    two zero blocks that end every complete archive before yielding anything from it."""
-    members = tf.getmembers()
-    end = max((m.offset_data + -(-m.size // BLOCK) * BLOCK for m in members), default=0)
+def member_end(m: tarfile.TarInfo) -> int:
+    """Offset just past a member's data, padded to the 512-byte block."""
+    return m.offset_data + -(-m.size // BLOCK) * BLOCK
+
+
+def end_blocks_ok(fileobj: Any, end: int) -> bool:
+    """POSIX tar ends with two zero blocks after the last member; tarfile stops quietly at a cut on a
+    member boundary, so this is the only way to tell such a truncated tar from a complete one."""
     fileobj.seek(end)
     tail = fileobj.read(2 * BLOCK)
-    if len(tail) != 2 * BLOCK or tail.strip(b"\0"):
+    return len(tail) == 2 * BLOCK and not tail.strip(b"\0")
+
+
+def _check_complete(tf: tarfile.TarFile, fileobj: Any, name: str) -> list[tarfile.TarInfo]:
+    """Read all headers first and require the end blocks before yielding anything from the tar."""
+    members = tf.getmembers()
+    if not end_blocks_ok(fileobj, max((member_end(m) for m in members), default=0)):
         raise ShardError(f"{name}: truncated (no end-of-archive blocks after the last member)")
     return members
 

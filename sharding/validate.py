@@ -11,9 +11,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from sharding import manifest as mf
 from sharding.format import SHARD_RE, split_member, text_lang
+from sharding.reader import end_blocks_ok, member_end
 from sharding.writer import SAFE_KEY_RE, TMP_RE
 
-BLOCK = 512
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
@@ -72,13 +72,6 @@ def _check_sample(name: str, key: str, parts: dict[str, bytes], errors: list[str
                       f"{sorted(rec['captions'])}")
 
 
-def _end_marker_ok(f: Any, end: int) -> bool:
-    """POSIX tar ends with two zero blocks; tarfile stops quietly at a cut on a member boundary."""
-    f.seek(end)
-    tail = f.read(2 * BLOCK)
-    return len(tail) == 2 * BLOCK and not tail.strip(b"\0")
-
-
 def check_tar(path: str) -> tuple[list[str], list[str], list[str]]:
     """(keys in order, errors, warnings) for one tar; a truncated or unreadable tar is an error."""
     name = mf.basename(path)
@@ -94,7 +87,7 @@ def check_tar(path: str) -> tuple[list[str], list[str], list[str]]:
                 if not m.isfile():
                     errors.append(f"{name}: member {m.name!r} is not a regular file")
                     continue
-                end = m.offset_data + -(-m.size // BLOCK) * BLOCK
+                end = member_end(m)
                 try:
                     key, ext = split_member(m.name)
                 except ValueError as e:
@@ -114,7 +107,7 @@ def check_tar(path: str) -> tuple[list[str], list[str], list[str]]:
                 cur[ext] = data.read() if data is not None else b""
             if keys:
                 _check_sample(name, keys[-1], cur, errors, warnings)
-            if not _end_marker_ok(f, end):
+            if not end_blocks_ok(f, end):
                 errors.append(f"{name}: truncated (no end-of-archive blocks after the last member)")
     except (tarfile.TarError, EOFError, OSError) as e:
         errors.append(f"{name}: unreadable or truncated ({type(e).__name__}: {e})")
