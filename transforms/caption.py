@@ -22,7 +22,6 @@ from transforms.backends.base import BackendSpec, GenBackend, GenModelHandler, G
 from transforms.cache import ResultCache, cache_key
 from transforms.caption_gates import GateConfig, run_gates
 from transforms.common import DEAD, REJECTS, SAMPLES, StageDoFn, make_reject
-from transforms.records import carry_source_captions  # noqa: F401  (re-exported: part of this stage's API)
 from transforms.staging import image_bytes
 
 STAGE = "caption"

@@ -21,7 +21,6 @@ from transforms.caption import (
     CaptionImages,
     CaptionModelHandler,
     caption_endpoint_status,
-    carry_source_captions,
     check_caption_config,
     choose_route,
     load_caption_prompts,
@@ -30,6 +29,7 @@ from transforms.caption import (
     run_attempts,
 )
 from transforms.caption_gates import GateConfig
+from transforms.records import carry_source_captions
 
 FAKE = "tests.transforms.test_caption:FakeCaptionBackend"
 LOOP = "The bowl is white. " * 30
