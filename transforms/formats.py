@@ -114,7 +114,7 @@ def detect_format(record: Any, container: str) -> str:
 def _turn_slots(turns: Any, key: str, role_keys: tuple[str, ...], text_key: str) -> list[tuple[Path_, str]]:
     if not isinstance(turns, list) or not turns:
         raise FormatError(f"`{key}` must be a non-empty list")
-    out = []
+    out: list[tuple[Path_, str]] = []
     for i, t in enumerate(turns):
         if not isinstance(t, dict) or not any(isinstance(t.get(r), str) for r in role_keys):
             raise FormatError(f"{key}[{i}]: expected an object with {'/'.join(role_keys)}")
