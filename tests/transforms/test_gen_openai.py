@@ -103,16 +103,24 @@ def test_retry_after_parsing_and_backoff_bounds():
 # -- against the fake server ------------------------------------------------------------------------
 @pytest.mark.parametrize("fault", ["500", "429", "timeout", "truncated", "malformed", "disconnect"])
 def test_each_fault_kind_is_retried_and_recovered(fault):
-    with FakeOpenAIServer(fault_rate=0.5, faults=(fault,), seed=1, hang_s=5, retry_after=0.01) as srv:
+    # Only the "timeout" fault needs a short client timeout; every other kind gets a generous one, so that
+    # a loaded CI machine (2 cores, other jobs) cannot turn a healthy request into a client-side timeout.
+    timeout_s = 1.0 if fault == "timeout" else 30.0
+    with FakeOpenAIServer(fault_rate=0.5, faults=(fault,), seed=1, hang_s=60, retry_after=0.01) as srv:
         requests = [req(i) for i in range(8)]
-        results = run(srv, requests, max_retries=8, timeout_s=0.3, concurrency=8)
+        results = run(srv, requests, max_retries=8, timeout_s=timeout_s, concurrency=8)
         faulted = sum(e["fault"] == fault for e in srv.log)
     assert faulted >= 2, "the fault was never injected; the test would prove nothing"
     assert [r.key for r in results] == [r.key for r in requests]
     assert all(r.error is None and r.finish_reason == "stop" for r in results), results
-    # a dropped connection can also break a pooled keep-alive socket before a request reaches the server
     attempts = sum(r.attempts for r in results)
-    assert attempts == srv.requests or (fault == "disconnect" and attempts > srv.requests)
+    if fault in ("timeout", "disconnect"):
+        # A client timeout can fire before the server has read the request (CI saw 19 attempts for 11
+        # requests read), and a dropped connection can break a pooled keep-alive socket before a request
+        # reaches the server: the client may count attempts the server never saw, never the reverse.
+        assert attempts >= srv.requests
+    else:
+        assert attempts == srv.requests
     assert any(r.attempts > 1 for r in results)
     for r, q in zip(results, srv_bodies_by_key(srv, results)):
         assert r.text == default_caption(q)  # each result carries its own request's answer
@@ -160,7 +168,7 @@ def test_429_honors_retry_after():
         elapsed = time.perf_counter() - t0
     # our own backoff is <= 0.05 s here, so only Retry-After can explain >= 0.6 s for two waits
     assert r.attempts == 3 and "HTTP 429" in r.error
-    assert 0.6 <= elapsed < 3.0
+    assert 0.6 <= elapsed < 10.0  # upper bound only proves it does not hang
 
 
 def test_timeouts_are_bounded():
@@ -169,7 +177,7 @@ def test_timeouts_are_bounded():
         results = run(srv, [req(0), req(1)], max_retries=1, timeout_s=0.3)
         elapsed = time.perf_counter() - t0
     assert all(r.error == "timeout" and r.attempts == 2 for r in results)
-    assert elapsed < 2.5
+    assert elapsed < 10.0  # the server hangs 30 s: only the client timeout ends it sooner
 
 
 def test_concurrency_bound_is_respected_and_used():
@@ -185,9 +193,9 @@ def test_concurrency_bound_is_respected_and_used():
 
 def test_no_duplicate_or_lost_results_under_faults():
     faults = ("500", "429", "timeout", "truncated", "malformed", "refusal")
-    with FakeOpenAIServer(fault_rate=0.3, faults=faults, seed=7, hang_s=5, retry_after=0.01) as srv:
+    with FakeOpenAIServer(fault_rate=0.3, faults=faults, seed=7, hang_s=60, retry_after=0.01) as srv:
         requests = [req(i, image=False) for i in range(60)]
-        results = run(srv, requests, max_retries=6, timeout_s=0.4, concurrency=16)
+        results = run(srv, requests, max_retries=8, timeout_s=1.0, concurrency=16)
         kinds = {e["fault"] for e in srv.log}
     assert kinds >= set(faults)
     assert [r.key for r in results] == [q.key for q in requests]
@@ -256,8 +264,8 @@ def test_runs_inside_beam_run_inference():
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
 
-    with FakeOpenAIServer(fault_rate=0.3, seed=2, hang_s=5, retry_after=0.01) as srv:
-        handler = GenModelHandler(spec(srv, max_retries=6, timeout_s=0.5), max_batch_size=4)
+    with FakeOpenAIServer(fault_rate=0.3, seed=2, hang_s=60, retry_after=0.01) as srv:
+        handler = GenModelHandler(spec(srv, max_retries=8, timeout_s=1.0), max_batch_size=4)
         with TestPipeline() as p:
             out = (p | beam.Create([req(i, image=False) for i in range(10)])
                    | RunInference(handler)
