@@ -46,6 +46,7 @@ class DecodeConfig:
     max_side: int = 0               # 0 = keep size; else downscale so max(w, h) <= max_side
     reencode: bool = True           # store a normalized RGB JPEG in the shard
     jpeg_quality: int = 92
+    threads: int = 0                # decode threads per worker (Pillow releases the GIL); 0 = one per core
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"filter.max_aspect: must be >= 1.0, got {cfg.filter.max_aspect}")
     if not 0 <= cfg.dedup.max_hamming <= 32:
         raise ConfigError(f"dedup.max_hamming: must be in 0..32, got {cfg.dedup.max_hamming}")
+    if not 0 <= cfg.decode.threads <= 256:
+        raise ConfigError(f"decode.threads: must be in 0..256 (0 = one per core), got {cfg.decode.threads}")
     if not 1 <= cfg.decode.jpeg_quality <= 100:
         raise ConfigError(f"decode.jpeg_quality: must be in 1..100, got {cfg.decode.jpeg_quality}")
     if cfg.ocr.backend not in ("paddleocr", "rapidocr"):

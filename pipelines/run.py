@@ -113,7 +113,7 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, r
     from transforms.ingest import ReadSource
     from transforms.progress import LogProgress
     from transforms.records import BuildRecords
-    from transforms.staging import StageImages
+    from transforms.staging import staging_root
 
     read = [p | f"Read{i}_{s.kind}" >> ReadSource(s, cfg.ingest) for i, s in enumerate(cfg.sources)]
     samples = [s for s, _ in read] | "FlattenSources" >> beam.Flatten()
@@ -127,7 +127,7 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, r
 
     samples = samples | "ProgressIngest" >> LogProgress("ingested")
     stages: list[tuple[str, beam.PTransform]] = [
-        ("Decode", DecodeImages(cfg.decode)),
+        ("Decode", DecodeImages(cfg.decode, staging_root(out))),  # also stages the bytes
         ("Filter", FilterSamples(cfg.filter)),
         ("Dedup", DedupImages(cfg.dedup)),
     ]
@@ -140,8 +140,6 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, r
     for label, stage in stages:
         samples, r = samples | label >> stage
         rejects.append(r)
-        if label == "Decode":  # fused with decode: image bytes never sit in a materialized PCollection
-            samples = samples | "StageImages" >> StageImages(out)
     samples = samples | "BuildRecords" >> BuildRecords(carry_source=not run_caption)
     if run_translate:
         from transforms.translate import TranslateSamples

@@ -11,7 +11,8 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from pipelines.config import DecodeConfig
 from schemas import Hashes, ImageInfo, Reason, Reject, Sample
-from transforms.common import StageDoFn, make_reject, route_stage
+from transforms.common import auto_threads, make_reject, route_stage, stage_dofn
+from transforms.staging import stage_bytes
 
 STAGE = "decode"
 
@@ -222,6 +223,9 @@ def apply_orientation(im: Image.Image, orientation: int) -> tuple[Image.Image, i
 
 
 def encode_jpeg(im: Image.Image, quality: int) -> bytes:
+    # Pillow holds the GIL while it encodes (~0.8 ms a 0.3-MP image), unlike decode and resize. simplejpeg
+    # (libjpeg-turbo, releases the GIL) was measured here: ~3 % faster end to end on the URL bench, 1.3 dB
+    # lower PSNR at the same quality and size, and one more dependency -- not taken.
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
@@ -273,12 +277,24 @@ def decode_sample(sample: Sample, cfg: DecodeConfig) -> Sample | Reject:
     return replace(sample, image=image, hashes=hashes, provenance={**sample.provenance, STAGE: d.info})
 
 
-class DecodeImages(beam.PTransform):
-    """Samples with raw bytes -> (decoded Samples, Rejects of stage "decode")."""
+def decode_and_stage(sample: Sample, cfg: DecodeConfig, stage_root: str | None) -> Sample | Reject:
+    """Decode, then (with `stage_root`) move the bytes out of the record: both in the same pool thread."""
+    out = decode_sample(sample, cfg)
+    return stage_bytes(out, stage_root) if stage_root and isinstance(out, Sample) else out
 
-    def __init__(self, cfg: DecodeConfig):
+
+class DecodeImages(beam.PTransform):
+    """Samples with raw bytes -> (decoded Samples, Rejects of stage "decode").
+
+    `cfg.threads` pool threads decode in parallel (Pillow releases the GIL while it decodes, resizes and
+    encodes). With `stage_root` the decoded bytes are written to the staging folder in the same thread
+    (transforms/staging.py), so image bytes never sit in a materialized PCollection."""
+
+    def __init__(self, cfg: DecodeConfig, stage_root: str | None = None):
         super().__init__()
         self.cfg = cfg
+        self.stage_root = stage_root
 
     def expand(self, pcoll):
-        return route_stage(pcoll, "DecodeOne", StageDoFn(partial(decode_sample, cfg=self.cfg), STAGE), STAGE)
+        fn = partial(decode_and_stage, cfg=self.cfg, stage_root=self.stage_root)
+        return route_stage(pcoll, "DecodeOne", stage_dofn(fn, STAGE, auto_threads(self.cfg.threads)), STAGE)

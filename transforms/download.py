@@ -17,7 +17,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,13 +24,10 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.timestamp import MIN_TIMESTAMP
-from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.config import IngestConfig, SourceConfig
 from schemas import Hashes, ImageInfo, Reason, Reject, Sample, Source
-from transforms.common import REJECTS, SAMPLES, format_exc
+from transforms.common import REJECTS, SAMPLES, PooledDoFn, format_exc
 
 STAGE = "ingest"
 ALLOWED_SCHEMES = ("http", "https")
@@ -348,37 +344,24 @@ class _ReadUrlListDoFn(RoutingDoFn):
             yield self._route(ingest_reject(self.src, path, Reason.UNREADABLE, format_exc(e)))
 
 
-class _DownloadDoFn(RoutingDoFn):
+class _DownloadDoFn(PooledDoFn, RoutingDoFn):
     """Keeps up to `concurrency` requests in flight across the whole bundle and emits as they finish."""
+
+    thread_name = "polycap-download"
 
     def __init__(self, src: SourceConfig, cfg: IngestConfig):
         self.src, self.cfg = src, cfg
+        self.threads = cfg.concurrency
 
     def setup(self):
-        self._pool = ThreadPoolExecutor(self.cfg.concurrency, thread_name_prefix="polycap-download")
+        super().setup()
         self._opener = build_opener()
 
-    def start_bundle(self):
-        self._pending: set[Any] = set()
+    def work(self, row: UrlRow) -> Sample | Reject:
+        return download_row(row, self.src, self.cfg, self._opener)  # never raises
 
-    def process(self, row: UrlRow):
-        self._pending.add(self._pool.submit(download_row, row, self.src, self.cfg, self._opener))
-        if len(self._pending) >= 2 * self.cfg.concurrency:  # backpressure: bounded memory per worker
-            done, self._pending = wait(self._pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                yield self._route(fut.result())
-
-    def finish_bundle(self):
-        for fut in as_completed(self._pending):
-            out = self._route(fut.result())
-            value = WindowedValue(getattr(out, "value", out), MIN_TIMESTAMP, [GlobalWindow()])
-            yield beam.pvalue.TaggedOutput(out.tag, value) if isinstance(out, beam.pvalue.TaggedOutput) \
-                else value
-        self._pending = set()
-
-    def teardown(self):
-        if hasattr(self, "_pool"):
-            self._pool.shutdown(wait=False, cancel_futures=True)
+    def emit(self, result: Sample | Reject) -> Any:
+        return self._route(result)
 
 
 class DownloadUrls(beam.PTransform):

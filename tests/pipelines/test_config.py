@@ -55,3 +55,10 @@ def test_load_section_cli_override_wins(tmp_path):
     assert t.to == ["ko"] and t.model == "m" and t.batch_size == 4
     with pytest.raises(ConfigError, match="translate.bogus"):
         load_section(TranslateConfig, "translate", None, ["bogus=1"])
+
+
+@pytest.mark.parametrize("bad", [-1, 257])
+def test_decode_threads_is_validated(bad):
+    with pytest.raises(ConfigError, match="decode.threads"):
+        load_config(data={"sources": [{"kind": "dir", "path": "x"}], "decode": {"threads": bad}})
+    assert load_config(data={"sources": [{"kind": "dir", "path": "x"}]}).decode.threads == 0  # auto

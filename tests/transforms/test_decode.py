@@ -224,12 +224,13 @@ def test_decode_sample_sets_fields():
     assert isinstance(bad, Reject) and bad.stage == "decode" and bad.source_uri == "mem://empty"
 
 
-def test_decode_images_ptransform():
+@pytest.mark.parametrize("threads", [1, 3])
+def test_decode_images_ptransform(threads):
     good = [make_sample(jpeg_bytes(100 + i, 80), uri=f"mem://{i}") for i in range(3)]
     bad = [make_sample(b"", uri="mem://e"), make_sample(b"not an image at all", uri="mem://t"),
            make_sample(jpeg_bytes()[:300], uri="mem://c")]
     with TestPipeline() as p:
-        kept, rejects = p | beam.Create(good + bad) | DecodeImages(CFG)
+        kept, rejects = p | beam.Create(good + bad) | DecodeImages(DecodeConfig(threads=threads))
         assert_that(kept | "K" >> beam.Map(lambda s: (s.source.uri, s.image.width, s.image.format)),
                     equal_to([(f"mem://{i}", 100 + i, "jpeg") for i in range(3)]), label="kept")
         assert_that(rejects | "R" >> beam.Map(lambda r: (r.source_uri, str(r.reason), r.stage)),
