@@ -61,9 +61,11 @@ def test_200_images_against_faulty_server_rerun_and_prompt_edit(tmp_path):
     samples = [make_sample(jpeg_bytes(48, 32, (i, 255 - i, (7 * i) % 256)), uri=f"mem://{i}") for i in range(200)]
     keys = {s.key for s in samples}
     assert len(keys) == 200
-    with FakeOpenAIServer(fault_rate=0.3, hang_s=4.0, seed=0) as server:
+    # Injected hangs outlast the client timeout; 5 s is long enough that a loaded CI machine never times out a
+    # healthy reply (a retry after a served reply would caption an image twice).
+    with FakeOpenAIServer(fault_rate=0.3, hang_s=60.0, seed=0) as server:
         cfg = CaptionConfig(enabled=True, backend="openai", endpoint=server.url, model="fake-vlm", concurrency=64,
-                            batch_size=100, timeout_s=2.0, max_retries=6, api_key_env="")
+                            batch_size=100, timeout_s=5.0, max_retries=6, api_key_env="")
         by_request = image_requests(samples, cfg)
 
         # 1. every image captioned or rejected with a reason, exactly once
