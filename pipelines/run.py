@@ -56,7 +56,9 @@ def _one(_: Any) -> int:
     return 1
 
 
-class _WriteCount(beam.DoFn):
+class WriteCount(beam.DoFn):
+    """Writes a global count to `{"inputs": n}` at `path` (the count is taken in the pipeline, not the launcher)."""
+
     def __init__(self, path: str):
         self.path = path
 
@@ -123,7 +125,7 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, r
     # just to count it (bench/pipeline.py input, 1000 photos: ~3% of the run's CPU, ~15% of its sys time).
     ones = [pc | f"One{i}" >> beam.Map(_one) for i, pc in enumerate((samples, *rejects))]
     (ones | "AllInputs" >> beam.Flatten() | "CountInputs" >> beam.CombineGlobally(sum)
-     | "WriteInputCount" >> beam.ParDo(_WriteCount(os.path.join(out, "_inputs.json"))))
+     | "WriteInputCount" >> beam.ParDo(WriteCount(os.path.join(out, "_inputs.json"))))
 
     samples = samples | "ProgressIngest" >> LogProgress("ingested")
     stages: list[tuple[str, beam.PTransform]] = [

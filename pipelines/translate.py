@@ -6,13 +6,16 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import closing
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.config import TranslateConfig
-from schemas import REJECT_SCHEMA, Reason, Reject, reject_to_row
+from pipelines.run import WriteCount
+from schemas import Reason, Reject
+from sharding.rejects import WriteRejects
 from transforms.formats import (
     FormatError,
     RawRecord,
@@ -27,6 +30,7 @@ from transforms.translate import TextUnit, Translated, TranslateTexts
 
 READ_STAGE = "translate_read"
 STAGE = "translate"
+INPUTS_FILE = "_inputs.json"
 SEP = "\t"
 
 
@@ -103,15 +107,17 @@ class _WriteFn(beam.DoFn):
         yield lang, len(records)
 
 
-def _write_rejects(rows: list[dict[str, Any]], out_dir: str) -> int:
-    import pyarrow as pa
+class _ReadFn(beam.DoFn):
+    """Input path -> its RawRecords, read on a worker (not in the launcher) and streamed where the format allows."""
 
-    from sharding.manifest import write_parquet_atomic
+    def process(self, path: str) -> Iterator[RawRecord]:
+        yield from read_records(path)
 
-    d = os.path.join(out_dir, "rejects")
-    os.makedirs(d, exist_ok=True)
-    write_parquet_atomic(pa.Table.from_pylist(rows, schema=REJECT_SCHEMA), os.path.join(d, "rejects-00000.parquet"))
-    return len(rows)
+
+def _first_record(in_path: str) -> Any:
+    """The first parsable record (for format detection); reads no further than it."""
+    with closing(read_records(in_path)) as records:
+        return next((r.record for r in records if r.record is not None), None)
 
 
 def _counter(result: Any, name: str) -> int:
@@ -124,14 +130,14 @@ def _counter(result: Any, name: str) -> int:
         return -1
 
 
-def _stats(out_dir: str, langs: list[str], inputs: int, fmt: str, result: Any, started: float,
-           in_path: str) -> dict:
+def _stats(out_dir: str, langs: list[str], fmt: str, result: Any, started: float, in_path: str) -> dict:
     """Counts for THIS input only: output files written for other inputs into the same OUT are not counted."""
-    import pyarrow.parquet as pq
+    from sharding.rejects import read_rejects
 
     mine = None if os.path.isdir(in_path) else {os.path.basename(in_path)}
-
-    rej = pq.read_table(os.path.join(out_dir, "rejects")).to_pylist()
+    with open(os.path.join(out_dir, INPUTS_FILE), encoding="utf-8") as f:
+        inputs = json.load(f)["inputs"]   # counted in the pipeline, as the records were read
+    rej = read_rejects(out_dir).to_pylist()
     bad = sum(1 for r in rej if r["stage"] == READ_STAGE)
     by_lang = {}
     for lang in langs:
@@ -161,9 +167,8 @@ def run(in_path: str, to: list[str], out_dir: str, cfg: TranslateConfig, fmt: st
     if not os.path.exists(in_path):
         raise FileNotFoundError(f"input not found: {in_path}")
     container = container_of(in_path)
-    raws = list(read_records(in_path))
+    first = _first_record(in_path)  # also: a broken JSON array fails here, before any work starts
     if fmt == "auto":
-        first = next((r.record for r in raws if r.record is not None), None)
         fmt = detect_format(first, container)
     fields = [f.strip() for f in field.split(",") if f.strip()]
     langs = list(to)
@@ -171,7 +176,11 @@ def run(in_path: str, to: list[str], out_dir: str, cfg: TranslateConfig, fmt: st
     uri = os.path.abspath(in_path)
     opts = PipelineOptions(pipeline_args or [])
     p = beam.Pipeline(options=opts)
-    parts = (p | "Records" >> beam.Create(raws)
+    raws = (p | "Input" >> beam.Create([in_path]) | "Read" >> beam.ParDo(_ReadFn())
+            | "Spread" >> beam.Reshuffle())  # one reader per file; the records then fan out to all workers
+    _ = (raws | "One" >> beam.Map(lambda _: 1) | "CountInputs" >> beam.CombineGlobally(sum)
+         | "WriteInputCount" >> beam.ParDo(WriteCount(os.path.join(out_dir, INPUTS_FILE))))
+    parts = (raws
              | "Explode" >> beam.ParDo(_ExplodeFn(fmt, fields, uri)).with_outputs("ok", "bad", main="units"))
     translated = parts["units"] | "Translate" >> TranslateTexts(cfg, os.path.join(out_dir, "_cache", "translate"),
                                                               langs)
@@ -181,12 +190,10 @@ def run(in_path: str, to: list[str], out_dir: str, cfg: TranslateConfig, fmt: st
     _ = (merged["records"] | "ByFile" >> beam.GroupByKey()
          | "Write" >> beam.ParDo(_WriteFn(out_dir, in_path, container)))
     _ = ((parts["bad"], merged["rejects"]) | "AllRejects" >> beam.Flatten()
-         | "RejectRows" >> beam.Map(reject_to_row)
-         | "CollectRejects" >> beam.combiners.ToList()
-         | "WriteRejects" >> beam.Map(_write_rejects, out_dir))
+         | "WriteRejects" >> WriteRejects(out_dir))
     result = p.run()
     result.wait_until_finish()
-    stats = _stats(out_dir, langs, len(raws), fmt, result, started, in_path)
+    stats = _stats(out_dir, langs, fmt, result, started, in_path)
     with open(os.path.join(out_dir, "_stats.json"), "w", encoding="utf-8") as f:
         json.dump(stats, f, indent=2, ensure_ascii=False)
     return stats

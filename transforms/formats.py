@@ -67,15 +67,20 @@ def _read_shards(path: str) -> Iterator[RawRecord]:
 
 
 def read_records(path: str) -> Iterator[RawRecord]:
-    """Every record of the file in order; an unparsable one comes with `record=None` and `error`."""
+    """Every record of the file in order; an unparsable one comes with `record=None` and `error`.
+
+    JSONL, parquet and shards are streamed; a JSON array is parsed whole (it cannot be split)."""
     kind, name = container_of(path), os.path.basename(path)
     if kind == "shards":
         yield from _read_shards(path)
     elif kind == "parquet":
         import pyarrow.parquet as pq
 
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
-            yield RawRecord(i, _rid(name, i, row), row)
+        i = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):  # streamed, not read whole
+            for row in batch.to_pylist():
+                yield RawRecord(i, _rid(name, i, row), row)
+                i += 1
     elif kind == "jsonl":
         with open(path, encoding="utf-8") as f:
             for i, line in enumerate(f):

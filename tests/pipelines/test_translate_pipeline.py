@@ -168,3 +168,32 @@ def test_stats_count_only_this_inputs_output_file(tmp_path):
     assert run_translate(str(a), ["ko"], str(out), cfg)["langs"]["ko"]["kept"] == 2
     st = run_translate(str(b), ["ko"], str(out), cfg)
     assert st["langs"]["ko"] == {"kept": 1, "rejected": 0, "balanced": True}
+
+
+def test_records_are_read_in_the_pipeline_streamed_and_counted_there(tmp_path, monkeypatch):
+    """A big file is not loaded by the launcher: the pipeline reads it (parquet in batches) and counts inputs."""
+    import pyarrow as pa
+
+    import pipelines.translate as tr
+
+    rows = [{"id": f"r{i}", "caption": f"A photo of {i} red apples on a wooden table.", "n": i} for i in range(2500)]
+    src = tmp_path / "caps.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), src, row_group_size=700)
+    yielded = []  # records yielded per read_records call: the launcher's peek first, then the pipeline's read
+    real_read = tr.read_records
+
+    def counting_read(path):
+        yielded.append(0)
+        slot = len(yielded) - 1
+        for r in real_read(path):
+            yielded[slot] += 1
+            yield r
+
+    monkeypatch.setattr(tr, "read_records", counting_read)
+    stats = run(str(src), ["vi"], str(tmp_path / "out"), TranslateConfig(backend=FAKE, model="fake"))
+    assert yielded[:2] == [1, 2500]  # the launcher parsed one record; the pipeline read them all
+    assert stats["inputs"] == 2500 and stats["balanced"] and stats["langs"]["vi"]["kept"] == 2500
+    assert json.loads((tmp_path / "out" / "_inputs.json").read_text()) == {"inputs": 2500}
+    out = [r.record for r in read_records(str(tmp_path / "out" / "vi" / "caps.parquet"))]
+    assert [r["n"] for r in out] == list(range(2500))  # input order kept across batches and workers
+    assert all(r["caption"] != rows[i]["caption"] for i, r in enumerate(out))
