@@ -1,12 +1,14 @@
 """`polycap translate`: an English dataset file -> the same format per target language, plus rejects and stats."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import closing
 from typing import Any
 
 import apache_beam as beam
@@ -19,6 +21,7 @@ from sharding.rejects import WriteRejects
 from transforms.formats import (
     FormatError,
     RawRecord,
+    RecordWriter,
     container_of,
     detect_format,
     read_records,
@@ -31,6 +34,8 @@ from transforms.translate import TextUnit, Translated, TranslateTexts
 READ_STAGE = "translate_read"
 STAGE = "translate"
 INPUTS_FILE = "_inputs.json"
+PARTS_DIR = "_parts"           # per-language temp parts of an output file, removed once it is written
+PART_RECORDS = 5000            # records per part: what one worker holds while writing
 SEP = "\t"
 
 
@@ -90,21 +95,59 @@ class _MergeFn(beam.DoFn):
                     source_name=os.path.basename(self.uri)))
                 continue
             texts = {_parse_unit_key(r.key)[1]: r.text for r in mine}
-            yield (lang, raw.container), (index, set_slots(raw.record, self.fmt, lang, texts))
+            part = 0 if raw.container else index // PART_RECORDS  # a shard's records stay in one group
+            yield (lang, raw.container, part), (index, set_slots(raw.record, self.fmt, lang, texts))
 
 
-class _WriteFn(beam.DoFn):
-    """All records of one (language, container) -> one file, in input order."""
+class _WritePartFn(beam.DoFn):
+    """One group of at most PART_RECORDS records of one (language, output file), sorted by input position.
+
+    A shard's group is its whole tar (shards are small), written in place. A dataset file's groups are written
+    as pickled parts under `<lang>/_parts/<name>/` and yield ((lang, name), part path) for _CommitFileFn, so no
+    worker ever holds a whole file of a million conversations."""
 
     def __init__(self, out_dir: str, in_path: str, container: str):
         self.out_dir, self.in_path, self.container = out_dir, in_path, container
 
-    def process(self, element) -> Iterator[tuple[str, int]]:
-        (lang, shard), items = element
+    def process(self, element) -> Iterator[tuple[tuple[str, str], str]]:
+        (lang, shard, part), items = element
         records = [rec for _, rec in sorted(items, key=lambda x: x[0])]
-        name = shard or os.path.basename(self.in_path)
-        write_records(os.path.join(self.out_dir, lang, name), self.container, records)
-        yield lang, len(records)
+        if self.container == "shards":
+            write_records(os.path.join(self.out_dir, lang, shard), self.container, records)
+            return
+        name = os.path.basename(self.in_path)
+        path = os.path.join(self.out_dir, lang, PARTS_DIR, name, f"{part:08d}.pkl")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(f"{path}.tmp", "wb") as f:
+            pickle.dump(records, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(f"{path}.tmp", path)
+        yield (lang, name), path
+
+
+class _CommitFileFn(beam.DoFn):
+    """((lang, name), part paths) -> the output file, streamed part by part in input order; parts removed."""
+
+    def __init__(self, out_dir: str, in_path: str, container: str):
+        self.out_dir, self.in_path, self.container = out_dir, in_path, container
+
+    def process(self, element) -> Iterator[str]:
+        (lang, name), parts = element
+        schema = None
+        if self.container == "parquet":
+            import pyarrow.parquet as pq
+
+            schema = pq.read_schema(self.in_path)  # the output keeps the input's column types
+        out = os.path.join(self.out_dir, lang, name)
+        writer = RecordWriter(out, self.container, schema)
+        for part in sorted(parts):  # zero-padded part numbers: name order is input order
+            with open(part, "rb") as f:
+                for rec in pickle.load(f):
+                    writer.write(rec)
+        writer.close()
+        shutil.rmtree(os.path.join(self.out_dir, lang, PARTS_DIR, name), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(self.out_dir, lang, PARTS_DIR))  # only when no other file's parts remain
+        yield out
 
 
 class _ReadFn(beam.DoFn):
@@ -116,7 +159,7 @@ class _ReadFn(beam.DoFn):
 
 def _first_record(in_path: str) -> Any:
     """The first parsable record (for format detection); reads no further than it."""
-    with closing(read_records(in_path)) as records:
+    with contextlib.closing(read_records(in_path)) as records:
         return next((r.record for r in records if r.record is not None), None)
 
 
@@ -144,8 +187,8 @@ def _stats(out_dir: str, langs: list[str], fmt: str, result: Any, started: float
         kept_path = os.path.join(out_dir, lang)
         kept = 0
         for f in os.listdir(kept_path) if os.path.isdir(kept_path) else []:
-            if mine is not None and f not in mine:
-                continue
+            if (mine is not None and f not in mine) or f.startswith("_") or f.endswith(".tmp"):
+                continue  # another input's output, or temp parts
             kept += sum(1 for _ in read_records(os.path.join(kept_path, f)))
         rejected = bad + sum(1 for r in rej if r["stage"] == STAGE and f"lang={lang} " in r["detail"])
         by_lang[lang] = {"kept": kept, "rejected": rejected, "balanced": kept + rejected == inputs}
@@ -187,8 +230,10 @@ def run(in_path: str, to: list[str], out_dir: str, cfg: TranslateConfig, fmt: st
     by_index = translated | "ByRecord" >> beam.Map(lambda r: (_parse_unit_key(r.key)[0], r))
     merged = ({"raw": parts["ok"], "results": by_index} | "Join" >> beam.CoGroupByKey()
               | "Merge" >> beam.ParDo(_MergeFn(fmt, langs, uri)).with_outputs("rejects", main="records"))
-    _ = (merged["records"] | "ByFile" >> beam.GroupByKey()
-         | "Write" >> beam.ParDo(_WriteFn(out_dir, in_path, container)))
+    _ = (merged["records"] | "ByPart" >> beam.GroupByKey()
+         | "WriteParts" >> beam.ParDo(_WritePartFn(out_dir, in_path, container))
+         | "ByFile" >> beam.GroupByKey()
+         | "CommitFiles" >> beam.ParDo(_CommitFileFn(out_dir, in_path, container)))
     _ = ((parts["bad"], merged["rejects"]) | "AllRejects" >> beam.Flatten()
          | "WriteRejects" >> WriteRejects(out_dir))
     result = p.run()

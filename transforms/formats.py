@@ -190,26 +190,75 @@ def set_slots(record: Any, fmt: str, lang: str, texts: dict[Path_, str]) -> Any:
 
 
 # -- writing ---------------------------------------------------------------------------------------
-def write_records(path: str, container: str, records: list[Any]) -> None:
-    """Write records in the input's container; written to a temp name, then renamed."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp"
-    if container == "json":
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(records, f, ensure_ascii=False, indent=2)
-            f.write("\n")
-    elif container == "jsonl":
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    elif container == "parquet":
+class RecordWriter:
+    """Streams records into one file of the input's container (json | jsonl | parquet): temp name, then rename.
+
+    Memory stays bounded by one parquet batch, so a file of any length can be written. `schema` (parquet) is
+    the input file's schema, so the output keeps its column types whatever values a batch happens to hold."""
+
+    PARQUET_BATCH = 1024
+
+    def __init__(self, path: str, container: str, schema: Any = None):
+        if container not in ("json", "jsonl", "parquet"):
+            raise ValueError(f"RecordWriter: container {container!r} is not json, jsonl or parquet")
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self.path, self.container, self.schema = path, container, schema
+        self.tmp = f"{path}.tmp"
+        self.count = 0
+        self._rows: list[Any] = []
+        self._pq_writer: Any = None
+        self._f = open(self.tmp, "w", encoding="utf-8") if container != "parquet" else None  # noqa: SIM115
+
+    def write(self, record: Any) -> None:
+        if self.container == "jsonl":
+            assert self._f is not None
+            self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        elif self.container == "json":  # the bytes json.dump(records, f, indent=2) would write, one at a time
+            assert self._f is not None
+            body = json.dumps(record, ensure_ascii=False, indent=2).replace("\n", "\n  ")
+            self._f.write(("[\n  " if self.count == 0 else ",\n  ") + body)
+        else:
+            self._rows.append(record)
+            if len(self._rows) >= self.PARQUET_BATCH:
+                self._flush_parquet()
+        self.count += 1
+
+    def _flush_parquet(self) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist(records), tmp)
-    else:
-        _write_tar(tmp, records)
-    os.replace(tmp, path)
+        table = pa.Table.from_pylist(self._rows, schema=self.schema)
+        if self._pq_writer is None:
+            self.schema = table.schema
+            self._pq_writer = pq.ParquetWriter(self.tmp, table.schema)
+        self._pq_writer.write_table(table)
+        self._rows = []
+
+    def close(self) -> None:
+        """Finish the file and rename it into place."""
+        if self.container == "parquet":
+            if self._rows or self._pq_writer is None:
+                self._flush_parquet()
+            self._pq_writer.close()
+        else:
+            assert self._f is not None
+            if self.container == "json":
+                self._f.write("\n]\n" if self.count else "[]\n")
+            self._f.close()
+        os.replace(self.tmp, self.path)
+
+
+def write_records(path: str, container: str, records: list[Any], schema: Any = None) -> None:
+    """Write records in the input's container; written to a temp name, then renamed."""
+    if container == "shards":
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        _write_tar(f"{path}.tmp", records)
+        os.replace(f"{path}.tmp", path)
+        return
+    w = RecordWriter(path, container, schema)
+    for r in records:
+        w.write(r)
+    w.close()
 
 
 def _write_tar(path: str, records: list[dict[str, Any]]) -> None:

@@ -170,15 +170,22 @@ def test_stats_count_only_this_inputs_output_file(tmp_path):
     assert st["langs"]["ko"] == {"kept": 1, "rejected": 0, "balanced": True}
 
 
-def test_records_are_read_in_the_pipeline_streamed_and_counted_there(tmp_path, monkeypatch):
-    """A big file is not loaded by the launcher: the pipeline reads it (parquet in batches) and counts inputs."""
+@pytest.mark.parametrize("container", ["parquet", "jsonl", "json"])
+def test_big_file_is_read_streamed_and_written_in_parts(tmp_path, monkeypatch, container):
+    """The launcher peeks at one record; the pipeline reads (parquet in batches) and counts the inputs; the output
+    file is written from parts of PART_RECORDS records, in input order, with the parts removed afterwards."""
     import pyarrow as pa
 
     import pipelines.translate as tr
 
     rows = [{"id": f"r{i}", "caption": f"A photo of {i} red apples on a wooden table.", "n": i} for i in range(2500)]
-    src = tmp_path / "caps.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), src, row_group_size=700)
+    src = tmp_path / f"caps.{container}"
+    if container == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), src, row_group_size=700)
+    elif container == "jsonl":
+        src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        src.write_text(json.dumps(rows))
     yielded = []  # records yielded per read_records call: the launcher's peek first, then the pipeline's read
     real_read = tr.read_records
 
@@ -190,10 +197,15 @@ def test_records_are_read_in_the_pipeline_streamed_and_counted_there(tmp_path, m
             yield r
 
     monkeypatch.setattr(tr, "read_records", counting_read)
-    stats = run(str(src), ["vi"], str(tmp_path / "out"), TranslateConfig(backend=FAKE, model="fake"))
+    monkeypatch.setattr(tr, "PART_RECORDS", 600)  # 5 parts, the last one short
+    out_dir = tmp_path / "out"
+    stats = run(str(src), ["vi"], str(out_dir), TranslateConfig(backend=FAKE, model="fake"))
     assert yielded[:2] == [1, 2500]  # the launcher parsed one record; the pipeline read them all
     assert stats["inputs"] == 2500 and stats["balanced"] and stats["langs"]["vi"]["kept"] == 2500
-    assert json.loads((tmp_path / "out" / "_inputs.json").read_text()) == {"inputs": 2500}
-    out = [r.record for r in read_records(str(tmp_path / "out" / "vi" / "caps.parquet"))]
-    assert [r["n"] for r in out] == list(range(2500))  # input order kept across batches and workers
-    assert all(r["caption"] != rows[i]["caption"] for i, r in enumerate(out))
+    assert json.loads((out_dir / "_inputs.json").read_text()) == {"inputs": 2500}
+    out = [r.record for r in real_read(str(out_dir / "vi" / src.name))]
+    assert [r["n"] for r in out] == list(range(2500))  # input order kept across parts and workers
+    assert all(r["caption"] != rows[i]["caption"] and r["id"] == rows[i]["id"] for i, r in enumerate(out))
+    assert sorted(os.listdir(out_dir / "vi")) == [src.name]  # parts and temps gone
+    if container == "parquet":
+        assert pq.read_schema(out_dir / "vi" / src.name).equals(pq.read_schema(src))

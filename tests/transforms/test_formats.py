@@ -65,3 +65,39 @@ def test_write_parquet_and_json_round_trip(tmp_path):
     for name in ("a.parquet", "a.json", "a.jsonl"):
         write_records(str(tmp_path / name), name.split(".")[1], rows)
         assert [r.record for r in read_records(str(tmp_path / name))] == rows
+
+
+@pytest.mark.parametrize("records", [[], [{"a": 1, "b": ["x", {"c": "한국어 <image>"}]}],
+                                     [{"a": 1}, {"a": 2, "t": "Tiếng Việt\nline"}, [1, 2], "s"]])
+def test_streamed_json_is_byte_identical_to_json_dump(tmp_path, records):
+    from transforms.formats import RecordWriter
+
+    w = RecordWriter(str(tmp_path / "o.json"), "json")
+    for r in records:
+        w.write(r)
+    assert not (tmp_path / "o.json").exists()  # only the temp file until close
+    w.close()
+    assert (tmp_path / "o.json").read_text(encoding="utf-8") == \
+        json.dumps(records, ensure_ascii=False, indent=2) + "\n"
+
+
+def test_streamed_parquet_batches_keep_the_given_schema(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from transforms.formats import RecordWriter
+
+    schema = pa.schema([("caption", pa.string()), ("n", pa.int64()), ("note", pa.string())])
+    monkeypatch.setattr(RecordWriter, "PARQUET_BATCH", 3)
+    rows = [{"caption": f"c{i}", "n": i, "note": None if i < 5 else "x"} for i in range(8)]  # 1st batch: all null
+    w = RecordWriter(str(tmp_path / "o.parquet"), "parquet", schema)
+    for r in rows:
+        w.write(r)
+    w.close()
+    t = pq.read_table(tmp_path / "o.parquet")
+    assert t.schema.equals(schema) and t.to_pylist() == rows
+    empty = RecordWriter(str(tmp_path / "e.parquet"), "parquet", schema)
+    empty.close()
+    assert pq.read_table(tmp_path / "e.parquet").num_rows == 0
+    with pytest.raises(ValueError):
+        RecordWriter(str(tmp_path / "x.tar"), "shards")
