@@ -90,11 +90,12 @@ class _MergeFn(beam.DoFn):
                 f = failed[0]
                 slot = json.dumps(_parse_unit_key(f.key)[1])
                 yield beam.pvalue.TaggedOutput("rejects", Reject(
-                    key=raw.rid, source_uri=f"{self.uri}#{index}", stage=STAGE, reason=Reason(f.reason),
+                    key=raw.rid, source_uri=f"{self.uri}#{index}", stage=STAGE,
+                    reason=Reason(f.reason or Reason.INTERNAL_ERROR),
                     detail=f"lang={lang} slot={slot} ({len(failed)} of {len(mine)} texts failed): {f.detail}"[:2000],
                     source_name=os.path.basename(self.uri)))
                 continue
-            texts = {_parse_unit_key(r.key)[1]: r.text for r in mine}
+            texts = {_parse_unit_key(r.key)[1]: r.text for r in mine if r.text is not None}  # all, here
             part = 0 if raw.container else index // PART_RECORDS  # a shard's records stay in one group
             yield (lang, raw.container, part), (index, set_slots(raw.record, self.fmt, lang, texts))
 
@@ -178,8 +179,8 @@ def _stats(out_dir: str, langs: list[str], fmt: str, result: Any, started: float
     from sharding.rejects import read_rejects
 
     mine = None if os.path.isdir(in_path) else {os.path.basename(in_path)}
-    with open(os.path.join(out_dir, INPUTS_FILE), encoding="utf-8") as f:
-        inputs = json.load(f)["inputs"]   # counted in the pipeline, as the records were read
+    with open(os.path.join(out_dir, INPUTS_FILE), encoding="utf-8") as fh:
+        inputs = json.load(fh)["inputs"]   # counted in the pipeline, as the records were read
     rej = read_rejects(out_dir).to_pylist()
     bad = sum(1 for r in rej if r["stage"] == READ_STAGE)
     by_lang = {}

@@ -105,7 +105,7 @@ class PooledDoFn(beam.DoFn):
         for fut in as_completed(self._pending):
             out = self.emit(fut.result())
             tagged = isinstance(out, beam.pvalue.TaggedOutput)
-            value = WindowedValue(out.value if tagged else out, MIN_TIMESTAMP, [GlobalWindow()])
+            value = WindowedValue(out.value if tagged else out, MIN_TIMESTAMP, (GlobalWindow(),))
             yield beam.pvalue.TaggedOutput(out.tag, value) if tagged else value
         self._pending = set()
 
@@ -132,7 +132,7 @@ class PooledStageDoFn(PooledDoFn, StageDoFn):
     def emit(self, result: Sample | Reject) -> Any:
         return self._emit(result)
 
-    process = PooledDoFn.process
+    process = PooledDoFn.process  # type: ignore[assignment]  # the pool's, not StageDoFn's
 
 
 def stage_dofn(fn: StageFn, stage: str, threads: int = 1) -> beam.DoFn:

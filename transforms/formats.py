@@ -6,7 +6,7 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +66,7 @@ def _read_shards(path: str) -> Iterator[RawRecord]:
             i += 1
 
 
-def read_records(path: str) -> Iterator[RawRecord]:
+def read_records(path: str) -> Generator[RawRecord, None, None]:
     """Every record of the file in order; an unparsable one comes with `record=None` and `error`.
 
     JSONL, parquet and shards are streamed; a JSON array is parsed whole (it cannot be split)."""
