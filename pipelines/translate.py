@@ -151,6 +151,11 @@ class _CommitFileFn(beam.DoFn):
         yield out
 
 
+def rejects_subdir(in_path: str) -> str:
+    """This input's folder under `OUT/rejects/`: translating another file into OUT keeps this one's rejects."""
+    return os.path.basename(os.path.normpath(in_path))
+
+
 class _ReadFn(beam.DoFn):
     """Input path -> its RawRecords, read on a worker (not in the launcher) and streamed where the format allows."""
 
@@ -181,7 +186,7 @@ def _stats(out_dir: str, langs: list[str], fmt: str, result: Any, started: float
     mine = None if os.path.isdir(in_path) else {os.path.basename(in_path)}
     with open(os.path.join(out_dir, INPUTS_FILE), encoding="utf-8") as fh:
         inputs = json.load(fh)["inputs"]   # counted in the pipeline, as the records were read
-    rej = read_rejects(out_dir).to_pylist()
+    rej = read_rejects(out_dir, rejects_subdir(in_path)).to_pylist()
     bad = sum(1 for r in rej if r["stage"] == READ_STAGE)
     by_lang = {}
     for lang in langs:
@@ -236,7 +241,7 @@ def run(in_path: str, to: list[str], out_dir: str, cfg: TranslateConfig, fmt: st
          | "ByFile" >> beam.GroupByKey()
          | "CommitFiles" >> beam.ParDo(_CommitFileFn(out_dir, in_path, container)))
     _ = ((parts["bad"], merged["rejects"]) | "AllRejects" >> beam.Flatten()
-         | "WriteRejects" >> WriteRejects(out_dir))
+         | "WriteRejects" >> WriteRejects(out_dir, rejects_subdir(in_path)))
     result = p.run()
     result.wait_until_finish()
     stats = _stats(out_dir, langs, fmt, result, started, in_path)

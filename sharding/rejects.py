@@ -94,9 +94,9 @@ def commit_rejects(temps: list[str], rejects_dir: str) -> list[str]:
 class WriteRejects(beam.PTransform):
     """PCollection[Reject] -> PCollection[str] of committed parquet paths under `output_dir/rejects/`."""
 
-    def __init__(self, output_dir: str):
+    def __init__(self, output_dir: str, subdir: str = ""):
         super().__init__()
-        self.rejects_dir = mf.join(mf.abs_path(output_dir), REJECTS_DIR)
+        self.rejects_dir = rejects_dir(output_dir, subdir)
 
     def expand(self, rejects: beam.PCollection) -> beam.PCollection:
         return (rejects
@@ -105,9 +105,16 @@ class WriteRejects(beam.PTransform):
                 | "CommitRejects" >> beam.FlatMap(commit_rejects, self.rejects_dir))
 
 
-def read_rejects(output_dir: str) -> pa.Table:
+def rejects_dir(output_dir: str, subdir: str = "") -> str:
+    """`output_dir/rejects`, or `output_dir/rejects/<subdir>` for a job whose rejects sit beside other jobs'
+    (`polycap translate` keeps one folder per input file, so translating a second file keeps the first's)."""
+    base = mf.join(mf.abs_path(output_dir), REJECTS_DIR)
+    return mf.join(base, subdir) if subdir else base
+
+
+def read_rejects(output_dir: str, subdir: str = "") -> pa.Table:
     """All committed reject rows of a run (an empty table with REJECT_SCHEMA when there are none)."""
-    rejects_dir = mf.join(mf.abs_path(output_dir), REJECTS_DIR)
-    files = sorted(n for n in mf.list_files(rejects_dir) if REJECT_FILE_RE.match(n))
-    tables = [mf.read_table(mf.join(rejects_dir, n)).cast(REJECT_SCHEMA) for n in files]
+    folder = rejects_dir(output_dir, subdir)
+    files = sorted(n for n in mf.list_files(folder) if REJECT_FILE_RE.match(n))
+    tables = [mf.read_table(mf.join(folder, n)).cast(REJECT_SCHEMA) for n in files]
     return pa.concat_tables(tables) if tables else REJECT_SCHEMA.empty_table()

@@ -209,3 +209,18 @@ def test_big_file_is_read_streamed_and_written_in_parts(tmp_path, monkeypatch, c
     assert sorted(os.listdir(out_dir / "vi")) == [src.name]  # parts and temps gone
     if container == "parquet":
         assert pq.read_schema(out_dir / "vi" / src.name).equals(pq.read_schema(src))
+
+
+def test_a_second_input_into_the_same_out_keeps_the_first_inputs_rejects(eval_dir, tmp_path):
+    lines = (eval_dir / "text" / "llava" / "qa90_questions.jsonl").read_text().splitlines()[:4]
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("\n".join(lines[:2] + ['{"question_id": 99, "text": ']) + "\n")   # one bad record
+    b.write_text("\n".join(lines[2:] + ['not json at all', '{"text": 5}']) + "\n")  # two bad records
+    out = tmp_path / "out"
+    cfg = TranslateConfig(backend=FAKE, model="fake")
+    assert run(str(a), ["ko"], str(out), cfg, field="text")["bad_records"] == 1
+    stats_b = run(str(b), ["ko"], str(out), cfg, field="text")
+    assert stats_b["bad_records"] == 2 and stats_b["inputs"] == 4 and stats_b["balanced"]
+    by_input = {d: pq.read_table(str(out / "rejects" / d)).num_rows for d in os.listdir(out / "rejects")}
+    assert by_input == {"a.jsonl": 1, "b.jsonl": 2}
+    assert sorted(os.listdir(out / "ko")) == ["a.jsonl", "b.jsonl"]
