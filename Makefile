@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install polycap with the CPU extras
 
 demo: install ## build the bundled sample and run the main job on it (CPU defaults)
-	$(BIN)/python -m pipelines.demo
+	$(BIN)/python -m polycap.pipelines.demo
 
 test: install ## run the test suite (what CI runs)
 	$(BIN)/python -m pytest -q tests

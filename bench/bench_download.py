@@ -36,8 +36,8 @@ def main() -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines.config import IngestConfig, SourceConfig
-    from transforms.ingest import ReadSource
+    from polycap.pipelines.config import IngestConfig, SourceConfig
+    from polycap.transforms.ingest import ReadSource
 
     photos = sorted(p for p in (EVAL / "photos").rglob("*") if p.is_file() and p.suffix in (".jpg", ".png")
                     and p.stat().st_size <= MAX_FILE)

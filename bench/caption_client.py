@@ -45,7 +45,7 @@ def _photo_jpeg() -> bytes:
 
 
 def _requests(n: int, image: bytes):
-    from transforms.backends.base import GenRequest
+    from polycap.transforms.backends.base import GenRequest
 
     prompt = "Describe this image in detail: objects, counts, spatial relations, visible text, style."
     return [GenRequest(f"k{i:05d}", [{"role": "user", "content": [{"type": "image"},
@@ -55,8 +55,8 @@ def _requests(n: int, image: bytes):
 
 
 def run_point(url: str, server_pid: int, loop: str, concurrency: int, n: int, image: bytes) -> dict:
-    from transforms.backends.base import BackendSpec
-    from transforms.backends.gen_openai import OpenAIBackend
+    from polycap.transforms.backends.base import BackendSpec
+    from polycap.transforms.backends.gen_openai import OpenAIBackend
 
     spec = BackendSpec("openai", model="fake-vlm", endpoint=url, concurrency=concurrency, timeout_s=30,
                        options={"loop": loop})

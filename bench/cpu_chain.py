@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench import write_result
-from pipelines.config import DecodeConfig
-from transforms.decode import (
+from polycap.pipelines.config import DecodeConfig
+from polycap.transforms.decode import (
     DecodeFailure,
     apply_orientation,
     decode_bytes,

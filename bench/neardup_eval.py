@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench import write_result
-from pipelines.config import DecodeConfig
-from transforms.decode import DecodeFailure, decode_bytes, phash_hex
+from polycap.pipelines.config import DecodeConfig
+from polycap.transforms.decode import DecodeFailure, decode_bytes, phash_hex
 
 EVAL = Path(os.environ.get("POLYCAP_EVAL_DIR", REPO.parent / "shared" / "eval"))
 T_RANGE = range(21)

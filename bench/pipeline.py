@@ -96,7 +96,7 @@ def run_once(src: Path, out: Path, beam_args: list[str]) -> dict:
                                "dedup": {"near": True}, "shards": {"max_samples": 1000}}))
     load = os.getloadavg()[0]
     cpu0, t0 = _child_cpu(), time.time()
-    res = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", str(cfg), "--", *beam_args],
+    res = subprocess.run([sys.executable, "-m", "polycap.pipelines.cli", "run", str(cfg), "--", *beam_args],
                          check=False, cwd=REPO, capture_output=True, text=True)
     wall, cpu = time.time() - t0, _child_cpu() - cpu0
     if res.returncode != 0:
@@ -114,7 +114,7 @@ def chain_floor(src: Path, rounds: int = 2) -> dict:
     """The bare per-image work (read, sha256, decode_bytes: decode, EXIF, RGB, pHash, JPEG) on the same
     files in this one process, best of `rounds`: what the job would cost with zero framework overhead."""
     from bench.cpu_chain import chain_once
-    from pipelines.config import DecodeConfig
+    from polycap.pipelines.config import DecodeConfig
 
     cfg, paths, best, failures = DecodeConfig(), sorted(src.iterdir()), None, 0
     for _ in range(rounds):

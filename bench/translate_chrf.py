@@ -22,8 +22,8 @@ from pathlib import Path
 import apache_beam as beam
 
 from bench.translate_gates import load_pairs
-from pipelines.config import TranslateConfig, load_section
-from transforms.translate import TextUnit, TranslateTexts, prompt_style
+from polycap.pipelines.config import TranslateConfig, load_section
+from polycap.transforms.translate import TextUnit, TranslateTexts, prompt_style
 
 
 def translate_all(cfg: TranslateConfig, units: list[TextUnit], lang: str) -> dict[str, dict]:

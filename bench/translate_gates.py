@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from transforms.translate_gates import first_failure
+from polycap.transforms.translate_gates import first_failure
 
 LANGS = {"ko": "kor", "vi": "vie"}
 CORRUPTIONS = ("english_copy", "truncated_half", "number_changed", "span_dropped", "cjk", "repeated_loop",

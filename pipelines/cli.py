@@ -6,14 +6,42 @@ import sys
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+HELP = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(add_completion=False, no_args_is_help=True, context_settings=HELP,
                   help="Multilingual caption and instruction corpora for VLM training, on Apache Beam.")
-shards_app = typer.Typer(no_args_is_help=True, help="Inspect, validate and export webdataset shards.")
-train_app = typer.Typer(no_args_is_help=True, help="Train on shards: pretrain and SFT.")
+shards_app = typer.Typer(no_args_is_help=True, context_settings=HELP,
+                         help="Inspect, validate and export webdataset shards.")
+train_app = typer.Typer(no_args_is_help=True, context_settings=HELP, help="Train on shards: pretrain and SFT.")
 app.add_typer(shards_app, name="shards")
 app.add_typer(train_app, name="train")
 
-PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+PASSTHROUGH = {**HELP, "allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def version_line() -> str:
+    """polycap's version, the record schema version and the Beam version the launcher would submit with."""
+    from polycap import __version__
+    from polycap.schemas import SCHEMA_VERSION
+
+    try:
+        from importlib.metadata import version
+
+        beam = version("apache-beam")
+    except Exception:  # noqa: BLE001 - a broken install still gets a version line
+        beam = "not installed"
+    return f"polycap {__version__} (schema {SCHEMA_VERSION}, apache-beam {beam})"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_line())
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", "-V", is_eager=True, callback=_print_version,
+                                       help="print polycap, schema and Beam versions and exit")) -> None:
+    """Multilingual caption and instruction corpora for VLM training, on Apache Beam."""
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -22,7 +50,7 @@ def _fail(msg: str, code: int = 2) -> None:
 
 
 def _load(config: str | None, overrides: list[str], **extra):
-    from pipelines.config import ConfigError, load_config
+    from polycap.pipelines.config import ConfigError, load_config
 
     try:
         sets = list(overrides) + [f"{k}={v}" for k, v in extra.items() if v is not None]
@@ -37,8 +65,8 @@ def run(ctx: typer.Context,
         output: str | None = typer.Option(None, "--output", "-o", help="output dir (overrides `output`)"),
         set_: list[str] = typer.Option([], "--set", help="override a config value: a.b=c (repeatable)")):
     """Run the main job. Extra arguments after `--` go to Beam (e.g. --runner, --direct_num_workers)."""
-    from pipelines.run import run as run_job
-    from pipelines.run import summary_lines
+    from polycap.pipelines.run import run as run_job
+    from polycap.pipelines.run import summary_lines
 
     cfg = _load(config, set_, output=output)
     try:
@@ -61,8 +89,8 @@ def translate(ctx: typer.Context,
               field: str = typer.Option("caption", "--field", help="text field for caption files"),
               set_: list[str] = typer.Option([], "--set", help="override translate.* values: a.b=c")):
     """Translate an English dataset into other languages, keeping its format and structure."""
-    from pipelines.config import ConfigError, TranslateConfig, load_section
-    from pipelines.translate import run as run_translate
+    from polycap.pipelines.config import ConfigError, TranslateConfig, load_section
+    from polycap.pipelines.translate import run as run_translate
 
     langs = [t.strip() for t in to.split(",") if t.strip()]
     try:
@@ -82,8 +110,8 @@ def ocr_eval(path: str = typer.Argument(..., help="labelled JSONL (path, lang, t
              out_json: str | None = typer.Option(None, "--out", help="write the report as JSON"),
              set_: list[str] = typer.Option([], "--set", help="override ocr.* values")):
     """Run the OCR stage over a labelled set: CER per language and images per second."""
-    from pipelines.config import ConfigError, OcrConfig, load_section
-    from pipelines.ocr_eval import run as run_eval
+    from polycap.pipelines.config import ConfigError, OcrConfig, load_section
+    from polycap.pipelines.ocr_eval import run as run_eval
 
     try:
         report = run_eval(path, load_section(OcrConfig, "ocr", config, set_, defaults={"enabled": True}),
@@ -98,7 +126,7 @@ def ocr_eval(path: str = typer.Argument(..., help="labelled JSONL (path, lang, t
 @shards_app.command("validate")
 def shards_validate(path: str = typer.Argument(..., help="run dir or shard dir")):
     """Check every tar end to end against the manifest; exit 1 on any problem."""
-    from sharding.validate import validate_dir
+    from polycap.sharding.validate import validate_dir
 
     report = validate_dir(path)
     typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
@@ -109,7 +137,7 @@ def shards_validate(path: str = typer.Argument(..., help="run dir or shard dir")
 @shards_app.command("stats")
 def shards_stats(path: str = typer.Argument(..., help="run dir or shard dir")):
     """Counts, languages and image sizes of a shard set."""
-    from sharding.stats import shard_stats
+    from polycap.sharding.stats import shard_stats
 
     typer.echo(json.dumps(shard_stats(path), indent=2, ensure_ascii=False))
 
@@ -118,7 +146,7 @@ def shards_stats(path: str = typer.Argument(..., help="run dir or shard dir")):
 def shards_preview(path: str = typer.Argument(..., help="run dir or shard dir"),
                    n: int = typer.Option(5, "-n", help="how many samples")):
     """The first samples: key, size, source, OCR line count and captions per language."""
-    from sharding.preview import preview
+    from polycap.sharding.preview import preview
 
     typer.echo(json.dumps(preview(path, n), indent=2, ensure_ascii=False))
 
@@ -128,7 +156,7 @@ def shards_export(path: str = typer.Argument(..., help="run dir or shard dir"),
                   fmt: str = typer.Option("llava", "--format", help="llava|sharegpt|internvl"),
                   out: str = typer.Option(..., "--out", help="output JSON/JSONL file (images beside it)")):
     """Write the shards' conversations for other trainers (LLaVA, LLaMA-Factory, ms-swift, InternVL)."""
-    from sharding.export import export
+    from polycap.sharding.export import export
 
     try:
         typer.echo(json.dumps(export(path, fmt, out), indent=2, ensure_ascii=False))
@@ -137,7 +165,7 @@ def shards_export(path: str = typer.Argument(..., help="run dir or shard dir"),
 
 
 def _train(stage: str, config: str, shards: str | None, set_: list[str]) -> None:
-    from trainer.train import run as run_train
+    from polycap.trainer.train import run as run_train
 
     try:
         metrics = run_train(stage, config, shards, set_)

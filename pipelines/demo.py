@@ -86,8 +86,8 @@ def build_sample(dest: Path) -> Path:
 
 
 def main() -> int:
-    from pipelines.config import load_config
-    from pipelines.run import run, summary_lines
+    from polycap.pipelines.config import load_config
+    from polycap.pipelines.run import run, summary_lines
 
     cfg = load_config(DEMO_CONFIG)
     build_sample(Path(cfg.sources[0].path))
@@ -96,7 +96,7 @@ def main() -> int:
     if not stats["balanced"]:
         return 3
     if os.environ.get("POLYCAP_DEMO_TRAIN", "1") != "0":
-        from trainer.train import run as train
+        from polycap.trainer.train import run as train
 
         print("[polycap] short pretrain run of the tiny model on the demo shards (smoke test, CPU)")
         metrics = train("pretrain", str(REPO / "configs" / "train-tiny.yaml"), cfg.output,

@@ -12,7 +12,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from schemas import Hashes, ImageInfo, Reject, Sample, Source
+from polycap.schemas import Hashes, ImageInfo, Reject, Sample, Source
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
 
@@ -106,7 +106,7 @@ def run_stage(samples: list[Sample], cfg: Any, beam_args: list[str] | None = Non
     """Run `RunOcr` over in-memory samples on the DirectRunner; key -> {status, lines, lang, seconds}."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from transforms.ocr import RunOcr
+    from polycap.transforms.ocr import RunOcr
 
     with tempfile.TemporaryDirectory(prefix="ocr-eval-") as tmp:
         prefix = os.path.join(tmp, "out")
@@ -124,7 +124,7 @@ def run_stage(samples: list[Sample], cfg: Any, beam_args: list[str] | None = Non
 
 def lang_checker(cfg: Any) -> Any:
     """A function `lang -> (readable, why not)` for rows like `zh+en`, from the recognizer's dictionary."""
-    from transforms.backends.ocr_models import (
+    from polycap.transforms.backends.ocr_models import (
         RAPID_LANGS,
         check_ocr_models,
         unsupported_langs,

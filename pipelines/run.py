@@ -13,9 +13,9 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.config import Config, to_dict
-from schemas import SCHEMA_VERSION
-from transforms.staging import clear_staging
+from polycap.pipelines.config import Config, to_dict
+from polycap.schemas import SCHEMA_VERSION
+from polycap.transforms.staging import clear_staging
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def caption_plan(cfg: Config) -> tuple[bool, str]:
     """Whether the caption stage runs, and the line the run summary prints about it."""
     if not cfg.caption.enabled or cfg.caption.backend == "none":
         return False, "caption: disabled; source captions (alt-text) carried forward as English text"
-    from transforms.caption import caption_endpoint_status
+    from polycap.transforms.caption import caption_endpoint_status
 
     usable, msg = caption_endpoint_status(cfg.caption)
     if not usable:
@@ -84,7 +84,7 @@ def translate_plan(cfg: Config) -> tuple[bool, str]:
     if not t.enabled or t.backend == "none":
         return False, "translate: disabled"
     if t.backend == "openai":
-        from transforms.caption import served_models
+        from polycap.transforms.caption import served_models
 
         if not t.endpoint:
             return False, "translate: NOT RUN — no translate.endpoint configured; no translation invented"
@@ -99,7 +99,7 @@ def preflight(cfg: Config) -> list[str]:
     """Checks that must fail once, before any work (models present, endpoints reachable)."""
     notes = []
     if cfg.ocr.enabled:
-        from transforms.ocr import check_ocr_models
+        from polycap.transforms.ocr import check_ocr_models
 
         check_ocr_models(cfg.ocr)  # raises with a message naming the missing files
         notes.append(f"ocr: {cfg.ocr.backend} on {cfg.ocr.device}")
@@ -107,15 +107,15 @@ def preflight(cfg: Config) -> list[str]:
 
 
 def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, run_translate: bool) -> None:
-    from sharding.rejects import WriteRejects
-    from sharding.writer import WriteShards
-    from transforms.decode import DecodeImages
-    from transforms.dedup import DedupImages
-    from transforms.filters import FilterSamples
-    from transforms.ingest import ReadSource
-    from transforms.progress import LogProgress
-    from transforms.records import BuildRecords
-    from transforms.staging import staging_root
+    from polycap.sharding.rejects import WriteRejects
+    from polycap.sharding.writer import WriteShards
+    from polycap.transforms.decode import DecodeImages
+    from polycap.transforms.dedup import DedupImages
+    from polycap.transforms.filters import FilterSamples
+    from polycap.transforms.ingest import ReadSource
+    from polycap.transforms.progress import LogProgress
+    from polycap.transforms.records import BuildRecords
+    from polycap.transforms.staging import staging_root
 
     read = [p | f"Read{i}_{s.kind}" >> ReadSource(s, cfg.ingest) for i, s in enumerate(cfg.sources)]
     samples = [s for s, _ in read] | "FlattenSources" >> beam.Flatten()
@@ -134,17 +134,17 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, r
         ("Dedup", DedupImages(cfg.dedup)),
     ]
     if cfg.ocr.enabled:
-        from transforms.ocr import RunOcr
+        from polycap.transforms.ocr import RunOcr
         stages.append(("Ocr", RunOcr(cfg.ocr)))
     if run_caption:
-        from transforms.caption import CaptionImages
+        from polycap.transforms.caption import CaptionImages
         stages.append(("Caption", CaptionImages(cfg.caption, out)))
     for label, stage in stages:
         samples, r = samples | label >> stage
         rejects.append(r)
     samples = samples | "BuildRecords" >> BuildRecords(carry_source=not run_caption)
     if run_translate:
-        from transforms.translate import TranslateSamples
+        from polycap.transforms.translate import TranslateSamples
         samples, r = samples | "Translate" >> TranslateSamples(cfg.translate, out)
         rejects.append(r)
         samples = samples | "BuildTranslatedRecords" >> BuildRecords(carry_source=False)
@@ -158,7 +158,7 @@ def collect_stats(out: str, started: float, split: str) -> dict[str, Any]:
     the same output dir by earlier runs are not this run's), rejected (reject rows), by stage/reason."""
     import pyarrow.parquet as pq
 
-    from sharding.rejects import read_rejects
+    from polycap.sharding.rejects import read_rejects
 
     with open(os.path.join(out, "_inputs.json"), encoding="utf-8") as f:
         inputs = json.load(f)["inputs"]

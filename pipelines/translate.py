@@ -14,11 +14,11 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.config import TranslateConfig
-from pipelines.run import WriteCount
-from schemas import Reason, Reject
-from sharding.rejects import WriteRejects
-from transforms.formats import (
+from polycap.pipelines.config import TranslateConfig
+from polycap.pipelines.run import WriteCount
+from polycap.schemas import Reason, Reject
+from polycap.sharding.rejects import WriteRejects
+from polycap.transforms.formats import (
     FormatError,
     RawRecord,
     RecordWriter,
@@ -29,7 +29,7 @@ from transforms.formats import (
     text_slots,
     write_records,
 )
-from transforms.translate import TextUnit, Translated, TranslateTexts
+from polycap.transforms.translate import TextUnit, Translated, TranslateTexts
 
 READ_STAGE = "translate_read"
 STAGE = "translate"
@@ -181,7 +181,7 @@ def _counter(result: Any, name: str) -> int:
 
 def _stats(out_dir: str, langs: list[str], fmt: str, result: Any, started: float, in_path: str) -> dict:
     """Counts for THIS input only: output files written for other inputs into the same OUT are not counted."""
-    from sharding.rejects import read_rejects
+    from polycap.sharding.rejects import read_rejects
 
     mine = None if os.path.isdir(in_path) else {os.path.basename(in_path)}
     with open(os.path.join(out_dir, INPUTS_FILE), encoding="utf-8") as fh:

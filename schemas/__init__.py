@@ -1,7 +1,7 @@
 """Typed records for polycap: Sample, Reject, the one Reason enum, and their pyarrow schemas."""
-from schemas.arrow import REJECT_SCHEMA, SAMPLE_SCHEMA, reject_to_row, sample_from_row, sample_to_row
-from schemas.reasons import Reason
-from schemas.records import (
+from polycap.schemas.arrow import REJECT_SCHEMA, SAMPLE_SCHEMA, reject_to_row, sample_from_row, sample_to_row
+from polycap.schemas.reasons import Reason
+from polycap.schemas.records import (
     SCHEMA_VERSION,
     Caption,
     Hashes,

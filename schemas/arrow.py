@@ -7,8 +7,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from schemas.reasons import Reason
-from schemas.records import Caption, Hashes, ImageInfo, OcrLine, OcrResult, Reject, Sample, Source
+from polycap.schemas.reasons import Reason
+from polycap.schemas.records import Caption, Hashes, ImageInfo, OcrLine, OcrResult, Reject, Sample, Source
 
 # Free-form dict fields are stored as JSON strings; everything else has a native arrow type.
 JSON_FIELDS = {"meta", "models", "params", "provenance"}

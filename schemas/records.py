@@ -5,7 +5,7 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.reasons import Reason
+from polycap.schemas.reasons import Reason
 
 # Bump on any change to the dataclasses below or to schemas/arrow.py.
 SCHEMA_VERSION = "1.1.0"   # 1.1.0: ImageInfo.ref (staged image bytes)

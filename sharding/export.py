@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from sharding.reader import ShardSample, iter_samples
+from polycap.sharding.reader import ShardSample, iter_samples
 
 FORMATS = ("llava", "sharegpt", "internvl")
 ROLE = {"human": "user", "gpt": "assistant", "system": "system"}
@@ -18,7 +18,7 @@ ROLE = {"human": "user", "gpt": "assistant", "system": "system"}
 def sample_conversations(s: ShardSample, langs: list[str] | None, captions: bool) -> Iterator[tuple[str, list]]:
     """(lang, turns) per language: the stored conversation, else (when `captions`) the caption as a
     describe-the-image turn in its own language (the same rule the bundled SFT uses)."""
-    from trainer.data import available_langs, sample_turns
+    from polycap.trainer.data import available_langs, sample_turns
 
     for lang in available_langs(s, "sft", captions):
         if langs and lang not in langs:

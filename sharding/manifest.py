@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from schemas import Sample
+from polycap.schemas import Sample
 
 MANIFEST_NAME = "manifest.parquet"
 SHARDS_DIR = "shards"

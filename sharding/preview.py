@@ -4,7 +4,7 @@ from __future__ import annotations
 from itertools import islice
 from typing import Any
 
-from sharding.reader import iter_samples
+from polycap.sharding.reader import iter_samples
 
 
 def _short(text: str, width: int) -> str:

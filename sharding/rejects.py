@@ -22,9 +22,9 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from schemas import REJECT_SCHEMA, Reject, reject_to_row
-from sharding import manifest as mf
-from sharding.writer import TMP_RE
+from polycap.schemas import REJECT_SCHEMA, Reject, reject_to_row
+from polycap.sharding import manifest as mf
+from polycap.sharding.writer import TMP_RE
 
 log = logging.getLogger(__name__)
 

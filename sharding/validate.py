@@ -9,10 +9,10 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
-from sharding import manifest as mf
-from sharding.format import SHARD_RE, split_member, text_lang
-from sharding.reader import end_blocks_ok, member_end
-from sharding.writer import SAFE_KEY_RE, TMP_RE
+from polycap.sharding import manifest as mf
+from polycap.sharding.format import SHARD_RE, split_member, text_lang
+from polycap.sharding.reader import end_blocks_ok, member_end
+from polycap.sharding.writer import SAFE_KEY_RE, TMP_RE
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 

@@ -43,11 +43,11 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipelines.config import ShardsConfig
-from schemas import SCHEMA_VERSION, Sample
-from sharding import manifest as mf
-from sharding.format import LANG_RE, SHARD_RE, shard_name
-from transforms.staging import image_bytes
+from polycap.pipelines.config import ShardsConfig
+from polycap.schemas import SCHEMA_VERSION, Sample
+from polycap.sharding import manifest as mf
+from polycap.sharding.format import LANG_RE, SHARD_RE, shard_name
+from polycap.transforms.staging import image_bytes
 
 log = logging.getLogger(__name__)
 

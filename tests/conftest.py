@@ -30,7 +30,7 @@ def jpeg_bytes(w: int = 128, h: int = 96, color: tuple[int, int, int] = (200, 30
 
 def make_sample(data: bytes, uri: str = "mem://x", kind: str = "dir", name: str = "test", **source_kw):
     """A freshly ingested Sample (raw bytes, not yet decoded)."""
-    from schemas import Hashes, ImageInfo, Sample, Source
+    from polycap.schemas import Hashes, ImageInfo, Sample, Source
 
     sha = hashlib.sha256(data).hexdigest()
     return Sample(key=sha[:32], source=Source(name=name, uri=uri, kind=kind, **source_kw),

@@ -1,7 +1,7 @@
-"""`python -m trainer.cli pretrain|sft CONFIG [--shards DIR] [--set k=v]`: the entry torchrun launches.
+"""`python -m polycap.trainer.cli pretrain|sft CONFIG [--shards DIR] [--set k=v]`: the entry torchrun launches.
 
 `polycap train ...` is the same call through the typer app; torchrun needs a module or script, e.g.
-`python -m torch.distributed.run --nproc_per_node 2 -m trainer.cli sft configs/train-tiny.yaml --shards DIR`.
+`python -m torch.distributed.run --nproc_per_node 2 -m polycap.trainer.cli sft configs/train-tiny.yaml --shards DIR`.
 """
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m trainer.cli", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m polycap.trainer.cli", description=__doc__.splitlines()[0])
     ap.add_argument("stage", choices=["pretrain", "sft"])
     ap.add_argument("config")
     ap.add_argument("--shards", default=None, help="run dir or shard dir")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="override: a.b=value")
     args = ap.parse_args(argv)
-    from trainer.train import run
+    from polycap.trainer.train import run
 
     try:
         metrics = run(args.stage, args.config, args.shards, args.overrides)

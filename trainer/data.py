@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sharding.reader import ShardSample, iter_shard, list_shards
-from trainer.tiling import (
+from polycap.sharding.reader import ShardSample, iter_shard, list_shards
+from polycap.trainer.tiling import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MAX_TILES,

@@ -5,7 +5,7 @@ import math
 import os
 from typing import Any
 
-from trainer.config import StageConfig, TrainerConfig
+from polycap.trainer.config import StageConfig, TrainerConfig
 
 PROJECTOR = "multi_modal_projector"
 
@@ -16,7 +16,7 @@ def base_model_path(cfg: TrainerConfig, stage: str) -> str:
     if st.init_from:
         return st.init_from
     if cfg.model.path == "tiny":
-        from trainer.tiny import build_tiny_internvl
+        from polycap.trainer.tiny import build_tiny_internvl
 
         return build_tiny_internvl(os.path.join(cfg.train.out_dir, f"tiny-base-seed{cfg.model.tiny_seed}"),
                                    cfg.model.tiny_seed)
@@ -85,7 +85,7 @@ def param_counts(model: Any) -> dict[str, int]:
 
 def prepare(cfg: TrainerConfig, stage: str, adapter_dir: str | None = None, model_dir: str | None = None):
     """(model, processor, base_path, counts) for a stage; `model_dir`/`adapter_dir` resume a checkpoint."""
-    from trainer.processor import load_processor
+    from polycap.trainer.processor import load_processor
 
     st = cfg.stage(stage)
     base = base_model_path(cfg, stage)

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from pipelines.config import ConfigError
-from trainer.config import TrainerConfig, load_trainer_config, to_dict
+from polycap.pipelines.config import ConfigError
+from polycap.trainer.config import TrainerConfig, load_trainer_config, to_dict
 
 CKPT_PREFIX = "checkpoint-"
 
@@ -27,8 +27,8 @@ def run(stage: str, config_path: str, shards: str | None = None, overrides: list
 def train(cfg: TrainerConfig, stage: str) -> dict[str, Any]:
     import torch
 
-    from trainer.data import ExampleBuilder, ShardStream, batches
-    from trainer.model import lr_lambda, prepare
+    from polycap.trainer.data import ExampleBuilder, ShardStream, batches
+    from polycap.trainer.model import lr_lambda, prepare
 
     st = cfg.stage(stage)
     if not cfg.data.shards:
@@ -122,7 +122,7 @@ def train(cfg: TrainerConfig, stage: str) -> dict[str, Any]:
     save_checkpoint(stage_dir, step, model, processor, opt, sched, stream, cfg, rank, world)
     final = os.path.join(stage_dir, "final")
     if rank == 0:
-        from trainer.model import export_pretrained
+        from polycap.trainer.model import export_pretrained
 
         export_pretrained(model, processor, final, cfg.data.max_tiles)
     result = {"stage": stage, "steps": step, "first_loss": first_loss, "loss": last_loss, "eval_loss": eval_loss,
@@ -173,7 +173,7 @@ def evaluate(model: Any, cfg: TrainerConfig, builder: Any, pad_id: int, device: 
     """Mean token loss on the held-out shards (split across ranks, summed with all_reduce)."""
     import torch
 
-    from trainer.data import eval_batches
+    from polycap.trainer.data import eval_batches
 
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)
@@ -259,7 +259,7 @@ def save_checkpoint(stage_dir: str, step: int, model: Any, processor: Any, opt: 
     """
     import torch
 
-    from trainer.model import unwrap
+    from polycap.trainer.model import unwrap
 
     per_rank = {"data": stream.state_dict(), "rng": _rng_state()}
     if world > 1:

@@ -15,14 +15,14 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
-from pipelines.config import CaptionConfig
-from prompts import Prompt, PromptError, load_prompt_dir
-from schemas import Caption, OcrResult, Reason, Reject, Sample, now_iso
-from transforms.backends.base import BackendSpec, GenBackend, GenModelHandler, GenRequest
-from transforms.cache import ResultCache, cache_key
-from transforms.caption_gates import GateConfig, run_gates
-from transforms.common import DEAD, REJECTS, SAMPLES, StageDoFn, make_reject
-from transforms.staging import image_bytes
+from polycap.pipelines.config import CaptionConfig
+from polycap.prompts import Prompt, PromptError, load_prompt_dir
+from polycap.schemas import Caption, OcrResult, Reason, Reject, Sample, now_iso
+from polycap.transforms.backends.base import BackendSpec, GenBackend, GenModelHandler, GenRequest
+from polycap.transforms.cache import ResultCache, cache_key
+from polycap.transforms.caption_gates import GateConfig, run_gates
+from polycap.transforms.common import DEAD, REJECTS, SAMPLES, StageDoFn, make_reject
+from polycap.transforms.staging import image_bytes
 
 STAGE = "caption"
 ENDPOINT_ENV = "POLYCAP_CAPTION_ENDPOINT"

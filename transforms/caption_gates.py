@@ -8,7 +8,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas import OcrResult, Reason
+from polycap.schemas import OcrResult, Reason
 
 GATES = ("refusal", "repetition", "truncated", "length", "language", "quoted_text")
 

@@ -13,7 +13,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from schemas import Reason, Reject, Sample
+from polycap.schemas import Reason, Reject, Sample
 
 REJECTS = "rejects"
 SAMPLES = "samples"

@@ -8,10 +8,10 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipelines.config import DedupConfig
-from schemas import Reason, Sample
-from transforms.common import REJECTS, SAMPLES, make_reject
-from transforms.decode import phash_hex
+from polycap.pipelines.config import DedupConfig
+from polycap.schemas import Reason, Sample
+from polycap.transforms.common import REJECTS, SAMPLES, make_reject
+from polycap.transforms.decode import phash_hex
 
 STAGE = "dedup"
 HASH_BITS = 64

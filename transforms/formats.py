@@ -51,7 +51,7 @@ def container_of(path: str) -> str:
 
 
 def _read_shards(path: str) -> Iterator[RawRecord]:
-    from sharding.reader import ShardError, iter_shard, list_shards
+    from polycap.sharding.reader import ShardError, iter_shard, list_shards
 
     shards = [path] if path.endswith(".tar") else list_shards(path)
     i = 0

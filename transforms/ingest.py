@@ -14,10 +14,10 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipelines.config import IngestConfig, SourceConfig
-from schemas import Reason, Reject, Sample
-from transforms.common import DEAD, REJECTS, SAMPLES, dead_letter_to_reject, format_exc
-from transforms.download import LIST_EXTS, STAGE, DownloadUrls, RoutingDoFn, ingest_reject, new_sample
+from polycap.pipelines.config import IngestConfig, SourceConfig
+from polycap.schemas import Reason, Reject, Sample
+from polycap.transforms.common import DEAD, REJECTS, SAMPLES, dead_letter_to_reject, format_exc
+from polycap.transforms.download import LIST_EXTS, STAGE, DownloadUrls, RoutingDoFn, ingest_reject, new_sample
 
 GLOB_CHARS = "*?["
 SIDECAR_EXTS = (".txt", ".json")          # img2dataset layout: <stem>.jpg + <stem>.txt caption + <stem>.json

@@ -13,13 +13,13 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 
-from schemas import OcrLine, OcrResult, Reason, Reject, Sample
-from transforms.backends.ocr_models import (
+from polycap.schemas import OcrLine, OcrResult, Reason, Reject, Sample
+from polycap.transforms.backends.ocr_models import (
     OcrModelError,
     OcrModelHandler,
     check_ocr_models,
 )
-from transforms.common import REJECTS, SAMPLES, make_reject
+from polycap.transforms.common import REJECTS, SAMPLES, make_reject
 
 __all__ = [
     "OcrModelError",

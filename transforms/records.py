@@ -6,7 +6,7 @@ import dataclasses
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from schemas import Caption, Sample
+from polycap.schemas import Caption, Sample
 
 # The instruction that pairs an image with its dense caption in SFT data (ShareGPT4V-style detailed
 # description task), per language.

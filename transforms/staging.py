@@ -13,7 +13,7 @@ import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
-from schemas import Sample
+from polycap.schemas import Sample
 
 STAGING_DIR = "_staging"
 

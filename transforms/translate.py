@@ -11,12 +11,12 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-from pipelines.config import TranslateConfig
-from prompts import Prompt, load_prompt_dir
-from schemas import Reason, now_iso
-from transforms.backends.base import BackendSpec, GenModelHandler, GenRequest, GenResult
-from transforms.cache import ResultCache, cache_key
-from transforms.protect import (
+from polycap.pipelines.config import TranslateConfig
+from polycap.prompts import Prompt, load_prompt_dir
+from polycap.schemas import Reason, now_iso
+from polycap.transforms.backends.base import BackendSpec, GenModelHandler, GenRequest, GenResult
+from polycap.transforms.cache import ResultCache, cache_key
+from polycap.transforms.protect import (
     Masked,
     check_placeholders,
     compare_spans,
@@ -24,7 +24,7 @@ from transforms.protect import (
     placeholder_ids,
     restore,
 )
-from transforms.translate_gates import first_failure
+from polycap.transforms.translate_gates import first_failure
 
 STAGE = "translate"
 VERSION = 1
@@ -144,7 +144,7 @@ def system_prompt(prompt: Prompt, lang: str, glossary: dict[str, str], strict_re
 
 def prompt_style(cfg: TranslateConfig) -> str:
     """"chat" (system + user messages) or "completion" (few-shot text for a base LM that has no chat template)."""
-    from transforms.backends.gen_local import GEMMA_GGUF_ALIAS
+    from polycap.transforms.backends.gen_local import GEMMA_GGUF_ALIAS
 
     if cfg.prompt_style == "auto":
         base = cfg.backend == "local" and (cfg.model == GEMMA_GGUF_ALIAS or bool(cfg.options.get("base_model")))
@@ -373,8 +373,8 @@ def merge_sample(sample, results: list[Translated], langs: list[str]):
     `provenance["translate"]["failed"][lang]`; the sample is kept while at least one target language
     (or there was nothing to translate) succeeded, and becomes a Reject only when every language failed.
     """
-    from schemas import Caption
-    from transforms.common import make_reject
+    from polycap.schemas import Caption
+    from polycap.transforms.common import make_reject
 
     prov: dict[str, dict[str, Any]] = {"langs": {}, "failed": {}}
     captions, convs = dict(sample.captions), dict(sample.conversations)
@@ -410,8 +410,8 @@ class _MergeSamplesFn(beam.DoFn):
         self.langs = langs
 
     def process(self, element):
-        from schemas import Reject
-        from transforms.common import REJECTS
+        from polycap.schemas import Reject
+        from polycap.transforms.common import REJECTS
 
         _, grouped = element
         for sample in grouped["sample"]:
@@ -432,7 +432,7 @@ class TranslateSamples(beam.PTransform):
         self.cfg, self.output_dir = cfg, output_dir
 
     def expand(self, samples):
-        from transforms.common import DEAD, REJECTS, SAMPLES, dead_letter_to_reject
+        from polycap.transforms.common import DEAD, REJECTS, SAMPLES, dead_letter_to_reject
 
         cache = f"{self.output_dir.rstrip('/')}/_cache/translate"
         results = (samples | "Units" >> beam.FlatMap(sample_units)

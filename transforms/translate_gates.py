@@ -6,8 +6,8 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable
 
-from schemas import Reason
-from transforms.protect import SPAN_RE, compare_spans
+from polycap.schemas import Reason
+from polycap.transforms.protect import SPAN_RE, compare_spans
 
 # Length ratio (output chars / English chars) bounds per target language. Derived from the 1,997
 # line-aligned human references of NTREX-128 (newstest2019, Federmann et al. 2022): observed

@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Sequence
 
-from transforms.backends.base import GenBackend, GenRequest, GenResult
+from polycap.transforms.backends.base import GenBackend, GenRequest, GenResult
 
 _KO = [chr(c) for c in range(0xAC00, 0xAC00 + 11172, 97)]  # a spread of Hangul syllables
 _VI = ["của", "những", "người", "được", "trong", "một", "không", "với", "đường", "nhà", "màu", "xanh",

@@ -6,8 +6,8 @@ import json
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from pipelines import ocr_eval
-from pipelines.config import OcrConfig
+from polycap.pipelines import ocr_eval
+from polycap.pipelines.config import OcrConfig
 
 
 def test_cer_ignores_whitespace_and_counts_edits():

@@ -16,10 +16,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import load_config
-from pipelines.run import run
-from sharding.reader import iter_samples, list_shards
-from sharding.validate import check_tar, validate_dir
+from polycap.pipelines.config import load_config
+from polycap.pipelines.run import run
+from polycap.sharding.reader import iter_samples, list_shards
+from polycap.sharding.validate import check_tar, validate_dir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,13 +45,13 @@ def _stats(out: Path) -> dict:
 
 
 def _rejects(out: Path) -> list[dict]:
-    from sharding.rejects import read_rejects
+    from polycap.sharding.rejects import read_rejects
     return read_rejects(str(out)).to_pylist()
 
 
 @pytest.fixture(scope="module")
 def bad_inputs(tmp_path_factory, eval_dir):
-    from pipelines.demo import build_sample
+    from polycap.pipelines.demo import build_sample
 
     d = build_sample(tmp_path_factory.mktemp("demo") / "input")
     (d / "bomb.png").write_bytes(_bomb_png())
@@ -123,7 +123,7 @@ def test_rerun_same_output_same_shards_and_multiprocessing(tmp_path, bad_inputs)
 def test_cli_bad_config_names_field(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("sources: [{kind: dir, path: /nonexistent}]\nfilter: {min_side: -3}\n")
-    res = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", str(cfg)], capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "polycap.pipelines.cli", "run", str(cfg)], capture_output=True,
                          text=True, cwd=REPO)
     assert res.returncode == 2
     assert "filter.min_side" in res.stderr
@@ -141,7 +141,7 @@ def test_sigkill_midway_leaves_nothing_a_reader_would_trust(tmp_path, eval_dir):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(json.dumps({"sources": [{"kind": "dir", "path": str(src)}], "output": str(out),
                                "dedup": {"near": False}, "shards": {"max_samples": 4}}))
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", str(cfg)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "polycap.pipelines.cli", "run", str(cfg)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 180
     shards = out / "shards"
@@ -176,8 +176,8 @@ def _fake_run_dir(out: Path, inputs: int, kept: list[tuple[str, str, list[str]]]
     (key, split, languages), and `n_rejects` reject rows."""
     import pyarrow as pa
 
-    from schemas import REJECT_SCHEMA
-    from sharding.manifest import MANIFEST_SCHEMA
+    from polycap.schemas import REJECT_SCHEMA
+    from polycap.sharding.manifest import MANIFEST_SCHEMA
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "_inputs.json").write_text(json.dumps({"inputs": inputs}))
@@ -193,7 +193,7 @@ def _fake_run_dir(out: Path, inputs: int, kept: list[tuple[str, str, list[str]]]
 def test_stats_balance_compares_independent_counts(tmp_path):
     """`balanced` compares the ingest-time input count with kept + rejected read back from the outputs,
     so a lost record (or a double-counted one) shows up as a mismatch."""
-    from pipelines.run import collect_stats, summary_lines
+    from polycap.pipelines.run import collect_stats, summary_lines
 
     kept = [("a", "train", ["en"]), ("b", "train", ["en", "ko"]), ("c", "train", [])]
     _fake_run_dir(tmp_path / "ok", inputs=5, kept=kept, n_rejects=2)

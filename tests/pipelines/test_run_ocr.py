@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from pipelines.config import load_config
-from pipelines.demo import load_font
-from pipelines.run import run
-from sharding.reader import iter_samples
-from transforms.backends import ocr_models
+from polycap.pipelines.config import load_config
+from polycap.pipelines.demo import load_font
+from polycap.pipelines.run import run
+from polycap.sharding.reader import iter_samples
+from polycap.transforms.backends import ocr_models
 
 CARDS = {"invoice.png": ["Invoice 2024-07", "Total due 318 EUR"], "notice.png": ["Polycap reads text"]}
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import shutil
 
-from pipelines.config import load_config
-from pipelines.run import run
-from sharding.reader import iter_samples
+from polycap.pipelines.config import load_config
+from polycap.pipelines.run import run
+from polycap.sharding.reader import iter_samples
 
 FAKE = "tests.fakes.fake_translator:FakeTranslatorBackend"   # deterministic test double, not a model
 

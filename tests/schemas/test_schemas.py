@@ -5,8 +5,8 @@ import typing
 import pyarrow as pa
 import pytest
 
-import schemas
-from schemas import (
+from polycap import schemas
+from polycap.schemas import (
     REJECT_SCHEMA,
     SAMPLE_SCHEMA,
     Caption,
@@ -22,7 +22,7 @@ from schemas import (
     sample_from_row,
     sample_to_row,
 )
-from schemas.arrow import JSON_FIELDS
+from polycap.schemas.arrow import JSON_FIELDS
 
 STRUCTS = {"source": Source, "image": ImageInfo, "hashes": Hashes, "ocr": OcrResult}
 

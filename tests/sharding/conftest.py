@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import ShardsConfig
-from schemas import Caption, Hashes, ImageInfo, Sample, Source
+from polycap.pipelines.config import ShardsConfig
+from polycap.schemas import Caption, Hashes, ImageInfo, Sample, Source
 
 SKIMAGE = ("astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png")
 CAPTIONS = {
@@ -67,7 +67,7 @@ def run_write(samples: list[Sample], out: str, max_samples: int = 3, split: str 
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from sharding.writer import WriteShards
+    from polycap.sharding.writer import WriteShards
 
     info_file = Path(out).parent / f"{Path(out).name}-infos-{split}.json"
     with beam.Pipeline(options=PipelineOptions(argv or [])) as p:

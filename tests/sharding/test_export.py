@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sharding.export import export
+from polycap.sharding.export import export
 from tests.trainer.conftest import make_samples, write_shards
 
 

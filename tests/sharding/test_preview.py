@@ -1,7 +1,7 @@
 """`shards preview` shows the first samples with their captions, read through the real reader."""
-from sharding.format import shard_name
-from sharding.preview import preview
-from sharding.writer import write_tar
+from polycap.sharding.format import shard_name
+from polycap.sharding.preview import preview
+from polycap.sharding.writer import write_tar
 from tests.trainer.conftest import make_samples
 
 

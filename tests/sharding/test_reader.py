@@ -5,7 +5,7 @@ import tarfile
 
 import pytest
 
-from sharding.reader import ShardError, iter_shard
+from polycap.sharding.reader import ShardError, iter_shard
 from tests.conftest import jpeg_bytes
 
 

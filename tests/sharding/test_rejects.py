@@ -7,8 +7,8 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from schemas import REJECT_SCHEMA, Reason, Reject
-from sharding.rejects import WriteRejects, read_rejects
+from polycap.schemas import REJECT_SCHEMA, Reason, Reject
+from polycap.sharding.rejects import WriteRejects, read_rejects
 
 
 def rejects(n: int, tag: str = "") -> list[Reject]:

@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from sharding.stats import quantiles, shard_stats
+from polycap.sharding.stats import quantiles, shard_stats
 from tests.sharding.conftest import run_write
 
 

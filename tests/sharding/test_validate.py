@@ -15,9 +15,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from sharding.reader import ShardError, iter_samples
-from sharding.validate import check_tar, validate_dir
-from sharding.writer import TMP_RE, tar_info
+from polycap.sharding.reader import ShardError, iter_samples
+from polycap.sharding.validate import check_tar, validate_dir
+from polycap.sharding.writer import TMP_RE, tar_info
 from tests.sharding.conftest import run_write
 
 REPO = Path(__file__).resolve().parents[2]
@@ -143,8 +143,8 @@ SLOW_WRITER = r"""
 import sys, time
 sys.path.insert(0, sys.argv[1])
 import apache_beam as beam
-from pipelines.config import ShardsConfig
-from sharding import writer
+from polycap.pipelines.config import ShardsConfig
+from polycap.sharding import writer
 from tests.sharding.conftest import decoded_sample, thumbnail_jpeg
 from pathlib import Path
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from schemas import (
+from polycap.schemas import (
     SCHEMA_VERSION,
     Caption,
     Hashes,
@@ -21,9 +21,9 @@ from schemas import (
     Sample,
     Source,
 )
-from sharding.reader import iter_samples, list_shards
-from sharding.validate import validate_dir
-from sharding.writer import (
+from polycap.sharding.reader import iter_samples, list_shards
+from polycap.sharding.validate import validate_dir
+from polycap.sharding.writer import (
     ShardWriteError,
     bucket_of,
     json_bytes,

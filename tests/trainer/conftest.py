@@ -41,7 +41,7 @@ def _image(i: int, w: int, h: int) -> bytes:
 def make_samples(n: int, start: int = 0, sizes: tuple[tuple[int, int], ...] = ((96, 96),),
                  langs: tuple[str, ...] = ("en", "ko", "vi"), conversations: bool = True):
     """`n` distinct Samples with captions (and SFT conversations) in `langs`, keys in sorted order."""
-    from schemas import Caption, Hashes, ImageInfo, Sample, Source
+    from polycap.schemas import Caption, Hashes, ImageInfo, Sample, Source
 
     out = []
     for i in range(start, start + n):
@@ -66,8 +66,8 @@ def make_samples(n: int, start: int = 0, sizes: tuple[tuple[int, int], ...] = ((
 
 def write_shards(out_dir: str, samples: list, per_shard: int, split: str = "train") -> list[str]:
     """Write `samples` into `{split}-{i:06d}.tar` files of at most `per_shard` samples."""
-    from sharding.format import shard_name
-    from sharding.writer import write_tar
+    from polycap.sharding.format import shard_name
+    from polycap.sharding.writer import write_tar
 
     os.makedirs(out_dir, exist_ok=True)
     paths = []
@@ -81,7 +81,7 @@ def write_shards(out_dir: str, samples: list, per_shard: int, split: str = "trai
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
-    from trainer.tiny import build_tiny_internvl
+    from polycap.trainer.tiny import build_tiny_internvl
 
     return build_tiny_internvl(str(tmp_path_factory.mktemp("tiny-model")), seed=0)
 
@@ -91,8 +91,8 @@ def shards32(tmp_path_factory) -> str:
     """32 samples written by `polycap run` itself (the main job): images + alt-text sidecars in a folder,
     decoded, filtered, exact-deduplicated and sharded (max 8 per shard); the English caption is carried
     forward from the sidecar and the SFT conversation is built from it."""
-    from pipelines.config import load_config
-    from pipelines.run import run
+    from polycap.pipelines.config import load_config
+    from polycap.pipelines.run import run
 
     src = tmp_path_factory.mktemp("src32")
     for s in make_samples(32):

@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from sharding.reader import ShardSample, iter_samples
-from trainer.data import (
+from polycap.sharding.reader import ShardSample, iter_samples
+from polycap.trainer.data import (
     IGNORE,
     ExampleBuilder,
     ShardStream,
@@ -28,7 +28,7 @@ TURNS = [{"from": "human", "value": "<image>\nWhat is in the picture?"},
 
 @pytest.fixture(scope="module")
 def processor(tiny_model_dir):
-    from trainer.processor import load_processor
+    from polycap.trainer.processor import load_processor
 
     return load_processor(tiny_model_dir)
 

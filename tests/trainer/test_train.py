@@ -14,8 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from trainer.config import load_trainer_config
-from trainer.train import run, train
+from polycap.trainer.config import load_trainer_config
+from polycap.trainer.train import run, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_YAML = os.path.join(REPO, "configs", "train-tiny.yaml")
@@ -71,7 +71,7 @@ def test_resume_at_k_matches_uninterrupted_run(tiny_model_dir, shards32, tmp_pat
 def test_torchrun_two_ranks_gloo_see_different_samples(tiny_model_dir, shards32, tmp_path):
     out = str(tmp_path / "ddp")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "trainer.cli", "sft", TINY_YAML, "--shards", shards32,
+           "-m", "polycap.trainer.cli", "sft", TINY_YAML, "--shards", shards32,
            "--set", f"model.path={tiny_model_dir}", "--set", f"train.out_dir={out}", "--set", "sft.max_steps=4",
            "--set", "train.batch_size=2", "--set", "train.log_keys=true", "--set", "train.num_threads=1",
            "--set", "train.save_every=0", "--set", "data.max_tiles=1"]
@@ -91,7 +91,7 @@ def test_tiny_yaml_pretrain_then_sft_then_caption_an_image(shards32, tmp_path):
     from PIL import Image
     from transformers import AutoModelForImageTextToText
 
-    from trainer.processor import load_processor
+    from polycap.trainer.processor import load_processor
 
     out = str(tmp_path / "yaml")
     pre = run("pretrain", TINY_YAML, shards32, [f"train.out_dir={out}", "train.num_threads=1"])
@@ -114,8 +114,8 @@ def test_tiny_yaml_pretrain_then_sft_then_caption_an_image(shards32, tmp_path):
 
     # the seed-captioner loop: the same checkpoint through the caption stage's `local` backend
     from tests.conftest import jpeg_bytes
-    from transforms.backends import gen_local  # own module: fail, never skip, if it does not import
-    from transforms.backends.base import BackendSpec, GenRequest
+    from polycap.transforms.backends import gen_local  # own module: fail, never skip, if it does not import
+    from polycap.transforms.backends.base import BackendSpec, GenRequest
 
     backend = gen_local.LocalBackend(BackendSpec(backend="local", model=sft["final_dir"], device="cpu",
                                                  options={"quality": "smoke"}))
@@ -127,7 +127,7 @@ def test_tiny_yaml_pretrain_then_sft_then_caption_an_image(shards32, tmp_path):
 
 
 def test_bad_config_names_the_field(tmp_path):
-    from pipelines.config import ConfigError
+    from polycap.pipelines.config import ConfigError
 
     with pytest.raises(ConfigError, match="sft.lr"):
         run("sft", TINY_YAML, str(tmp_path), ["sft.lr=0"])
@@ -140,7 +140,7 @@ def test_bad_config_names_the_field(tmp_path):
 
 
 def _asdict(cfg):
-    from trainer.config import to_dict
+    from polycap.trainer.config import to_dict
 
     return to_dict(cfg)
 

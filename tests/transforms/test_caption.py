@@ -12,12 +12,12 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.config import CaptionConfig
-from schemas import OcrLine, OcrResult, Reason, Reject, Sample
+from polycap.pipelines.config import CaptionConfig
+from polycap.schemas import OcrLine, OcrResult, Reason, Reject, Sample
 from tests.conftest import jpeg_bytes, make_sample
 from tests.fakes.openai_server import REFUSAL, FakeOpenAIServer, default_caption
-from transforms.backends.base import BackendSpec, GenBackend, GenRequest, GenResult
-from transforms.caption import (
+from polycap.transforms.backends.base import BackendSpec, GenBackend, GenRequest, GenResult
+from polycap.transforms.caption import (
     CaptionImages,
     CaptionModelHandler,
     caption_endpoint_status,
@@ -28,8 +28,8 @@ from transforms.caption import (
     render_prompt,
     run_attempts,
 )
-from transforms.caption_gates import GateConfig
-from transforms.records import carry_source_captions
+from polycap.transforms.caption_gates import GateConfig
+from polycap.transforms.records import carry_source_captions
 
 FAKE = "tests.transforms.test_caption:FakeCaptionBackend"
 LOOP = "The bowl is white. " * 30

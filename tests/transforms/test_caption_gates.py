@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from schemas import OcrLine, OcrResult, Reason
-from transforms.caption_gates import (
+from polycap.schemas import OcrLine, OcrResult, Reason
+from polycap.transforms.caption_gates import (
     GateConfig,
     check_language,
     check_quoted_text,
@@ -149,7 +149,7 @@ def test_length_truncation_and_skips(gpt4_details):
 
 
 def test_gate_config_names_unknown_gate():
-    from pipelines.config import CaptionConfig
+    from polycap.pipelines.config import CaptionConfig
 
     with pytest.raises(ValueError, match="caption.skip_gates"):
         GateConfig.from_caption_config(CaptionConfig(skip_gates=["langauge"]))

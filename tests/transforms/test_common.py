@@ -10,9 +10,9 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.utils.windowed_value import WindowedValue
 
-from schemas import Reason, Reject
+from polycap.schemas import Reason, Reject
 from tests.conftest import make_sample
-from transforms.common import PooledStageDoFn, StageDoFn, auto_threads, make_reject, route_stage, stage_dofn
+from polycap.transforms.common import PooledStageDoFn, StageDoFn, auto_threads, make_reject, route_stage, stage_dofn
 
 
 class _Probe:

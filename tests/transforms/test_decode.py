@@ -13,10 +13,10 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image, ImageFile
 
-from pipelines.config import DecodeConfig
-from schemas import Reason, Reject, Sample
+from polycap.pipelines.config import DecodeConfig
+from polycap.schemas import Reason, Reject, Sample
 from tests.conftest import jpeg_bytes, make_sample
-from transforms.decode import (
+from polycap.transforms.decode import (
     DecodeFailure,
     DecodeImages,
     decode_bytes,

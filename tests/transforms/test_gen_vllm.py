@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from tests.conftest import jpeg_bytes
-from transforms.backends.base import BackendSpec, GenRequest
-from transforms.backends.gen_vllm import (
+from polycap.transforms.backends.base import BackendSpec, GenRequest
+from polycap.transforms.backends.gen_vllm import (
     VllmBackend,
     llm_kwargs,
     result_from_output,
@@ -150,7 +150,7 @@ def test_real_vllm_captions_an_image(tmp_path):
     """Real small VLM: $POLYCAP_VLLM_TEST_MODEL (e.g. a local Qwen2-VL-2B dir), else the tiny InternVL."""
     model = os.environ.get("POLYCAP_VLLM_TEST_MODEL")
     if not model:
-        from trainer.tiny import build_tiny_internvl
+        from polycap.trainer.tiny import build_tiny_internvl
 
         model = build_tiny_internvl(str(tmp_path / "tiny"))
     backend = VllmBackend(BackendSpec("vllm", model=model, options={

@@ -13,9 +13,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.config import IngestConfig, SourceConfig
-from schemas import Reason, Reject, Sample
-from transforms.ingest import (
+from polycap.pipelines.config import IngestConfig, SourceConfig
+from polycap.schemas import Reason, Reject, Sample
+from polycap.transforms.ingest import (
     IMAGE_TOKEN,
     ReadSource,
     check_member,

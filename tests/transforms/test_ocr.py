@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.config import OcrConfig
-from schemas import OcrLine, Reject
+from polycap.pipelines.config import OcrConfig
+from polycap.schemas import OcrLine, Reject
 from tests.conftest import jpeg_bytes, make_sample
-from transforms import ocr
-from transforms.backends import ocr_models
-from transforms.backends.ocr_models import quad_to_original
+from polycap.transforms import ocr
+from polycap.transforms.backends import ocr_models
+from polycap.transforms.backends.ocr_models import quad_to_original
 
 
 def _line(text: str, box: list[int], score: float = 0.9) -> OcrLine:

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from pipelines.config import OcrConfig
-from pipelines.demo import load_font
-from transforms import ocr
-from transforms.backends import ocr_models
-from transforms.backends.ocr_models import (
+from polycap.pipelines.config import OcrConfig
+from polycap.pipelines.demo import load_font
+from polycap.transforms import ocr
+from polycap.transforms.backends import ocr_models
+from polycap.transforms.backends.ocr_models import (
     OcrModelError,
     OcrRunner,
     check_ocr_models,
@@ -66,7 +66,7 @@ def test_prepare_models_builds_paddleocr_folders_idempotently(model_dir):
 
 
 def test_paddle_kwargs_are_offline_and_explicit(model_dir):
-    from transforms.backends.ocr_paddle import paddle_kwargs
+    from polycap.transforms.backends.ocr_paddle import paddle_kwargs
 
     kw = paddle_kwargs(_cfg(model_dir), check_ocr_models(_cfg(model_dir)))
     assert kw["engine"] == "onnxruntime" and kw["device"] == "cpu"
@@ -76,7 +76,7 @@ def test_paddle_kwargs_are_offline_and_explicit(model_dir):
 
 
 def test_only_large_images_are_detected_at_det_max_side():
-    from transforms.backends.ocr_paddle import det_kwargs
+    from polycap.transforms.backends.ocr_paddle import det_kwargs
 
     cfg = OcrConfig(enabled=True)
     assert det_kwargs(cfg, 3300, 2560) == {"text_det_limit_type": "max", "text_det_limit_side_len": 960}
@@ -121,7 +121,7 @@ def test_rotated_page_is_read_upright_and_boxed_on_the_stored_image(paddle, eval
 def test_two_column_magazine_page_cer_below_5_percent(paddle, eval_dir, page):
     """Issue 3 acceptance on UNLV magazine scans: narrow gutters (8071) and a caption across the gutter
     (8087). Plain output order against the upstream transcription, no re-alignment."""
-    from pipelines.ocr_eval import cer_counts
+    from polycap.pipelines.ocr_eval import cer_counts
 
     folder = eval_dir / "ocr" / "tesseract_test"
     res = ocr.to_ocr_result(paddle.read(decode_rgb((folder / f"{page}.tif").read_bytes())), 0.5)

@@ -1,4 +1,4 @@
-from transforms.protect import check_placeholders, compare_spans, find_spans, mask, restore
+from polycap.transforms.protect import check_placeholders, compare_spans, find_spans, mask, restore
 
 TEXT = ("<image>\nWhere is <ref>the red cup</ref><box>(120,340),(560,780)</box>? See https://example.org/a?b=1, "
         "mail jo@example.com, run `pip install x` or\n```\nfor i in range(3):\n    print(i)\n```\n"

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from tests.conftest import jpeg_bytes, make_sample
-from transforms.staging import clear_staging, image_bytes, stage_bytes, staging_root
+from polycap.transforms.staging import clear_staging, image_bytes, stage_bytes, staging_root
 
 
 def test_stage_and_read_back(tmp_path):

@@ -1,6 +1,6 @@
 from bench.translate_gates import build_items, evaluate, load_pairs
-from schemas import Reason
-from transforms import translate_gates as g
+from polycap.schemas import Reason
+from polycap.transforms import translate_gates as g
 
 SRC = "The man in the red shirt is holding 2 cups of coffee near the window."
 KO = "빨간 셔츠를 입은 남자가 창가에서 커피 2잔을 들고 있다."

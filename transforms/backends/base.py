@@ -16,9 +16,9 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 # backend name -> "module:Class"; `spec.backend` may also be a dotted "module:Class" path (test doubles).
 REGISTRY = {
-    "openai": "transforms.backends.gen_openai:OpenAIBackend",
-    "vllm": "transforms.backends.gen_vllm:VllmBackend",
-    "local": "transforms.backends.gen_local:LocalBackend",
+    "openai": "polycap.transforms.backends.gen_openai:OpenAIBackend",
+    "vllm": "polycap.transforms.backends.gen_vllm:VllmBackend",
+    "local": "polycap.transforms.backends.gen_local:LocalBackend",
 }
 
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from transforms.backends.base import BackendSpec, GenBackend, GenRequest, GenResult
+from polycap.transforms.backends.base import BackendSpec, GenBackend, GenRequest, GenResult
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def _load_uncached(model_dir: str, gguf: str | None, device: str, dtype_name: st
         from transformers import AutoModelForImageTextToText
 
         try:  # InternVL-hf on a CPU-only install needs the trainer's image-only processor (no torchvision)
-            from trainer.processor import load_processor
+            from polycap.trainer.processor import load_processor
             processor = load_processor(model_dir)
         except ImportError:
             from transformers import AutoProcessor

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from transforms.backends.base import BackendSpec, GenBackend, GenRequest, GenResult, map_image_parts
+from polycap.transforms.backends.base import BackendSpec, GenBackend, GenRequest, GenResult, map_image_parts
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from transforms.backends.base import BackendSpec, GenBackend, GenRequest, GenResult, map_image_parts
+from polycap.transforms.backends.base import BackendSpec, GenBackend, GenRequest, GenResult, map_image_parts
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def to_vllm_messages(messages: Sequence[dict[str, Any]], images: Sequence[bytes]
                      image_part: str = "pil") -> list[dict[str, Any]]:
     """Chat messages for `LLM.chat`: each {"type": "image"} part, in order, becomes an `image_pil` part
     (a decoded PIL image; vLLM >= 0.8) or, with image_part="data_url", an OpenAI `image_url` part."""
-    from transforms.backends.gen_openai import image_data_url
+    from polycap.transforms.backends.gen_openai import image_data_url
 
     def convert(data: bytes) -> dict[str, Any]:
         if image_part == "data_url":

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from transforms.staging import image_bytes
+from polycap.transforms.staging import image_bytes
 
 DET_DEFAULT = "PP-OCRv6_small_det"
 REC_DEFAULT = "PP-OCRv6_small_rec"
@@ -96,7 +96,7 @@ def model_root(cfg: Any) -> Path:
         root = Path(cfg.model_dir).expanduser()
         if not root.is_dir():
             raise OcrModelError(f"ocr.model_dir: {root} does not exist; create it with "
-                                f"`python -m transforms.backends.ocr_models {root}` or point it at a "
+                                f"`python -m polycap.transforms.backends.ocr_models {root}` or point it at a "
                                 f"folder holding {DET_DEFAULT}/ and {REC_DEFAULT}/")
         return root
     return prepare_models()
@@ -291,11 +291,11 @@ class OcrRunner:
 def make_engine(cfg: Any, models: OcrModels) -> Any:
     """The backend named by `cfg.backend`: an object with `name`, `extra_models` and `recognize(rgb)`."""
     if cfg.backend == "paddleocr":
-        from transforms.backends.ocr_paddle import PaddleOcrEngine
+        from polycap.transforms.backends.ocr_paddle import PaddleOcrEngine
 
         return PaddleOcrEngine(cfg, models)
     if cfg.backend == "rapidocr":
-        from transforms.backends.ocr_rapid import RapidOcrEngine
+        from polycap.transforms.backends.ocr_rapid import RapidOcrEngine
 
         return RapidOcrEngine(cfg, models)
     raise OcrModelError(f"ocr.backend: {cfg.backend!r} is not one of paddleocr, rapidocr")
@@ -345,7 +345,7 @@ class OcrModelHandler(ModelHandler[Any, PredictionResult, OcrRunner]):
         return False
 
 
-if __name__ == "__main__":  # python -m transforms.backends.ocr_models [CACHE_DIR]
+if __name__ == "__main__":  # python -m polycap.transforms.backends.ocr_models [CACHE_DIR]
     import sys
 
     print(prepare_models(sys.argv[1] if len(sys.argv) > 1 else None))

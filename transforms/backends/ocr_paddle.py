@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from transforms.backends.ocr_models import OcrModelError, OcrModels
+from polycap.transforms.backends.ocr_models import OcrModelError, OcrModels
 
 
 def _offline_env() -> None:

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from transforms.backends.ocr_models import RAPID_MODELS, OcrModelError, OcrModels
+from polycap.transforms.backends.ocr_models import RAPID_MODELS, OcrModelError, OcrModels
 
 
 class RapidOcrEngine:

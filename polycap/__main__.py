@@ -1,0 +1,4 @@
+"""`python -m polycap`: the same command line as the `polycap` script."""
+from polycap.pipelines.cli import main
+
+main()
