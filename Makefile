@@ -32,9 +32,12 @@ test-fast: install ## tests without the slow ones
 bench: install ## run benchmarks; results in bench/results/*.json
 	$(BIN)/python -m bench.run_all
 
-lint: install ## ruff + mypy on the typed packages
+lint: install ## ruff, the import contracts (layers, no cycles) and mypy on the typed packages
 	$(BIN)/ruff check .
-	$(BIN)/mypy schemas sharding transforms
+	$(BIN)/python -m pytest -q tests/test_layers.py
+	# mypy cannot follow the package-dir mapping: check a copy laid out as the wheel installs it
+	rm -rf build/lint && $(BIN)/python -c "from pathlib import Path; from tests.test_layers import installed_layout as l; l(Path('build/lint'))"
+	cd build/lint && ../../$(BIN)/mypy -p polycap.schemas -p polycap.sharding -p polycap.transforms
 
 clean: ## remove build outputs (keeps .venv)
 	rm -rf out build *.egg-info .pytest_cache

@@ -36,7 +36,7 @@ def main() -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from polycap.pipelines.config import IngestConfig, SourceConfig
+    from polycap.schemas.config import IngestConfig, SourceConfig
     from polycap.transforms.ingest import ReadSource
 
     photos = sorted(p for p in (EVAL / "photos").rglob("*") if p.is_file() and p.suffix in (".jpg", ".png")

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench import write_result
-from polycap.pipelines.config import DecodeConfig
+from polycap.schemas.config import DecodeConfig
 from polycap.transforms.decode import (
     DecodeFailure,
     apply_orientation,

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from bench import write_result
-from polycap.pipelines.config import OcrConfig
 from polycap.pipelines.ocr_eval import run
+from polycap.schemas.config import OcrConfig
 
 REPO = Path(__file__).resolve().parents[1]
 GT = Path(os.environ.get("POLYCAP_EVAL_DIR", REPO.parent / "shared" / "eval")) / "ocr" / "gt.jsonl"

@@ -114,7 +114,7 @@ def chain_floor(src: Path, rounds: int = 2) -> dict:
     """The bare per-image work (read, sha256, decode_bytes: decode, EXIF, RGB, pHash, JPEG) on the same
     files in this one process, best of `rounds`: what the job would cost with zero framework overhead."""
     from bench.cpu_chain import chain_once
-    from polycap.pipelines.config import DecodeConfig
+    from polycap.schemas.config import DecodeConfig
 
     cfg, paths, best, failures = DecodeConfig(), sorted(src.iterdir()), None, 0
     for _ in range(rounds):

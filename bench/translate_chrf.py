@@ -22,7 +22,7 @@ from pathlib import Path
 import apache_beam as beam
 
 from bench.translate_gates import load_pairs
-from polycap.pipelines.config import TranslateConfig, load_section
+from polycap.schemas.config import TranslateConfig, load_section
 from polycap.transforms.translate import TextUnit, TranslateTexts, prompt_style
 
 

@@ -50,7 +50,7 @@ def _fail(msg: str, code: int = 2) -> None:
 
 
 def _load(config: str | None, overrides: list[str], **extra):
-    from polycap.pipelines.config import ConfigError, load_config
+    from polycap.schemas.config import ConfigError, load_config
 
     try:
         sets = list(overrides) + [f"{k}={v}" for k, v in extra.items() if v is not None]
@@ -89,8 +89,8 @@ def translate(ctx: typer.Context,
               field: str = typer.Option("caption", "--field", help="text field for caption files"),
               set_: list[str] = typer.Option([], "--set", help="override translate.* values: a.b=c")):
     """Translate an English dataset into other languages, keeping its format and structure."""
-    from polycap.pipelines.config import ConfigError, TranslateConfig, load_section
     from polycap.pipelines.translate import run as run_translate
+    from polycap.schemas.config import ConfigError, TranslateConfig, load_section
 
     langs = [t.strip() for t in to.split(",") if t.strip()]
     try:
@@ -110,8 +110,8 @@ def ocr_eval(path: str = typer.Argument(..., help="labelled JSONL (path, lang, t
              out_json: str | None = typer.Option(None, "--out", help="write the report as JSON"),
              set_: list[str] = typer.Option([], "--set", help="override ocr.* values")):
     """Run the OCR stage over a labelled set: CER per language and images per second."""
-    from polycap.pipelines.config import ConfigError, OcrConfig, load_section
     from polycap.pipelines.ocr_eval import run as run_eval
+    from polycap.schemas.config import ConfigError, OcrConfig, load_section
 
     try:
         report = run_eval(path, load_section(OcrConfig, "ocr", config, set_, defaults={"enabled": True}),

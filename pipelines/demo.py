@@ -86,8 +86,8 @@ def build_sample(dest: Path) -> Path:
 
 
 def main() -> int:
-    from polycap.pipelines.config import load_config
     from polycap.pipelines.run import run, summary_lines
+    from polycap.schemas.config import load_config
 
     cfg = load_config(DEMO_CONFIG)
     build_sample(Path(cfg.sources[0].path))

@@ -13,9 +13,9 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from polycap.pipelines.config import Config, to_dict
 from polycap.schemas import SCHEMA_VERSION
-from polycap.transforms.staging import clear_staging
+from polycap.schemas.config import Config, to_dict
+from polycap.sharding.staging import clear_staging
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,14 +108,14 @@ def preflight(cfg: Config) -> list[str]:
 
 def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, run_translate: bool) -> None:
     from polycap.sharding.rejects import WriteRejects
+    from polycap.sharding.staging import staging_root
     from polycap.sharding.writer import WriteShards
+    from polycap.transforms.build_records import BuildRecords
     from polycap.transforms.decode import DecodeImages
     from polycap.transforms.dedup import DedupImages
     from polycap.transforms.filters import FilterSamples
     from polycap.transforms.ingest import ReadSource
     from polycap.transforms.progress import LogProgress
-    from polycap.transforms.records import BuildRecords
-    from polycap.transforms.staging import staging_root
 
     read = [p | f"Read{i}_{s.kind}" >> ReadSource(s, cfg.ingest) for i, s in enumerate(cfg.sources)]
     samples = [s for s, _ in read] | "FlattenSources" >> beam.Flatten()

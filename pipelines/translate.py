@@ -14,11 +14,11 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from polycap.pipelines.config import TranslateConfig
 from polycap.pipelines.run import WriteCount
 from polycap.schemas import Reason, Reject
+from polycap.schemas.config import TranslateConfig
 from polycap.sharding.rejects import WriteRejects
-from polycap.transforms.formats import (
+from polycap.transforms.dataset_formats import (
     FormatError,
     RawRecord,
     RecordWriter,

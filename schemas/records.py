@@ -34,7 +34,7 @@ class ImageInfo:
     orig_format: str = ""          # PIL format of the input (JPEG, PNG, TIFF, ...)
     orig_width: int = 0
     orig_height: int = 0
-    ref: str = ""                  # where the bytes are while staged out of the record (transforms/staging.py)
+    ref: str = ""                  # where the bytes are while staged out of the record (sharding/staging.py)
 
 
 @dataclass(frozen=True)

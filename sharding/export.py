@@ -7,10 +7,11 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+from polycap.schemas.conversations import CHAT_ROLE
 from polycap.sharding.reader import ShardSample, iter_samples
+from polycap.sharding.turns import available_langs, sample_turns
 
 FORMATS = ("llava", "sharegpt", "internvl")
-ROLE = {"human": "user", "gpt": "assistant", "system": "system"}
 
 
 # ---------------------------------------------------------------- pure functions: one record per (sample, lang)
@@ -18,8 +19,6 @@ ROLE = {"human": "user", "gpt": "assistant", "system": "system"}
 def sample_conversations(s: ShardSample, langs: list[str] | None, captions: bool) -> Iterator[tuple[str, list]]:
     """(lang, turns) per language: the stored conversation, else (when `captions`) the caption as a
     describe-the-image turn in its own language (the same rule the bundled SFT uses)."""
-    from polycap.trainer.data import available_langs, sample_turns
-
     for lang in available_langs(s, "sft", captions):
         if langs and lang not in langs:
             continue
@@ -35,7 +34,7 @@ def llava_record(s: ShardSample, lang: str, turns: list[dict[str, str]], image: 
 
 def sharegpt_record(s: ShardSample, lang: str, turns: list[dict[str, str]], image: str) -> dict[str, Any]:
     """LLaMA-Factory multimodal sharegpt (mllm_demo.json): {messages: [{role, content}], images: [...]}."""
-    msgs = [{"role": ROLE.get(t["from"], t["from"]), "content": t["value"]} for t in turns]
+    msgs = [{"role": CHAT_ROLE.get(t["from"], t["from"]), "content": t["value"]} for t in turns]
     return {"messages": msgs, "images": [image], "id": f"{s.key}-{lang}", "lang": lang}
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from polycap.sharding.format import SHARD_RE, split_member, text_lang
+from polycap.sharding.members import SHARD_RE, split_member, text_lang
 
 
 class ShardError(ValueError):

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from polycap.sharding import manifest as mf
-from polycap.sharding.format import SHARD_RE
+from polycap.sharding.members import SHARD_RE
 from polycap.sharding.reader import iter_shard
 
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)

@@ -10,7 +10,7 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 
 from polycap.sharding import manifest as mf
-from polycap.sharding.format import SHARD_RE, split_member, text_lang
+from polycap.sharding.members import SHARD_RE, split_member, text_lang
 from polycap.sharding.reader import end_blocks_ok, member_end
 from polycap.sharding.writer import SAFE_KEY_RE, TMP_RE
 

@@ -43,11 +43,11 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from polycap.pipelines.config import ShardsConfig
 from polycap.schemas import SCHEMA_VERSION, Sample
+from polycap.schemas.config import ShardsConfig
 from polycap.sharding import manifest as mf
-from polycap.sharding.format import LANG_RE, SHARD_RE, shard_name
-from polycap.transforms.staging import image_bytes
+from polycap.sharding.members import LANG_RE, SHARD_RE, shard_name
+from polycap.sharding.staging import image_bytes
 
 log = logging.getLogger(__name__)
 

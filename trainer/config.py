@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polycap.pipelines.config import ConfigError, apply_overrides, build, config_mapping
+from polycap.schemas.config import ConfigError, apply_overrides, build, config_mapping
 
 STAGES = ("pretrain", "sft")
 PRECISIONS = ("auto", "fp32", "bf16")

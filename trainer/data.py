@@ -7,7 +7,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from polycap.schemas.conversations import CHAT_ROLE as ROLES
+from polycap.schemas.conversations import IMAGE_TOKEN as IMAGE
 from polycap.sharding.reader import ShardSample, iter_shard, list_shards
+from polycap.sharding.turns import available_langs, sample_turns
 from polycap.trainer.tiling import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -20,34 +23,9 @@ from polycap.trainer.tiling import (
 )
 
 IGNORE = -100
-IMAGE = "<image>"
-# Instruction used when a caption becomes a conversation (pretraining pairs; SFT samples that carry only a
-# caption). Written in the caption's language so the model learns to answer in the language it is asked in.
-DESCRIBE = {
-    "en": "Describe this image in detail.",
-    "ko": "이 이미지를 자세히 설명해 주세요.",
-    "vi": "Hãy mô tả chi tiết hình ảnh này.",
-}
-ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
-# ---------------------------------------------------------------- pure functions: which text, which turns
-
-def caption_text(sample: ShardSample, lang: str) -> str:
-    """The sample's caption in `lang`: the record's `captions[lang].text`, else the `{key}.{lang}.txt` member."""
-    cap = (sample.json.get("captions") or {}).get(lang) or {}
-    return (cap.get("text") or sample.texts.get(lang) or "").strip()
-
-
-def available_langs(sample: ShardSample, stage: str, caption_fallback: bool = True) -> list[str]:
-    """Languages a sample can train in: captions for pretrain; conversations (+ captions) for SFT."""
-    caps = sorted(lang for lang in set(sample.json.get("captions") or {}) | set(sample.texts)
-                  if caption_text(sample, lang))
-    if stage == "pretrain":
-        return caps
-    convs = sorted(lang for lang, turns in (sample.json.get("conversations") or {}).items() if turns)
-    return sorted(set(convs) | set(caps)) if caption_fallback else convs
-
+# ---------------------------------------------------------------- pure functions: which language
 
 def choose_lang(langs: list[str], weights: dict[str, float], rng: random.Random) -> str | None:
     """Pick one language among those present, by the configured mixing weights (None if none has weight)."""
@@ -55,24 +33,6 @@ def choose_lang(langs: list[str], weights: dict[str, float], rng: random.Random)
     if not cands:
         return None
     return rng.choices([c for c, _ in cands], weights=[w for _, w in cands], k=1)[0]
-
-
-def describe_turns(caption: str, lang: str) -> list[dict[str, str]]:
-    return [{"from": "human", "value": f"{IMAGE}\n{DESCRIBE.get(lang, DESCRIBE['en'])}"},
-            {"from": "gpt", "value": caption}]
-
-
-def sample_turns(sample: ShardSample, stage: str, lang: str, caption_fallback: bool = True
-                 ) -> list[dict[str, str]] | None:
-    """Pretrain: (image, caption). SFT: the stored conversation, or the caption as a describe turn."""
-    if stage == "sft":
-        turns = (sample.json.get("conversations") or {}).get(lang)
-        if turns:
-            return turns
-        if not caption_fallback:
-            return None
-    caption = caption_text(sample, lang)
-    return describe_turns(caption, lang) if caption else None
 
 
 # ---------------------------------------------------------------- pure functions: tokens and labels

@@ -85,7 +85,7 @@ def param_counts(model: Any) -> dict[str, int]:
 
 def prepare(cfg: TrainerConfig, stage: str, adapter_dir: str | None = None, model_dir: str | None = None):
     """(model, processor, base_path, counts) for a stage; `model_dir`/`adapter_dir` resume a checkpoint."""
-    from polycap.trainer.processor import load_processor
+    from polycap.sharding.checkpoint import load_processor
 
     st = cfg.stage(stage)
     base = base_model_path(cfg, stage)

@@ -96,7 +96,7 @@ def build_tiny_processor(max_tiles: int = 6):
         GotOcr2ImageProcessorPil,
     )
 
-    from polycap.trainer.processor import ImageOnlyInternVLProcessor
+    from polycap.sharding.checkpoint import ImageOnlyInternVLProcessor
 
     image_processor = GotOcr2ImageProcessorPil(
         size={"height": TILE, "width": TILE}, crop_to_patches=True, min_patches=1, max_patches=max_tiles,

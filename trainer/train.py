@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from polycap.pipelines.config import ConfigError
+from polycap.schemas.config import ConfigError
 from polycap.trainer.config import TrainerConfig, load_trainer_config, to_dict
 
 CKPT_PREFIX = "checkpoint-"

@@ -15,14 +15,14 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
-from polycap.pipelines.config import CaptionConfig
 from polycap.prompts import Prompt, PromptError, load_prompt_dir
 from polycap.schemas import Caption, OcrResult, Reason, Reject, Sample, now_iso
+from polycap.schemas.config import CaptionConfig
+from polycap.sharding.staging import image_bytes
 from polycap.transforms.backends.base import BackendSpec, GenBackend, GenModelHandler, GenRequest
 from polycap.transforms.cache import ResultCache, cache_key
 from polycap.transforms.caption_gates import GateConfig, run_gates
-from polycap.transforms.common import DEAD, REJECTS, SAMPLES, StageDoFn, make_reject
-from polycap.transforms.staging import image_bytes
+from polycap.transforms.plumbing import DEAD, REJECTS, SAMPLES, StageDoFn, make_reject
 
 STAGE = "caption"
 ENDPOINT_ENV = "POLYCAP_CAPTION_ENDPOINT"

@@ -9,10 +9,10 @@ from typing import Any
 import apache_beam as beam
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from polycap.pipelines.config import DecodeConfig
 from polycap.schemas import Hashes, ImageInfo, Reason, Reject, Sample
-from polycap.transforms.common import auto_threads, make_reject, route_stage, stage_dofn
-from polycap.transforms.staging import stage_bytes
+from polycap.schemas.config import DecodeConfig
+from polycap.sharding.staging import stage_bytes
+from polycap.transforms.plumbing import auto_threads, make_reject, route_stage, stage_dofn
 
 STAGE = "decode"
 

@@ -8,10 +8,10 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from polycap.pipelines.config import DedupConfig
 from polycap.schemas import Reason, Sample
-from polycap.transforms.common import REJECTS, SAMPLES, make_reject
+from polycap.schemas.config import DedupConfig
 from polycap.transforms.decode import phash_hex
+from polycap.transforms.plumbing import REJECTS, SAMPLES, make_reject
 
 STAGE = "dedup"
 HASH_BITS = 64

@@ -25,9 +25,9 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from polycap.pipelines.config import IngestConfig, SourceConfig
 from polycap.schemas import Hashes, ImageInfo, Reason, Reject, Sample, Source
-from polycap.transforms.common import REJECTS, SAMPLES, PooledDoFn, format_exc
+from polycap.schemas.config import IngestConfig, SourceConfig
+from polycap.transforms.plumbing import REJECTS, SAMPLES, PooledDoFn, format_exc
 
 STAGE = "ingest"
 ALLOWED_SCHEMES = ("http", "https")

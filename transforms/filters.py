@@ -7,9 +7,9 @@ from functools import lru_cache, partial
 
 import apache_beam as beam
 
-from polycap.pipelines.config import FilterConfig
 from polycap.schemas import Reason, Reject, Sample
-from polycap.transforms.common import StageDoFn, make_reject, route_stage
+from polycap.schemas.config import FilterConfig
+from polycap.transforms.plumbing import StageDoFn, make_reject, route_stage
 
 STAGE = "filter"
 

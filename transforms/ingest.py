@@ -14,10 +14,12 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from polycap.pipelines.config import IngestConfig, SourceConfig
 from polycap.schemas import Reason, Reject, Sample
-from polycap.transforms.common import DEAD, REJECTS, SAMPLES, dead_letter_to_reject, format_exc
+from polycap.schemas.config import IngestConfig, SourceConfig
+from polycap.schemas.conversations import IMAGE_TOKEN
+from polycap.schemas.conversations import SHAREGPT_ROLE as ROLES
 from polycap.transforms.download import LIST_EXTS, STAGE, DownloadUrls, RoutingDoFn, ingest_reject, new_sample
+from polycap.transforms.plumbing import DEAD, REJECTS, SAMPLES, dead_letter_to_reject, format_exc
 
 GLOB_CHARS = "*?["
 SIDECAR_EXTS = (".txt", ".json")          # img2dataset layout: <stem>.jpg + <stem>.txt caption + <stem>.json
@@ -27,8 +29,6 @@ URL_LIST_EXTS = tuple(e + c for e in LIST_EXTS for c in ("", ".gz", ".bz2", ".zs
 # webdataset image fields in order of preference (the first one present is the sample's image)
 WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "jxl")
 MAX_META_FIELD = 1024                      # small text members (.cls, .id ...) are copied into meta
-IMAGE_TOKEN = "<image>"
-ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt", "model": "gpt"}
 
 
 # ---- paths ----

@@ -14,12 +14,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 
 from polycap.schemas import OcrLine, OcrResult, Reason, Reject, Sample
-from polycap.transforms.backends.ocr_models import (
-    OcrModelError,
-    OcrModelHandler,
-    check_ocr_models,
-)
-from polycap.transforms.common import REJECTS, SAMPLES, make_reject
+from polycap.transforms.backends.ocr_handler import OcrModelHandler
+from polycap.transforms.backends.ocr_models import OcrModelError, check_ocr_models
+from polycap.transforms.plumbing import REJECTS, SAMPLES, make_reject
 
 __all__ = [
     "OcrModelError",

@@ -11,9 +11,9 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-from polycap.pipelines.config import TranslateConfig
 from polycap.prompts import Prompt, load_prompt_dir
 from polycap.schemas import Reason, now_iso
+from polycap.schemas.config import TranslateConfig
 from polycap.transforms.backends.base import BackendSpec, GenModelHandler, GenRequest, GenResult
 from polycap.transforms.cache import ResultCache, cache_key
 from polycap.transforms.protect import (
@@ -374,7 +374,7 @@ def merge_sample(sample, results: list[Translated], langs: list[str]):
     (or there was nothing to translate) succeeded, and becomes a Reject only when every language failed.
     """
     from polycap.schemas import Caption
-    from polycap.transforms.common import make_reject
+    from polycap.transforms.plumbing import make_reject
 
     prov: dict[str, dict[str, Any]] = {"langs": {}, "failed": {}}
     captions, convs = dict(sample.captions), dict(sample.conversations)
@@ -411,7 +411,7 @@ class _MergeSamplesFn(beam.DoFn):
 
     def process(self, element):
         from polycap.schemas import Reject
-        from polycap.transforms.common import REJECTS
+        from polycap.transforms.plumbing import REJECTS
 
         _, grouped = element
         for sample in grouped["sample"]:
@@ -432,7 +432,7 @@ class TranslateSamples(beam.PTransform):
         self.cfg, self.output_dir = cfg, output_dir
 
     def expand(self, samples):
-        from polycap.transforms.common import DEAD, REJECTS, SAMPLES, dead_letter_to_reject
+        from polycap.transforms.plumbing import DEAD, REJECTS, SAMPLES, dead_letter_to_reject
 
         cache = f"{self.output_dir.rstrip('/')}/_cache/translate"
         results = (samples | "Units" >> beam.FlatMap(sample_units)

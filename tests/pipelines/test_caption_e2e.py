@@ -12,12 +12,12 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from polycap.pipelines.config import CaptionConfig
 from polycap.schemas import Reason
-from tests.conftest import jpeg_bytes, make_sample
-from tests.fakes.openai_server import FakeOpenAIServer, request_key
+from polycap.schemas.config import CaptionConfig
 from polycap.transforms.backends.gen_openai import to_openai_messages
 from polycap.transforms.caption import CaptionImages, backend_spec, load_caption_prompts, make_job
+from tests.conftest import jpeg_bytes, make_sample
+from tests.fakes.openai_server import FakeOpenAIServer, request_key
 
 CAPTION_REASONS = {Reason.CAPTION_FAILED, Reason.GATE_TOO_SHORT, Reason.GATE_TOO_LONG, Reason.GATE_REFUSAL,
                    Reason.GATE_REPETITION, Reason.GATE_WRONG_LANGUAGE, Reason.GATE_UNGROUNDED_TEXT,
@@ -124,8 +124,8 @@ def test_polycap_run_with_local_backend_on_tiny_internvl(tmp_path, tiny_internvl
     """`polycap run` with `caption.backend: local` on CPU, no network. Smoke quality: random-init weights emit
     gibberish, so the language/loop gates are skipped and the captions are labelled `smoke`; what is tested is
     the real path (processor, chat template, generate) and the provenance on every kept sample."""
-    from polycap.pipelines.config import load_config
     from polycap.pipelines.run import run
+    from polycap.schemas.config import load_config
     from polycap.sharding.reader import iter_samples
 
     src = tmp_path / "in"

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from polycap.pipelines import ocr_eval
-from polycap.pipelines.config import OcrConfig
+from polycap.schemas.config import OcrConfig
 
 
 def test_cer_ignores_whitespace_and_counts_edits():

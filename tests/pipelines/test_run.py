@@ -16,8 +16,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from polycap.pipelines.config import load_config
 from polycap.pipelines.run import run
+from polycap.schemas.config import load_config
 from polycap.sharding.reader import iter_samples, list_shards
 from polycap.sharding.validate import check_tar, validate_dir
 

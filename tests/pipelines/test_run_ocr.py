@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from polycap.pipelines.config import load_config
 from polycap.pipelines.demo import load_font
 from polycap.pipelines.run import run
+from polycap.schemas.config import load_config
 from polycap.sharding.reader import iter_samples
 from polycap.transforms.backends import ocr_models
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import shutil
 
-from polycap.pipelines.config import load_config
 from polycap.pipelines.run import run
+from polycap.schemas.config import load_config
 from polycap.sharding.reader import iter_samples
 
 FAKE = "tests.fakes.fake_translator:FakeTranslatorBackend"   # deterministic test double, not a model

@@ -6,9 +6,9 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from polycap.pipelines.config import TranslateConfig
 from polycap.pipelines.translate import run
-from polycap.transforms.formats import detect_format, read_records, text_slots
+from polycap.schemas.config import TranslateConfig
+from polycap.transforms.dataset_formats import detect_format, read_records, text_slots
 
 FAKE = "tests.fakes.fake_translator:FakeTranslatorBackend"   # deterministic TEST backend, not a model
 FILES = [("llamafactory/mllm_demo.json", "caption"), ("llamafactory/v1_multimodal_demo.jsonl", "caption"),
@@ -156,8 +156,8 @@ def test_real_local_model_round_trip_smoke_quality(eval_dir, tmp_path):
 
 def test_stats_count_only_this_inputs_output_file(tmp_path):
     """Two inputs translated into the same OUT: each run's stats count only its own output file."""
-    from polycap.pipelines.config import TranslateConfig
     from polycap.pipelines.translate import run as run_translate
+    from polycap.schemas.config import TranslateConfig
 
     cfg = TranslateConfig(enabled=True, to=["ko"], backend="tests.fakes.fake_translator:FakeTranslatorBackend",
                           model="fake")

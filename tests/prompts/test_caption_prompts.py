@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from polycap.pipelines.config import CaptionConfig
 from polycap.schemas import OcrLine, OcrResult
-from tests.conftest import jpeg_bytes, make_sample
+from polycap.schemas.config import CaptionConfig
 from polycap.transforms.caption import ADDON, ROUTES, load_caption_prompts, render_prompt
+from tests.conftest import jpeg_bytes, make_sample
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("POLYCAP_UPDATE_GOLDEN") == "1"   # rewrite goldens after a deliberate prompt change

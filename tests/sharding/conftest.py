@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from polycap.pipelines.config import ShardsConfig
 from polycap.schemas import Caption, Hashes, ImageInfo, Sample, Source
+from polycap.schemas.config import ShardsConfig
 
 SKIMAGE = ("astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png")
 CAPTIONS = {

@@ -1,5 +1,5 @@
 """`shards preview` shows the first samples with their captions, read through the real reader."""
-from polycap.sharding.format import shard_name
+from polycap.sharding.members import shard_name
 from polycap.sharding.preview import preview
 from polycap.sharding.writer import write_tar
 from tests.trainer.conftest import make_samples

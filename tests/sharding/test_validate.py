@@ -143,7 +143,7 @@ SLOW_WRITER = r"""
 import sys, time
 sys.path.insert(0, sys.argv[1])
 import apache_beam as beam
-from polycap.pipelines.config import ShardsConfig
+from polycap.schemas.config import ShardsConfig
 from polycap.sharding import writer
 from tests.sharding.conftest import decoded_sample, thumbnail_jpeg
 from pathlib import Path

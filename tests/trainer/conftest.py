@@ -66,7 +66,7 @@ def make_samples(n: int, start: int = 0, sizes: tuple[tuple[int, int], ...] = ((
 
 def write_shards(out_dir: str, samples: list, per_shard: int, split: str = "train") -> list[str]:
     """Write `samples` into `{split}-{i:06d}.tar` files of at most `per_shard` samples."""
-    from polycap.sharding.format import shard_name
+    from polycap.sharding.members import shard_name
     from polycap.sharding.writer import write_tar
 
     os.makedirs(out_dir, exist_ok=True)
@@ -91,8 +91,8 @@ def shards32(tmp_path_factory) -> str:
     """32 samples written by `polycap run` itself (the main job): images + alt-text sidecars in a folder,
     decoded, filtered, exact-deduplicated and sharded (max 8 per shard); the English caption is carried
     forward from the sidecar and the SFT conversation is built from it."""
-    from polycap.pipelines.config import load_config
     from polycap.pipelines.run import run
+    from polycap.schemas.config import load_config
 
     src = tmp_path_factory.mktemp("src32")
     for s in make_samples(32):

@@ -7,14 +7,13 @@ from collections import Counter
 import pytest
 
 from polycap.sharding.reader import ShardSample, iter_samples
+from polycap.sharding.turns import available_langs, sample_turns
 from polycap.trainer.data import (
     IGNORE,
     ExampleBuilder,
     ShardStream,
-    available_langs,
     choose_lang,
     encode_turns,
-    sample_turns,
     truncate,
 )
 
@@ -28,7 +27,7 @@ TURNS = [{"from": "human", "value": "<image>\nWhat is in the picture?"},
 
 @pytest.fixture(scope="module")
 def processor(tiny_model_dir):
-    from polycap.trainer.processor import load_processor
+    from polycap.sharding.checkpoint import load_processor
 
     return load_processor(tiny_model_dir)
 

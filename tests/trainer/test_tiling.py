@@ -51,7 +51,7 @@ def test_grid_matches_transformers_got_ocr2_on_random_sizes():
 def test_pixel_values_equal_the_saved_processor(tiny_model_dir):
     import numpy as np
 
-    from polycap.trainer.processor import load_processor
+    from polycap.sharding.checkpoint import load_processor
 
     ip = load_processor(tiny_model_dir).image_processor
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (650, 400, 3), dtype=np.uint8))

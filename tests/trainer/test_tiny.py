@@ -43,7 +43,7 @@ def test_same_seed_same_weights_other_seed_differs(tiny_dir, tmp_path):
 
 
 def test_tokenizer_keeps_special_tokens_whole(tiny_dir):
-    from polycap.trainer.processor import load_processor
+    from polycap.sharding.checkpoint import load_processor
 
     tok = load_processor(tiny_dir).tokenizer
     for t in ("<|im_start|>", "<|im_end|>", "<img>", "</img>", IMG_CONTEXT, "<ref>", "<box>"):
@@ -56,7 +56,7 @@ def test_chat_template_with_image_and_generate(tiny_dir):
     from PIL import Image
     from transformers import AutoModelForImageTextToText
 
-    from polycap.trainer.processor import load_processor
+    from polycap.sharding.checkpoint import load_processor
 
     processor = load_processor(tiny_dir)
     model = AutoModelForImageTextToText.from_pretrained(tiny_dir).eval()

@@ -91,7 +91,7 @@ def test_tiny_yaml_pretrain_then_sft_then_caption_an_image(shards32, tmp_path):
     from PIL import Image
     from transformers import AutoModelForImageTextToText
 
-    from polycap.trainer.processor import load_processor
+    from polycap.sharding.checkpoint import load_processor
 
     out = str(tmp_path / "yaml")
     pre = run("pretrain", TINY_YAML, shards32, [f"train.out_dir={out}", "train.num_threads=1"])
@@ -113,9 +113,9 @@ def test_tiny_yaml_pretrain_then_sft_then_caption_an_image(shards32, tmp_path):
     assert text.strip(), "the trained tiny captioner produced no text"
 
     # the seed-captioner loop: the same checkpoint through the caption stage's `local` backend
-    from tests.conftest import jpeg_bytes
     from polycap.transforms.backends import gen_local  # own module: fail, never skip, if it does not import
     from polycap.transforms.backends.base import BackendSpec, GenRequest
+    from tests.conftest import jpeg_bytes
 
     backend = gen_local.LocalBackend(BackendSpec(backend="local", model=sft["final_dir"], device="cpu",
                                                  options={"quality": "smoke"}))
@@ -127,7 +127,7 @@ def test_tiny_yaml_pretrain_then_sft_then_caption_an_image(shards32, tmp_path):
 
 
 def test_bad_config_names_the_field(tmp_path):
-    from polycap.pipelines.config import ConfigError
+    from polycap.schemas.config import ConfigError
 
     with pytest.raises(ConfigError, match="sft.lr"):
         run("sft", TINY_YAML, str(tmp_path), ["sft.lr=0"])

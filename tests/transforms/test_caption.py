@@ -12,11 +12,10 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from polycap.pipelines.config import CaptionConfig
 from polycap.schemas import OcrLine, OcrResult, Reason, Reject, Sample
-from tests.conftest import jpeg_bytes, make_sample
-from tests.fakes.openai_server import REFUSAL, FakeOpenAIServer, default_caption
+from polycap.schemas.config import CaptionConfig
 from polycap.transforms.backends.base import BackendSpec, GenBackend, GenRequest, GenResult
+from polycap.transforms.build_records import carry_source_captions
 from polycap.transforms.caption import (
     CaptionImages,
     CaptionModelHandler,
@@ -29,7 +28,8 @@ from polycap.transforms.caption import (
     run_attempts,
 )
 from polycap.transforms.caption_gates import GateConfig
-from polycap.transforms.records import carry_source_captions
+from tests.conftest import jpeg_bytes, make_sample
+from tests.fakes.openai_server import REFUSAL, FakeOpenAIServer, default_caption
 
 FAKE = "tests.transforms.test_caption:FakeCaptionBackend"
 LOOP = "The bowl is white. " * 30

@@ -13,9 +13,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image, ImageFile
 
-from polycap.pipelines.config import DecodeConfig
 from polycap.schemas import Reason, Reject, Sample
-from tests.conftest import jpeg_bytes, make_sample
+from polycap.schemas.config import DecodeConfig
 from polycap.transforms.decode import (
     DecodeFailure,
     DecodeImages,
@@ -24,6 +23,7 @@ from polycap.transforms.decode import (
     phash_hex,
     sniff_format,
 )
+from tests.conftest import jpeg_bytes, make_sample
 
 CFG = DecodeConfig()
 

@@ -13,9 +13,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from polycap.pipelines.config import DecodeConfig, DedupConfig, FilterConfig
 from polycap.schemas import Reason, Sample
-from tests.conftest import jpeg_bytes, make_sample
+from polycap.schemas.config import DecodeConfig, DedupConfig, FilterConfig
 from polycap.transforms.decode import DecodeImages, decode_sample
 from polycap.transforms.dedup import (
     DedupImages,
@@ -30,6 +29,7 @@ from polycap.transforms.dedup import (
     n_bands,
 )
 from polycap.transforms.filters import FilterSamples
+from tests.conftest import jpeg_bytes, make_sample
 
 
 def flip_bits(h: int, k: int, rng: random.Random) -> int:

@@ -14,9 +14,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from polycap.pipelines.config import IngestConfig, SourceConfig
 from polycap.schemas import Reason, Reject
-from tests.transforms.image_server import ImageServer
+from polycap.schemas.config import IngestConfig, SourceConfig
 from polycap.transforms.download import (
     FetchError,
     UrlRow,
@@ -31,6 +30,7 @@ from polycap.transforms.download import (
     rows_from_list,
 )
 from polycap.transforms.ingest import ReadSource
+from tests.transforms.image_server import ImageServer
 
 SRC = SourceConfig(kind="urls", path="list.parquet", name="web")
 FAST = IngestConfig(timeout_s=2.0, retries=2, max_bytes=1_000_000, concurrency=4)

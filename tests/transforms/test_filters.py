@@ -7,9 +7,8 @@ import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from polycap.pipelines.config import DecodeConfig, FilterConfig
 from polycap.schemas import Reason, Reject, Sample
-from tests.conftest import jpeg_bytes, make_sample
+from polycap.schemas.config import DecodeConfig, FilterConfig
 from polycap.transforms.decode import decode_sample
 from polycap.transforms.filters import (
     FilterSamples,
@@ -23,6 +22,7 @@ from polycap.transforms.filters import (
     detect_languages,
     filter_sample,
 )
+from tests.conftest import jpeg_bytes, make_sample
 
 EN = "A red double-decker bus drives past an old stone church on a rainy afternoon in the city."
 DE = "Ein roter Doppeldeckerbus fährt an einem regnerischen Nachmittag an einer alten Steinkirche vorbei."

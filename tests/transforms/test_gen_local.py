@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import jpeg_bytes
 from polycap.transforms.backends.base import BackendSpec, GenModelHandler, GenRequest
 from polycap.transforms.backends.gen_local import (
     LocalBackend,
@@ -18,6 +17,7 @@ from polycap.transforms.backends.gen_local import (
     resolve_device,
     stop_strings,
 )
+from tests.conftest import jpeg_bytes
 
 CORPUS = ["A red car is parked on a quiet street next to a green tree.",
           "Two people walk along the beach at sunset. Describe the image in detail.",

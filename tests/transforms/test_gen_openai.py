@@ -8,8 +8,6 @@ import time
 
 import pytest
 
-from tests.conftest import jpeg_bytes
-from tests.fakes.openai_server import REFUSAL, FakeOpenAIServer, default_caption
 from polycap.transforms.backends.base import BackendSpec, GenModelHandler, GenRequest
 from polycap.transforms.backends.gen_openai import (
     OpenAIBackend,
@@ -19,6 +17,8 @@ from polycap.transforms.backends.gen_openai import (
     to_openai_messages,
     to_openai_params,
 )
+from tests.conftest import jpeg_bytes
+from tests.fakes.openai_server import REFUSAL, FakeOpenAIServer, default_caption
 
 FAST = {"backoff_base_s": 0.005, "backoff_max_s": 0.05, "seed": 0}
 

@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import jpeg_bytes
 from polycap.transforms.backends.base import BackendSpec, GenRequest
 from polycap.transforms.backends.gen_vllm import (
     VllmBackend,
@@ -16,6 +15,7 @@ from polycap.transforms.backends.gen_vllm import (
     sampling_kwargs,
     to_vllm_messages,
 )
+from tests.conftest import jpeg_bytes
 
 
 def caption_request(key: str, color=(10, 200, 30), **params) -> GenRequest:

@@ -13,8 +13,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from polycap.pipelines.config import IngestConfig, SourceConfig
 from polycap.schemas import Reason, Reject, Sample
+from polycap.schemas.config import IngestConfig, SourceConfig
 from polycap.transforms.ingest import (
     IMAGE_TOKEN,
     ReadSource,

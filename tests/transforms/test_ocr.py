@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from polycap.pipelines.config import OcrConfig
 from polycap.schemas import OcrLine, Reject
-from tests.conftest import jpeg_bytes, make_sample
+from polycap.schemas.config import OcrConfig
 from polycap.transforms import ocr
-from polycap.transforms.backends import ocr_models
-from polycap.transforms.backends.ocr_models import quad_to_original
+from polycap.transforms.backends import ocr_handler, ocr_models
+from polycap.transforms.backends.ocr_handler import quad_to_original
+from tests.conftest import jpeg_bytes, make_sample
 
 
 def _line(text: str, box: list[int], score: float = 0.9) -> OcrLine:
@@ -200,9 +200,9 @@ class FakeEngine:
 @pytest.fixture()
 def fake_engine(monkeypatch):
     models = ocr_models.OcrModels("fake_det", "fake_rec", None, None, None)
-    monkeypatch.setattr(ocr_models, "check_ocr_models", lambda cfg: models)
+    monkeypatch.setattr(ocr_handler, "check_ocr_models", lambda cfg: models)
     monkeypatch.setattr(ocr, "check_ocr_models", lambda cfg: models)
-    monkeypatch.setattr(ocr_models, "make_engine", lambda cfg, m: FakeEngine(cfg, m))
+    monkeypatch.setattr(ocr_handler, "make_engine", lambda cfg, m: FakeEngine(cfg, m))
 
 
 def _summary(x) -> tuple:
@@ -250,7 +250,7 @@ def test_failed_batch_goes_through_dead_letters(fake_engine, monkeypatch):
     def explode(self, batch, model, inference_args=None):
         raise MemoryError("whole batch lost")
 
-    monkeypatch.setattr(ocr_models.OcrModelHandler, "run_inference", explode)
+    monkeypatch.setattr(ocr_handler.OcrModelHandler, "run_inference", explode)
     samples = [make_sample(jpeg_bytes(100, 60, (i, 0, 0)), uri=f"mem://{i}") for i in range(3)]
     _run(samples, OcrConfig(enabled=True, on_failure="reject", batch_size=2), [],
          [("reject", f"mem://{i}", "ocr", "ocr_failed", True) for i in range(3)])

@@ -9,16 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from polycap.pipelines.config import OcrConfig
 from polycap.pipelines.demo import load_font
+from polycap.schemas.config import OcrConfig
 from polycap.transforms import ocr
-from polycap.transforms.backends import ocr_models
-from polycap.transforms.backends.ocr_models import (
-    OcrModelError,
-    OcrRunner,
-    check_ocr_models,
-    decode_rgb,
-)
+from polycap.transforms.backends import ocr_handler, ocr_models
+from polycap.transforms.backends.ocr_handler import OcrRunner, decode_rgb
+from polycap.transforms.backends.ocr_models import OcrModelError, check_ocr_models
 
 LINES = [("Polycap reads text", (40, 40)), ("Invoice 2024-07 total 318", (40, 150))]
 
@@ -157,13 +153,13 @@ def test_corrupt_model_file_fails_at_pipeline_construction(model_dir, tmp_path, 
     onnx = bad / "PP-OCRv6_small_rec" / "inference.onnx"
     onnx.write_bytes(onnx.read_bytes()[: 50_000])           # truncated download
     calls = []
-    monkeypatch.setattr(ocr_models, "decode_rgb", lambda data: calls.append(1))
+    monkeypatch.setattr(ocr_handler, "decode_rgb", lambda data: calls.append(1))
     with pytest.raises(OcrModelError, match=r"inference.onnx \(PP-OCRv6_small_rec\) is corrupt"):
         p = beam.Pipeline()
         _ = p | beam.Create([b"x"]) | ocr.RunOcr(_cfg(bad))
     assert calls == []                                      # failed before any image was touched
     with pytest.raises(OcrModelError, match="corrupt"):     # and a worker's load_model says the same
-        ocr_models.OcrModelHandler(_cfg(bad)).load_model()
+        ocr_handler.OcrModelHandler(_cfg(bad)).load_model()
 
 
 def test_korean_needs_weights_no_package_ships(model_dir):

@@ -4,10 +4,10 @@ import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from polycap.pipelines.config import TranslateConfig
 from polycap.schemas import Caption, Reject
-from tests.conftest import jpeg_bytes, make_sample
+from polycap.schemas.config import TranslateConfig
 from polycap.transforms.translate import TextUnit, TranslateSamples, TranslateTexts, split_paragraphs
+from tests.conftest import jpeg_bytes, make_sample
 
 FAKE = "tests.fakes.fake_translator:FakeTranslatorBackend"   # deterministic TEST backend, not a model
 

@@ -184,7 +184,7 @@ def _load_uncached(model_dir: str, gguf: str | None, device: str, dtype_name: st
         from transformers import AutoModelForImageTextToText
 
         try:  # InternVL-hf on a CPU-only install needs the trainer's image-only processor (no torchvision)
-            from polycap.trainer.processor import load_processor
+            from polycap.sharding.checkpoint import load_processor
             processor = load_processor(model_dir)
         except ImportError:
             from transformers import AutoProcessor

@@ -24,7 +24,7 @@ def _offline_env() -> None:
 def paddle_kwargs(cfg: Any, models: OcrModels) -> dict[str, Any]:
     """Constructor arguments for `paddleocr.PaddleOCR`; every optional sub-model is named off explicitly.
 
-    Page orientation is handled by our own classifier (ocr_models.DocOrientation) so that boxes can be
+    Page orientation is handled by our own classifier (ocr_handler.DocOrientation) so that boxes can be
     mapped back onto the stored image; PaddleOCR's doc-orientation/unwarping/textline models are not
     shipped offline and stay off (they would otherwise trigger a download).
     """

@@ -1,7 +1,7 @@
 """Config loading: defaults, overrides, and errors that name the bad field before any work starts."""
 import pytest
 
-from polycap.pipelines.config import ConfigError, TranslateConfig, load_config, load_section
+from polycap.schemas.config import ConfigError, TranslateConfig, load_config, load_section
 
 BASE = {"sources": [{"kind": "dir", "path": "/tmp/x", "name": "x"}], "output": "out/t"}
 

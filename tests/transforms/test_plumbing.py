@@ -11,8 +11,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.utils.windowed_value import WindowedValue
 
 from polycap.schemas import Reason, Reject
+from polycap.transforms.plumbing import PooledStageDoFn, StageDoFn, auto_threads, make_reject, route_stage, stage_dofn
 from tests.conftest import make_sample
-from polycap.transforms.common import PooledStageDoFn, StageDoFn, auto_threads, make_reject, route_stage, stage_dofn
 
 
 class _Probe:

@@ -3,8 +3,8 @@ import os
 
 import pytest
 
+from polycap.sharding.staging import clear_staging, image_bytes, stage_bytes, staging_root
 from tests.conftest import jpeg_bytes, make_sample
-from polycap.transforms.staging import clear_staging, image_bytes, stage_bytes, staging_root
 
 
 def test_stage_and_read_back(tmp_path):

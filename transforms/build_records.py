@@ -7,15 +7,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from polycap.schemas import Caption, Sample
-
-# The instruction that pairs an image with its dense caption in SFT data (ShareGPT4V-style detailed
-# description task), per language.
-DESCRIBE = {
-    "en": "Describe this image in detail.",
-    "ko": "이 이미지를 자세히 설명해 주세요.",
-    "vi": "Hãy mô tả chi tiết bức ảnh này.",
-}
-IMAGE_TOKEN = "<image>"
+from polycap.schemas.conversations import describe_turns
 
 
 def carry_source_captions(sample: Sample) -> Sample:
@@ -32,19 +24,12 @@ def carry_source_captions(sample: Sample) -> Sample:
                                provenance={**sample.provenance, "caption": {"backend": "source", "carried": True}})
 
 
-def describe_conversation(lang: str, caption: str) -> list[dict[str, str]] | None:
-    prompt = DESCRIBE.get(lang)
-    if prompt is None:
-        return None
-    return [{"from": "human", "value": f"{IMAGE_TOKEN}\n{prompt}"}, {"from": "gpt", "value": caption}]
-
-
 def build_records(sample: Sample) -> Sample:
     """Add a describe-the-image conversation for every caption language that has no conversation yet."""
     convs = dict(sample.conversations)
     for lang, cap in sorted(sample.captions.items()):
         if lang not in convs:
-            conv = describe_conversation(lang, cap.text)
+            conv = describe_turns(cap.text, lang)
             if conv is not None:
                 convs[lang] = conv
     if convs == sample.conversations:

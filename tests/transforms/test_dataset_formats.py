@@ -2,7 +2,14 @@ import json
 
 import pytest
 
-from polycap.transforms.formats import FormatError, detect_format, read_records, set_slots, text_slots, write_records
+from polycap.transforms.dataset_formats import (
+    FormatError,
+    detect_format,
+    read_records,
+    set_slots,
+    text_slots,
+    write_records,
+)
 
 LLAVA = {"id": "1", "image": "a.jpg", "conversations": [{"from": "human", "value": "<image>\nWhat?"},
                                                         {"from": "gpt", "value": "A cat."}]}
@@ -70,7 +77,7 @@ def test_write_parquet_and_json_round_trip(tmp_path):
 @pytest.mark.parametrize("records", [[], [{"a": 1, "b": ["x", {"c": "한국어 <image>"}]}],
                                      [{"a": 1}, {"a": 2, "t": "Tiếng Việt\nline"}, [1, 2], "s"]])
 def test_streamed_json_is_byte_identical_to_json_dump(tmp_path, records):
-    from polycap.transforms.formats import RecordWriter
+    from polycap.transforms.dataset_formats import RecordWriter
 
     w = RecordWriter(str(tmp_path / "o.json"), "json")
     for r in records:
@@ -85,7 +92,7 @@ def test_streamed_parquet_batches_keep_the_given_schema(tmp_path, monkeypatch):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from polycap.transforms.formats import RecordWriter
+    from polycap.transforms.dataset_formats import RecordWriter
 
     schema = pa.schema([("caption", pa.string()), ("n", pa.int64()), ("note", pa.string())])
     monkeypatch.setattr(RecordWriter, "PARQUET_BATCH", 3)

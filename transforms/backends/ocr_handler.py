@@ -1,0 +1,140 @@
+"""The OCR model handler: one engine per worker (PaddleOCR or RapidOCR) plus our page-orientation classifier;
+RGB image in, lines with quads on the stored image out. Model folders are prepared by `ocr_models`."""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from polycap.sharding.staging import image_bytes
+from polycap.transforms.backends.ocr_models import ORIENTATION, OcrModelError, OcrModels, check_ocr_models
+
+
+class DocOrientation:
+    """Whole-page orientation classifier; labels are the clockwise angle the page content is turned by."""
+
+    LABELS = (0, 90, 180, 270)
+
+    def __init__(self, path: str, min_score: float = 0.6):
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        self.min_score = min_score
+
+    @staticmethod
+    def preprocess(rgb: np.ndarray) -> np.ndarray:
+        """Resize the short side to 256, centre-crop 224, ImageNet mean/std, BGR CHW (the model's training)."""
+        from PIL import Image
+
+        img = Image.fromarray(rgb)
+        scale = 256 / min(img.size)
+        img = img.resize((max(224, round(img.width * scale)), max(224, round(img.height * scale))),
+                         Image.Resampling.LANCZOS)
+        left, top = (img.width - 224) // 2, (img.height - 224) // 2
+        arr = np.asarray(img.crop((left, top, left + 224, top + 224)), dtype=np.float32)[:, :, ::-1] / 255.0
+        norm = (arr - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+        return norm.transpose(2, 0, 1)[None].astype(np.float32)
+
+    def predict(self, rgb: np.ndarray) -> tuple[int, float]:
+        """(angle, score); angle is 0 unless the classifier is at least `min_score` sure."""
+        prob = self.session.run(None, {self.input: self.preprocess(rgb)})[0][0]
+        i = int(np.argmax(prob))
+        score = float(prob[i])
+        return (self.LABELS[i] if score >= self.min_score else 0), score
+
+
+def quad_to_original(quad: list[float], k: int, w: int, h: int) -> list[float]:
+    """Map an 8-float quad found on `np.rot90(image, k)` back onto the image as stored (w x h pixels)."""
+    out: list[float] = []
+    for x, y in zip(quad[0::2], quad[1::2]):
+        if k % 4 == 1:
+            x, y = w - y, x
+        elif k % 4 == 2:
+            x, y = w - x, h - y
+        elif k % 4 == 3:
+            x, y = y, h - x
+        out += [float(x), float(y)]
+    return out
+
+
+class OcrRunner:
+    """One loaded OCR engine (+ orientation classifier) per worker: RGB image in, pixel-space lines out."""
+
+    def __init__(self, cfg: Any):
+        models = check_ocr_models(cfg)
+        self.engine = make_engine(cfg, models)
+        self.orientation = DocOrientation(models.orientation) if models.orientation else None
+        self.models = {"det": models.det_name, "rec": models.rec_name, **self.engine.extra_models}
+        if self.orientation is not None:
+            self.models["orientation"] = ORIENTATION
+
+    def read(self, rgb: np.ndarray) -> dict[str, Any]:
+        """{lines: [(text, quad 8 floats px on the stored image, score)], width, height, angle, angle_score}."""
+        angle, angle_score = self.orientation.predict(rgb) if self.orientation else (0, 0.0)
+        k = angle // 90  # content turned clockwise by `angle`: turn it back counter-clockwise
+        upright = np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
+        h, w = rgb.shape[:2]
+        lines = [(t, quad_to_original(q, k, w, h), s) for t, q, s in self.engine.recognize(upright)]
+        return {"lines": lines, "width": w, "height": h, "angle": angle, "angle_score": angle_score,
+                "engine": self.engine.name, "models": dict(self.models), "error": None}
+
+
+def make_engine(cfg: Any, models: OcrModels) -> Any:
+    """The backend named by `cfg.backend`: an object with `name`, `extra_models` and `recognize(rgb)`."""
+    if cfg.backend == "paddleocr":
+        from polycap.transforms.backends.ocr_paddle import PaddleOcrEngine
+
+        return PaddleOcrEngine(cfg, models)
+    if cfg.backend == "rapidocr":
+        from polycap.transforms.backends.ocr_rapid import RapidOcrEngine
+
+        return RapidOcrEngine(cfg, models)
+    raise OcrModelError(f"ocr.backend: {cfg.backend!r} is not one of paddleocr, rapidocr")
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    """Image bytes -> upright RGB array (EXIF orientation applied, as the decode stage stores it)."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+
+
+class OcrModelHandler(ModelHandler[Any, PredictionResult, OcrRunner]):
+    """Beam ModelHandler over Samples: one OcrRunner per worker, batches of up to `cfg.batch_size`.
+
+    A bad image (undecodable, engine error) yields a result with `error` set so its batch-mates survive;
+    anything else raises into RunInference's dead-letter output.
+    """
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+
+    def load_model(self) -> OcrRunner:
+        return OcrRunner(self.cfg)
+
+    def run_inference(self, batch: Sequence[Any], model: OcrRunner,
+                      inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
+        out = []
+        for sample in batch:
+            t0 = time.perf_counter()
+            try:
+                res = model.read(decode_rgb(image_bytes(sample)))
+            except Exception as e:  # noqa: BLE001 - per-image failure: recorded, routed by the stage's on_failure
+                res = {"lines": [], "engine": model.engine.name, "models": dict(model.models),
+                       "error": f"{type(e).__name__}: {str(e)[:500]}"}
+            res["seconds"] = round(time.perf_counter() - t0, 4)
+            out.append(PredictionResult(example=sample, inference=res, model_id=model.engine.name))
+        return out
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return {"min_batch_size": 1, "max_batch_size": self.cfg.batch_size}
+
+    def share_model_across_processes(self) -> bool:
+        return False
