@@ -22,6 +22,7 @@ from polycap.sharding.staging import image_bytes
 from polycap.transforms.backends.base import BackendSpec, GenBackend, GenModelHandler, GenRequest
 from polycap.transforms.cache import ResultCache, cache_key
 from polycap.transforms.caption_gates import GateConfig, run_gates
+from polycap.transforms.langid import language_name
 from polycap.transforms.plumbing import DEAD, REJECTS, SAMPLES, StageDoFn, make_reject
 
 STAGE = "caption"
@@ -29,8 +30,6 @@ ENDPOINT_ENV = "POLYCAP_CAPTION_ENDPOINT"
 ROUTES = ("general", "text_rich", "document_chart", "art_landmark")
 ADDON = "aesthetics"
 MAX_ATTEMPTS = 2        # issue 4: a caption failing a gate is retried once (same prompt, new seed), then rejected
-LANG_NAMES = {"en": "English", "ko": "Korean", "vi": "Vietnamese", "zh": "Chinese", "ja": "Japanese",
-              "th": "Thai", "id": "Indonesian", "fr": "French", "de": "German", "es": "Spanish"}
 # Source meta keys that may name a route, and the words they may use for it.
 META_ROUTE_KEYS = ("caption_route", "route", "category", "domain")
 ROUTE_ALIASES = {
@@ -90,7 +89,7 @@ class PromptChoice:
 
 def render_prompt(sample: Sample, route: str, prompts: dict[str, Prompt], cfg: CaptionConfig) -> PromptChoice:
     p = prompts[route]
-    text = p.render(language=LANG_NAMES.get(cfg.lang, cfg.lang), ocr_hints=ocr_hints(sample.ocr, cfg.max_ocr_hints))
+    text = p.render(language=language_name(cfg.lang), ocr_hints=ocr_hints(sample.ocr, cfg.max_ocr_hints))
     pid, version, sha = p.id, str(p.version), p.sha256
     if cfg.aesthetics:
         addon = prompts[ADDON]

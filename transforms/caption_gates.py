@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from polycap.schemas import OcrResult, Reason
+from polycap.transforms.langid import detect_languages, language_share
 
 GATES = ("refusal", "repetition", "truncated", "length", "language", "quoted_text")
 
@@ -106,28 +107,6 @@ def repetition_finding(text: str) -> str | None:
     return None
 
 
-_FACTORY: Any = None
-
-
-def detect_language(text: str) -> dict[str, float]:
-    """langdetect probabilities (language code -> p), seeded so a text always gets the same answer."""
-    global _FACTORY
-    from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory
-    from langdetect.lang_detect_exception import LangDetectException
-
-    if _FACTORY is None:  # per-process cache of the loaded profiles; no cross-process state
-        factory = DetectorFactory()
-        factory.load_profile(PROFILES_DIRECTORY)
-        factory.seed = 0
-        _FACTORY = factory
-    detector = _FACTORY.create()
-    detector.append(text)
-    try:
-        return {p.lang: p.prob for p in detector.get_probabilities()}
-    except LangDetectException:  # no letters at all
-        return {}
-
-
 def _norm(s: str) -> str:
     s = unicodedata.normalize("NFKC", s).casefold()
     return " ".join(re.findall(r"\w+", s))
@@ -181,9 +160,7 @@ def check_length(text: str, min_chars: int, max_chars: int) -> Reason | None:
 
 
 def check_language(text: str, lang: str) -> Reason | None:
-    probs = detect_language(strip_quoted(text))
-    p = sum(v for k, v in probs.items() if k.split("-")[0] == lang)  # zh-cn / zh-tw count as zh
-    return Reason.GATE_WRONG_LANGUAGE if p < 0.5 else None
+    return Reason.GATE_WRONG_LANGUAGE if language_share(strip_quoted(text), lang) < 0.5 else None
 
 
 def check_quoted_text(text: str, ocr: OcrResult | None) -> Reason | None:
@@ -203,9 +180,8 @@ def _detail(reason: Reason, text: str, finish_reason: str, ocr: OcrResult | None
     if reason in (Reason.GATE_TOO_SHORT, Reason.GATE_TOO_LONG):
         return f"{len(text.strip())} chars, allowed {g.min_chars}..{g.max_chars or 'inf'}"
     if reason is Reason.GATE_WRONG_LANGUAGE:
-        probs = detect_language(strip_quoted(text))
-        top = max(probs.items(), key=lambda kv: kv[1]) if probs else ("none", 0.0)
-        return f"expected {g.lang}, detected {top[0]} ({top[1]:.2f})"
+        top = detect_languages(strip_quoted(text))[:1] or (("none", 0.0),)
+        return f"expected {g.lang}, detected {top[0][0]} ({top[0][1]:.2f})"
     if reason is Reason.GATE_UNGROUNDED_TEXT and ocr is not None:
         return "quoted text not seen by OCR: " + "; ".join(repr(s) for s in ungrounded_quotes(text, ocr)[:5])
     return ""

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import partial
 
 import apache_beam as beam
 
 from polycap.schemas import Reason, Reject, Sample
 from polycap.schemas.config import FilterConfig
+from polycap.transforms.langid import base_lang, detect_languages
 from polycap.transforms.plumbing import StageDoFn, make_reject, route_stage
 
 STAGE = "filter"
@@ -35,23 +36,6 @@ def _caption(sample: Sample) -> str:
     return (sample.source.orig_caption or "").strip()
 
 
-@lru_cache(maxsize=4096)
-def detect_languages(text: str) -> tuple[tuple[str, float], ...]:
-    """langdetect candidates [(lang, p)], best first; () when the text has no letters to go by."""
-    from langdetect import DetectorFactory, detect_langs  # type: ignore[import-untyped]
-    from langdetect.lang_detect_exception import LangDetectException  # type: ignore[import-untyped]
-
-    DetectorFactory.seed = 0   # langdetect is randomized; seed 0 makes it deterministic (its README)
-    try:
-        return tuple((c.lang, round(c.prob, 4)) for c in detect_langs(text))
-    except LangDetectException:
-        return ()
-
-
-def _base(lang: str) -> str:
-    return lang.lower().split("-")[0]
-
-
 def check_min_side(sample: Sample, cfg: FilterConfig) -> Reason | None:
     return Reason.TOO_SMALL if min(_side(sample)) < cfg.min_side else None
 
@@ -73,9 +57,9 @@ def check_caption_language(sample: Sample, cfg: FilterConfig) -> Reason | None:
     text = _caption(sample)
     if not text or not cfg.caption_langs:
         return None
-    wanted = {_base(x) for x in cfg.caption_langs}
+    wanted = {base_lang(x) for x in cfg.caption_langs}
     cands = detect_languages(text)
-    ok = any(_base(lang) in wanted and (i == 0 or p >= LANG_RUNNER_UP_MIN_P)
+    ok = any(base_lang(lang) in wanted and (i == 0 or p >= LANG_RUNNER_UP_MIN_P)
              for i, (lang, p) in enumerate(cands))
     return None if ok else Reason.CAPTION_LANGUAGE
 

@@ -16,6 +16,7 @@ from apache_beam.ml.inference.base import PredictionResult, RunInference
 from polycap.schemas import OcrLine, OcrResult, Reason, Reject, Sample
 from polycap.transforms.backends.ocr_handler import OcrModelHandler
 from polycap.transforms.backends.ocr_models import OcrModelError, check_ocr_models
+from polycap.transforms.langid import top_language
 from polycap.transforms.plumbing import REJECTS, SAMPLES, make_reject
 
 __all__ = [
@@ -269,23 +270,10 @@ def dominant_lang(texts: Iterable[str]) -> str | None:
     if top == "LATIN" and sum(c in _VI_LETTERS for c in text) >= max(2, 0.05 * counts["LATIN"]):
         return "vi"
     if top != "CJK" and counts[top] >= 12:
-        guess = _langdetect(text)
-        if guess:
-            return guess
+        guess = top_language(text)
+        if guess and guess[1] >= 0.8:
+            return guess[0]
     return _SCRIPT_CODE[top]
-
-
-def _langdetect(text: str) -> str | None:
-    try:
-        from langdetect import DetectorFactory, detect_langs
-    except ImportError:
-        return None
-    DetectorFactory.seed = 0  # deterministic
-    try:
-        best = detect_langs(text)[0]
-    except Exception:  # noqa: BLE001 - langdetect raises on text without features
-        return None
-    return best.lang.split("-")[0] if best.prob >= 0.8 else None
 
 
 def ref_box(text: str, box: list[int]) -> str:

@@ -16,6 +16,7 @@ from polycap.schemas import Reason, now_iso
 from polycap.schemas.config import TranslateConfig
 from polycap.transforms.backends.base import BackendSpec, GenModelHandler, GenRequest, GenResult
 from polycap.transforms.cache import ResultCache, cache_key
+from polycap.transforms.langid import language_name
 from polycap.transforms.protect import (
     Masked,
     check_placeholders,
@@ -28,9 +29,6 @@ from polycap.transforms.translate_gates import first_failure
 
 STAGE = "translate"
 VERSION = 1
-LANG_NAMES = {"ko": "Korean", "vi": "Vietnamese", "ja": "Japanese", "zh": "Chinese", "th": "Thai",
-              "id": "Indonesian", "fr": "French", "de": "German", "es": "Spanish", "pt": "Portuguese",
-              "it": "Italian", "ru": "Russian", "ar": "Arabic", "hi": "Hindi", "tr": "Turkish", "en": "English"}
 SMOKE_MODELS = re.compile(r"270m|135m|tiny", re.IGNORECASE)   # models that only exercise the path
 _PARA = re.compile(r"(\n[ \t]*\n\s*)")
 _SENT = re.compile(r"(?<=[.!?])(\s+)")
@@ -133,7 +131,7 @@ def glossary_text(glossary: dict[str, str]) -> str:
 
 
 def system_prompt(prompt: Prompt, lang: str, glossary: dict[str, str], strict_reason: str = "") -> str:
-    values = {"language": LANG_NAMES.get(lang, lang), "glossary": glossary_text(glossary),
+    values = {"language": language_name(lang), "glossary": glossary_text(glossary),
               "reason": strict_reason}
     if strict_reason:
         strict = Prompt(prompt.id, prompt.version, str(prompt.meta["strict_template"]), prompt.sha256,
@@ -156,7 +154,7 @@ def prompt_style(cfg: TranslateConfig) -> str:
 
 def completion_text(prompt: Prompt, lang: str, text: str, glossary: dict[str, str], strict: bool) -> str:
     """The few-shot prompt for one line: example pairs for `lang`, then `English: <text>` and the cue."""
-    name = LANG_NAMES.get(lang, lang)
+    name = language_name(lang)
     pairs = (prompt.meta.get("examples") or {}).get(lang) or []
     examples = "".join(f"English: {en}\n{name}: {tr}\n\n" for en, tr in pairs)
     gloss = "".join(f"English: {k}\n{name}: {v}\n\n" for k, v in sorted(glossary.items()))

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from polycap.schemas import Reason
+from polycap.transforms.langid import top_language
 from polycap.transforms.protect import SPAN_RE, compare_spans
 
 # Length ratio (output chars / English chars) bounds per target language. Derived from the 1,997
@@ -104,18 +105,6 @@ def check_preamble(source: str, output: str) -> Reason | None:
     return None
 
 
-def _langdetect_top(text: str) -> tuple[str, float] | None:
-    from langdetect import DetectorFactory, detect_langs
-    from langdetect.lang_detect_exception import LangDetectException
-
-    DetectorFactory.seed = 0  # langdetect is random by default; seeded, the same text gets the same answer
-    try:
-        best = detect_langs(text)[0]
-    except LangDetectException:
-        return None
-    return best.lang.split("-")[0], best.prob
-
-
 def check_wrong_language(output: str, target: str) -> Reason | None:
     """Script share for ko/vi (and any CJK in the wrong place), langdetect for long enough texts."""
     letters = _letters(output)
@@ -135,7 +124,7 @@ def check_wrong_language(output: str, target: str) -> Reason | None:
         if words and sum(map(_has_vi_mark, words)) / len(words) < MIN_VI_DIACRITIC_WORD_SHARE:
             return Reason.GATE_WRONG_LANGUAGE
     if n >= MIN_LETTERS_FOR_LANGDETECT:
-        top = _langdetect_top(output)
+        top = top_language(output)
         if top is not None and top[0] != target and top[1] > 0.9:
             return Reason.GATE_WRONG_LANGUAGE
     return None
