@@ -98,28 +98,35 @@ def _to_json(x: Sample | Reject) -> str:
         return json.dumps({"key": x.key, "status": "rejected", "error": x.detail})
     o = x.ocr
     return json.dumps({"key": x.key, "status": o.status if o else "missing", "error": o.error if o else None,
-                       "lines": [ln.text for ln in o.lines] if o else [], "lang": o.lang if o else None,
-                       "seconds": x.provenance.get("ocr", {}).get("seconds")}, ensure_ascii=False)
+                       "lines": [ln.text for ln in o.lines] if o else [], "lang": o.lang if o else None},
+                      ensure_ascii=False)
 
 
-def run_stage(samples: list[Sample], cfg: Any, beam_args: list[str] | None = None) -> dict[str, dict]:
-    """Run `RunOcr` over in-memory samples on the DirectRunner; key -> {status, lines, lang, seconds}."""
+def run_stage(samples: list[Sample], cfg: Any, beam_args: list[str] | None = None
+              ) -> tuple[dict[str, dict], float]:
+    """Run `RunOcr` over in-memory samples on the DirectRunner: (key -> {status, lines, lang}, engine seconds
+    summed over images, from the stage's `ocr/engine_ms` distribution)."""
+    from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from polycap.transforms.ocr import RunOcr
 
     with tempfile.TemporaryDirectory(prefix="ocr-eval-") as tmp:
         prefix = os.path.join(tmp, "out")
-        with beam.Pipeline(options=PipelineOptions(beam_args or [])) as p:
-            ok, bad = p | "Samples" >> beam.Create(samples, reshuffle=False) | "Ocr" >> RunOcr(cfg)
-            _ = ((ok, bad) | beam.Flatten() | beam.Map(_to_json)
-                 | beam.io.WriteToText(prefix, file_name_suffix=".jsonl"))
+        p = beam.Pipeline(options=PipelineOptions(beam_args or []))
+        ok, bad = p | "Samples" >> beam.Create(samples, reshuffle=False) | "Ocr" >> RunOcr(cfg)
+        _ = ((ok, bad) | beam.Flatten() | beam.Map(_to_json)
+             | beam.io.WriteToText(prefix, file_name_suffix=".jsonl"))
+        result = p.run()
+        result.wait_until_finish()
+        dists = result.metrics().query(MetricsFilter().with_namespace("ocr").with_name("engine_ms"))["distributions"]
+        engine_s = sum(d.committed.sum for d in dists if d.committed) / 1000.0
         out = {}
         for f in sorted(Path(tmp).glob("out*.jsonl")):
             for line in f.read_text(encoding="utf-8").splitlines():
                 rec = json.loads(line)
                 out[rec["key"]] = rec
-    return out
+    return out, engine_s
 
 
 def lang_checker(cfg: Any) -> Any:
@@ -185,10 +192,9 @@ def run(path: str, cfg: Any, out_json: str | None = None, gt_sources: str = "ups
         raise ValueError(f"ocr-eval: no labelled rows in {path} (gt_sources={gt_sources!r})")
     samples = [_sample(i, r) for i, r in enumerate(rows)]
     t0 = time.perf_counter()
-    out = run_stage(samples, cfg, beam_args)
+    out, engine_s = run_stage(samples, cfg, beam_args)
     wall = time.perf_counter() - t0
     preds = [out.get(s.key, {"status": "lost"}) for s in samples]
-    engine_s = sum(p.get("seconds") or 0.0 for p in preds)
     report = {
         "input": str(path), "gt_sources": gt_sources, "images": len(rows),
         "backend": cfg.backend, "engine": cfg.engine, "device": cfg.device, "orientation": cfg.orientation,

@@ -304,12 +304,14 @@ def to_ocr_result(raw: dict[str, Any], min_score: float) -> OcrResult:
 # ---- Beam -------------------------------------------------------------------------------------------
 
 def _provenance(cfg: Any, raw: dict[str, Any]) -> dict[str, Any]:
+    # no per-image timing: records are content and a rerun writes byte-identical shards
+    # (tests/packaging/test_demo_digest.py); the engine's time is the `ocr/engine_ms` metric (ocr-eval reads it)
     return {"backend": cfg.backend, "engine": raw.get("engine", cfg.backend), "models": raw.get("models", {}),
             "params": {"min_score": cfg.min_score, "langs": list(cfg.langs), "device": cfg.device,
                        "orientation": cfg.orientation, "det_max_side": cfg.det_max_side,
                        "det_thresh": cfg.det_thresh, "det_box_thresh": cfg.det_box_thresh,
                        "det_unclip_ratio": cfg.det_unclip_ratio},
-            "angle": raw.get("angle", 0), "seconds": raw.get("seconds"), "error": raw.get("error")}
+            "angle": raw.get("angle", 0), "error": raw.get("error")}
 
 
 def _failed(sample: Sample, error: str, cfg: Any, raw: dict[str, Any]) -> Sample | Reject:
