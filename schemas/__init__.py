@@ -1,5 +1,5 @@
 """Typed records for polycap: Sample, Reject, the one Reason enum, and their pyarrow schemas."""
-from polycap.schemas.arrow import REJECT_SCHEMA, SAMPLE_SCHEMA, reject_to_row, sample_from_row, sample_to_row
+from polycap.schemas.arrow import REJECT_SCHEMA, SAMPLE_SCHEMA, reject_to_row
 from polycap.schemas.reasons import Reason
 from polycap.schemas.records import (
     SCHEMA_VERSION,
@@ -16,6 +16,5 @@ from polycap.schemas.records import (
 
 __all__ = [
     "SCHEMA_VERSION", "Caption", "Hashes", "ImageInfo", "OcrLine", "OcrResult", "Reject", "Sample",
-    "Source", "Reason", "REJECT_SCHEMA", "SAMPLE_SCHEMA", "reject_to_row", "sample_from_row",
-    "sample_to_row", "now_iso",
+    "Source", "Reason", "REJECT_SCHEMA", "SAMPLE_SCHEMA", "reject_to_row", "now_iso",
 ]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -95,15 +94,6 @@ def sidecar_rows(samples: Iterable[Sample]) -> dict[str, list[Any]]:
         cols["height"].append(s.image.height)
         cols["languages"].append(sorted(s.captions))
     return cols
-
-
-def write_parquet_atomic(table: pa.Table, path: str) -> None:
-    """Write `table` to a hidden temp name beside `path`, then rename it into place."""
-    head, tail = FileSystems.split(path)
-    tmp = join(head, f".{tail}.tmp-{uuid.uuid4().hex}")
-    with FileSystems.create(tmp) as f:
-        pq.write_table(table, f)
-    FileSystems.rename([tmp], [path])
 
 
 def read_table(path: str) -> pa.Table:

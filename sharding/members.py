@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 
 SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_-]+)-(?P<shard>\d{6})\.tar$")
-KEY_RE = re.compile(r"^[0-9a-f]{16,64}$")   # content-address keys: hex, dot-free
 LANG_RE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]+)?$")
 
 

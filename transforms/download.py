@@ -5,12 +5,10 @@ import base64
 import csv
 import datetime as _dt
 import decimal
-import email.utils
 import hashlib
 import io
 import json
 import math
-import random
 import socket
 import time
 import urllib.error
@@ -28,14 +26,13 @@ from apache_beam.metrics import Metrics
 from polycap.schemas import Hashes, ImageInfo, Reason, Reject, Sample, Source
 from polycap.schemas.config import IngestConfig, SourceConfig
 from polycap.transforms.plumbing import REJECTS, SAMPLES, PooledDoFn, format_exc
+from polycap.transforms.retry import retry_after_s, retry_wait_s
 
 STAGE = "ingest"
 ALLOWED_SCHEMES = ("http", "https")
 LIST_EXTS = (".parquet", ".csv", ".tsv", ".jsonl", ".json", ".txt")
 COMPRESSED_EXTS = (".gz", ".bz2", ".zst", ".deflate")
 CHUNK = 64 * 1024
-BACKOFF_BASE_S = 0.5      # first retry waits ~0.5 s, then 1 s, 2 s ... (capped below)
-BACKOFF_MAX_S = 30.0
 
 
 # ---- shared by every ingest source (transforms/ingest.py imports these) ----
@@ -243,19 +240,6 @@ def build_opener() -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(_SafeRedirect())
 
 
-def _retry_after(headers: Any) -> float | None:
-    value = headers.get("Retry-After") if headers is not None else None
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return float(value.strip())
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
 def _read_body(resp: Any, cfg: IngestConfig, deadline: float) -> bytes:
     length = resp.headers.get("Content-Length")
     if length and length.strip().isdigit() and int(length) > cfg.max_bytes:
@@ -289,7 +273,7 @@ def fetch_once(url: str, cfg: IngestConfig, opener: urllib.request.OpenerDirecto
     except urllib.error.HTTPError as e:
         retry = e.code >= 500 or e.code == 429
         raise FetchError(Reason.DOWNLOAD_FAILED, f"HTTP {e.code} {e.reason}".strip(), retry=retry,
-                         wait_s=_retry_after(e.headers)) from None
+                         wait_s=retry_after_s(e.headers)) from None
     except TimeoutError:
         raise FetchError(Reason.DOWNLOAD_FAILED, f"timeout after {cfg.timeout_s:g}s", retry=True) from None
     except urllib.error.URLError as e:
@@ -302,7 +286,8 @@ def fetch_once(url: str, cfg: IngestConfig, opener: urllib.request.OpenerDirecto
 
 def fetch(url: str, cfg: IngestConfig, opener: urllib.request.OpenerDirector
           ) -> tuple[bytes, dict[str, Any]]:
-    """GET with up to `cfg.retries` retries, exponential backoff with jitter, honoring Retry-After."""
+    """GET with up to `cfg.retries` retries, exponential backoff with jitter, honoring Retry-After; no wait
+    is longer than `ingest.timeout_s`."""
     for attempt in range(cfg.retries + 1):
         try:
             body, info = fetch_once(url, cfg, opener)
@@ -313,8 +298,7 @@ def fetch(url: str, cfg: IngestConfig, opener: urllib.request.OpenerDirector
                 if attempt:
                     e.detail = f"{e.detail} (after {attempt + 1} attempts)"
                 raise
-            backoff = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** attempt) * (1 + 0.2 * random.random())
-            time.sleep(min(BACKOFF_MAX_S, e.wait_s) if e.wait_s is not None else backoff)
+            time.sleep(retry_wait_s(attempt, e.wait_s, cfg.timeout_s))
     raise AssertionError("unreachable")
 
 

@@ -1,13 +1,10 @@
 """Progress lines while a job runs: per-stage counts and rate, throttled to one line every few seconds."""
 from __future__ import annotations
 
-import logging
 import sys
 import time
 
 import apache_beam as beam
-
-log = logging.getLogger("polycap.progress")
 
 
 class _ProgressDoFn(beam.DoFn):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import random
 import time
 
 import pytest
@@ -11,9 +10,7 @@ import pytest
 from polycap.transforms.backends.base import BackendSpec, GenModelHandler, GenRequest
 from polycap.transforms.backends.gen_openai import (
     OpenAIBackend,
-    backoff_s,
     image_mime,
-    retry_after_s,
     to_openai_messages,
     to_openai_params,
 )
@@ -88,18 +85,6 @@ def test_params_named_and_extra_body():
     assert to_openai_params({}) == {}
 
 
-def test_retry_after_parsing_and_backoff_bounds():
-    assert retry_after_s({"retry-after": "2"}) == 2.0
-    assert retry_after_s({"retry-after-ms": "150", "retry-after": "9"}) == 0.15
-    assert retry_after_s({}) is None
-    future = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
-    assert 25 < retry_after_s({"retry-after": future}) <= 31
-    rng = random.Random(0)
-    waits = [backoff_s(n, 0.5, 8.0, rng) for n in range(8)]
-    assert all(0.25 <= w <= 0.5 for w in waits[:1]) and all(4.0 <= w <= 8.0 for w in waits[5:])
-    assert waits[3] > waits[0]
-
-
 # -- against the fake server ------------------------------------------------------------------------
 @pytest.mark.parametrize("fault", ["500", "429", "timeout", "truncated", "malformed", "disconnect"])
 def test_each_fault_kind_is_retried_and_recovered(fault):
@@ -169,6 +154,15 @@ def test_429_honors_retry_after():
     # our own backoff is <= 0.05 s here, so only Retry-After can explain >= 0.6 s for two waits
     assert r.attempts == 3 and "HTTP 429" in r.error
     assert 0.6 <= elapsed < 10.0  # upper bound only proves it does not hang
+
+
+def test_retry_after_is_capped_by_the_backend_timeout():
+    with FakeOpenAIServer(fault_rate=1.0, faults=("429",), retry_after=60) as srv:
+        t0 = time.perf_counter()
+        (r,) = run(srv, [req(0)], max_retries=1, timeout_s=0.3)
+        elapsed = time.perf_counter() - t0
+    assert r.attempts == 2 and "HTTP 429" in r.error
+    assert 0.3 <= elapsed < 5.0  # waited the 0.3 s timeout, not the 60 s the server asked for
 
 
 def test_timeouts_are_bounded():

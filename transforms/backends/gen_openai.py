@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
 import logging
 import os
 import random
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from polycap.transforms.backends.base import BackendSpec, GenBackend, GenRequest, GenResult, map_image_parts
+from polycap.transforms.retry import BACKOFF_BASE_S, BACKOFF_MAX_S, retry_after_s, retry_wait_s
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +21,6 @@ _NAMED_PARAMS = ("max_tokens", "max_completion_tokens", "temperature", "top_p", 
                  "presence_penalty", "frequency_penalty", "n", "logit_bias")
 # 4xx statuses worth retrying (RFC 9110: 408 Request Timeout, 409 Conflict, 429 Too Many Requests).
 _RETRY_4XX = (408, 409, 429)
-_MAX_WAIT_S = 600.0  # a Retry-After beyond this is treated as this
 _MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"GIF87a", "image/gif"),
           (b"GIF89a", "image/gif"), (b"BM", "image/bmp"), (b"II*\x00", "image/tiff"), (b"MM\x00*", "image/tiff"))
 
@@ -55,32 +53,6 @@ def to_openai_params(params: dict[str, Any]) -> dict[str, Any]:
     if extra:
         kwargs["extra_body"] = extra
     return kwargs
-
-
-def retry_after_s(headers: Any) -> float | None:
-    """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or an HTTP date), if present."""
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    try:
-        if ms is not None:
-            return max(0.0, float(ms) / 1000)
-    except ValueError:
-        pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
-
-
-def backoff_s(retry: int, base: float, cap: float, rng: random.Random) -> float:
-    """Exponential backoff with "equal jitter": half fixed, half random, capped."""
-    step = min(cap, base * (2 ** retry))
-    return step / 2 + rng.uniform(0, step / 2)
 
 
 def classify_error(exc: BaseException) -> tuple[bool, float | None, str]:
@@ -141,8 +113,8 @@ class OpenAIBackend(GenBackend):
         self._mode = opts.get("loop", "thread")
         if self._mode not in ("thread", "run"):
             raise ValueError(f"options.loop must be 'thread' or 'run', got {self._mode!r}")
-        self._base = float(opts.get("backoff_base_s", 0.5))
-        self._cap = float(opts.get("backoff_max_s", 30.0))
+        self._base = float(opts.get("backoff_base_s", BACKOFF_BASE_S))
+        self._cap = float(opts.get("backoff_max_s", BACKOFF_MAX_S))
         self._rng = random.Random(opts.get("seed"))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -221,9 +193,10 @@ class OpenAIBackend(GenBackend):
                 error = self._scrub(error)
             if not retry or attempt > self.spec.max_retries:
                 break
-            delay = wait if wait is not None else backoff_s(attempt - 1, self._base, self._cap, self._rng)
+            # a Retry-After longer than the request timeout is cut to it: the backend's own limit, not a fixed one
+            delay = retry_wait_s(attempt - 1, wait, self.spec.timeout_s, self._base, self._cap, self._rng)
             log.debug("request %s attempt %d failed (%s); retrying in %.2fs", req.key, attempt, error, delay)
-            await asyncio.sleep(min(delay, _MAX_WAIT_S))
+            await asyncio.sleep(delay)
         return GenResult(req.key, "", "error", self.spec.model, error, attempts=attempt)
 
     async def _call(self, messages: list[dict[str, Any]], kwargs: dict[str, Any]) -> tuple[str, str, str]:
