@@ -3,6 +3,7 @@
 FROM apache/beam_python3.11_sdk:2.77.0
 WORKDIR /opt/polycap
 COPY pyproject.toml setup.py README.md ./
+COPY polycap polycap
 COPY pipelines pipelines
 COPY transforms transforms
 COPY schemas schemas
