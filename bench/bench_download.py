@@ -72,7 +72,8 @@ def main() -> None:
         "concurrency": cfg.concurrency, "ok": ok, "rejected": bad, "seconds": round(dt, 2),
         "img_per_s": round(ok / dt, 1), "mb_per_s": round(total_bytes / dt / 1e6, 1),
         "peak_rss_mb": round(_peak_rss_mb(), 1), "rss_before_pipeline_mb": round(rss0, 1),
-        "reference": "img2dataset ~153 img/s at ~860 MB RSS on this machine (DESIGN.md, includes resize)",
+        "reference": "img2dataset ~153 img/s at ~860 MB RSS on this machine (an earlier measurement, includes resize; "
+                     "bench/results/urls_vs_img2dataset.json is the head-to-head run)",
         "cpus": os.cpu_count(),
     }
     write_result("download", result)

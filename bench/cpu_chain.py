@@ -3,11 +3,11 @@
 Run: `.venv/bin/python -m bench.cpu_chain [N]` -> bench/results/cpu_chain.json (N images, default 500,
 the eval photos repeated). Single process. Two measurements:
   * `steps`: the chain unrolled step by step with the same calls transforms/decode.py makes, so each
-    step's ms/image is visible (DESIGN.md budget: ~10.4 ms/image = decode 2.9, pHash 3.6, encode 2.3,
-    exif+RGB 1.4, on 1000 photos <= 1600 px);
+    step's ms/image is visible (the project's budget, `design_budget_ms` in the results: ~10.4 ms/image =
+    decode 2.9, pHash 3.6, encode 2.3, exif+RGB 1.4, on 1000 photos <= 1600 px);
   * `decode_bytes`: the real function the pipeline runs (read + sha256 + decode_bytes), img/s.
-Both on all decodable photos and on the subset <= 1600 px (the DESIGN.md population). Times are CPU
-time of this process (the machine's 2 cores are shared with other jobs); wall-clock img/s is also given.
+Both on all decodable photos and on the subset <= 1600 px (the population that budget was measured on).
+Times are CPU time of this process (the machine's 2 cores are shared with other jobs); wall-clock img/s is also given.
 """
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ EVAL = Path(os.environ.get("POLYCAP_EVAL_DIR", REPO.parent / "shared" / "eval"))
 T_RANGE = range(21)
 # Upstream aliases inside real_sets/imageio_vs_skimage and photos/skimage (same picture, other name).
 ALIASES = {"immunohistochemistry": "ihc", "clock_motion": "clock"}
-# What the issue says must merge (resize / recompress / watermark), by pairs.csv note or file name.
+# Edit category of each pair, by pairs.csv note or file name: resize / recompress / watermark must merge.
 CATEGORY = {
     "resize_50": "resize", "resize_25": "resize", "down_up_blur": "resize",
     "orig_reencoded_q95": "recompress", "jpeg_q30": "recompress", "jpeg_q10": "recompress",

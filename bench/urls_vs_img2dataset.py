@@ -1,6 +1,7 @@
 """End to end URL list -> webdataset shards, `polycap run` vs img2dataset, on a loopback server: img/s, peak RAM.
 
-Goal (DESIGN.md "Performance budget"): for URL lists, >= img2dataset's rate at <= half its memory.
+Goal (the project's performance budget; `goal` in the results): for URL lists, >= img2dataset's rate at
+<= half its memory.
 Input: N distinct JPEG variants of the real eval photos <= 1600 px (`bench.pipeline.make_input`, no exact
 copies), served by `tests/transforms/image_server.py` in its own process on 127.0.0.1 (random port), listed
 in a parquet file with `url` and `caption`. Each tool runs as a fresh subprocess (start-up included in the

@@ -9,7 +9,8 @@
 #      tar to its final name, deletes this split's shards beyond the new count, renames the new
 #      `manifest.parquet` into place, and removes sidecars and temp files of crashed attempts.
 #
-# What a crash leaves behind (issue 2, item 10):
+# What a crash leaves behind (test_sigkill_mid_run_leaves_nothing_a_reader_accepts in
+# tests/sharding/test_validate.py kills a rerun mid-write):
 #   * killed before step 4 (the whole write phase): the previous run's shards and manifest untouched,
 #     plus hidden temp files that no reader lists; `validate` warns about them, the next run deletes them.
 #     A half-written tar only ever exists under a temp name.
@@ -52,7 +53,8 @@ from polycap.sharding.staging import image_bytes
 log = logging.getLogger(__name__)
 
 STAGE = "shards"
-# Keys become member names; webdataset splits a member name at its first dot (STYLE rule 7).
+# Keys become member names; webdataset splits a member name at its first dot
+# (tests/sharding/test_writer.py rejects keys with dots).
 SAFE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 TMP_RE = re.compile(r"^\..+\.tmp-[0-9a-f]{32}$")
 

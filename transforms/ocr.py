@@ -68,8 +68,9 @@ def rotate_grid_box(box: list[int], k: int) -> list[int]:
 # ---- reading order: recursive XY-cut on line boxes ----------------------------------------------------
 # Boxes are laid out in upright-page pixels so that gaps compare with line heights on both axes.
 # DB detectors pad each line polygon (unclip ratio 1.5, Liao et al. 2020): measured on the UNLV magazine
-# pages (issue 3) a box overhangs its ink by ~0.2-0.4 line heights, enough for the boxes of two columns
-# 17 px apart to touch. INK_PAD trims that off both ends before gutters are looked for.
+# pages that tests/transforms/test_ocr_backends.py reads, a box overhangs its ink by ~0.2-0.4 line heights,
+# enough for the boxes of two columns 17 px apart to touch. INK_PAD trims that off both ends before gutters
+# are looked for.
 INK_PAD = 0.2
 # A column gutter is at least half a line height of whitespace between trimmed boxes. Boxes are whole
 # lines, so a gap on one row already exceeds a word space; a gutter must also run through every line.

@@ -1,4 +1,4 @@
-"""Acceptance (issue 4): 200 images against a faulty OpenAI-protocol fake; reruns make no requests; an edited
+"""Caption stage end to end: 200 images against a faulty OpenAI-protocol fake; reruns make no requests; an edited
 prompt re-captions everything; the local backend captions with a tiny InternVL checkpoint on CPU."""
 from __future__ import annotations
 

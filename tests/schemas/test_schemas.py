@@ -1,4 +1,4 @@
-"""The dataclasses and the pyarrow schemas agree (STYLE rule 6), and a reject row fits its schema."""
+"""The dataclasses and the pyarrow schemas agree, and a reject row fits its schema."""
 import dataclasses
 import typing
 

@@ -171,7 +171,7 @@ def _half_written(shards: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_sigkill_mid_run_leaves_nothing_a_reader_accepts(run, eval_dir, photo_samples, tmp_path):
-    """Issue 2 item 10: kill a rerun while it writes; the previous shards stay valid, temps are ignored."""
+    """Kill a rerun while it writes; the previous shards stay valid, temps are ignored."""
     script = tmp_path / "slow_writer.py"
     script.write_text(SLOW_WRITER)
     proc = subprocess.Popen([sys.executable, str(script), str(REPO), str(eval_dir / "photos" / "skimage"),

@@ -115,7 +115,7 @@ def test_rotated_page_is_read_upright_and_boxed_on_the_stored_image(paddle, eval
 @pytest.mark.slow
 @pytest.mark.parametrize("page", ["8071_093.3B", "8087_054.3B"])
 def test_two_column_magazine_page_cer_below_5_percent(paddle, eval_dir, page):
-    """Issue 3 acceptance on UNLV magazine scans: narrow gutters (8071) and a caption across the gutter
+    """Reading order on UNLV magazine scans: narrow gutters (8071) and a caption across the gutter
     (8087). Plain output order against the upstream transcription, no re-alignment."""
     from polycap.pipelines.ocr_eval import cer_counts
 
