@@ -1,1 +1,1 @@
-"""Pipelines: the typer CLI, config loading, and thin modules that wire stages together."""
+"""Pipelines: the typer CLI and thin modules that wire stages together (config lives in schemas/config.py)."""

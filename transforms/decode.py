@@ -288,7 +288,7 @@ class DecodeImages(beam.PTransform):
 
     `cfg.threads` pool threads decode in parallel (Pillow releases the GIL while it decodes, resizes and
     encodes). With `stage_root` the decoded bytes are written to the staging folder in the same thread
-    (transforms/staging.py), so image bytes never sit in a materialized PCollection."""
+    (sharding/staging.py), so image bytes never sit in a materialized PCollection."""
 
     def __init__(self, cfg: DecodeConfig, stage_root: str | None = None):
         super().__init__()

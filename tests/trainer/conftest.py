@@ -1,4 +1,4 @@
-"""Tiny shards for trainer tests, written with the real shard writer's `write_tar` (sharding/format.py layout)."""
+"""Tiny shards for trainer tests, written with the real shard writer's `write_tar` (sharding/members.py layout)."""
 from __future__ import annotations
 
 import hashlib
