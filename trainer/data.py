@@ -233,13 +233,31 @@ class ShardStream:
         self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
 
 
+class NoExamplesError(ValueError):
+    """A whole epoch gave no training example: every sample was skipped (the message says why)."""
+
+
 def batches(stream: ShardStream, builder: ExampleBuilder, batch_size: int, pad_id: int) -> Iterator[dict]:
-    """Endless collated batches; skipped samples are counted in builder.skipped, never padded over."""
+    """Endless collated batches; skipped samples are counted in builder.skipped, never padded over.
+
+    A full epoch in which every sample is skipped raises NoExamplesError with the skip counts by reason,
+    instead of looping over the shards forever."""
     pending: list[dict[str, Any]] = []
+    epoch_now, whole_epoch = stream.epoch, stream.consumed == 0
+    seen = built = 0
     for epoch, sample in stream:
+        if epoch != epoch_now:
+            if whole_epoch and built == 0:
+                reasons = ", ".join(f"{k}: {v}" for k, v in sorted(builder.skipped.items())) or "none recorded"
+                raise NoExamplesError(f"epoch {epoch_now} gave no training example: all {seen} samples were "
+                                      f"skipped ({reasons}); stage {builder.stage!r} needs captions (pretrain) "
+                                      f"or conversations (sft) in the weighted languages")
+            epoch_now, whole_epoch, seen, built = epoch, True, 0, 0
+        seen += 1
         ex = builder.build(sample, epoch)
         if ex is None:
             continue
+        built += 1
         pending.append(ex)
         if len(pending) == batch_size:
             yield collate(pending, pad_id)

@@ -11,7 +11,9 @@ from polycap.sharding.turns import available_langs, sample_turns
 from polycap.trainer.data import (
     IGNORE,
     ExampleBuilder,
+    NoExamplesError,
     ShardStream,
+    batches,
     choose_lang,
     encode_turns,
     truncate,
@@ -138,3 +140,28 @@ def test_ranks_see_disjoint_samples_that_cover_the_epoch(shards32, world):
         seen.append(keys)
     flat = [k for keys in seen for k in keys]
     assert len(flat) == len(set(flat)) == 32
+
+
+def test_an_epoch_without_any_example_stops_with_the_skip_counts(processor, tmp_path):
+    """Shards whose samples have no text (images without captions) stop training with an error, not a loop."""
+    from tests.trainer.conftest import make_samples, write_shards
+
+    write_shards(str(tmp_path), make_samples(5, langs=(), conversations=False), per_shard=2)
+    builder = ExampleBuilder(tokenizer=processor.tokenizer, stage="pretrain", tokens_per_tile=16,
+                             lang_weights={"en": 1.0}, tile=processor.image_processor.size["height"],
+                             max_len=512, max_tiles=6)
+    with pytest.raises(NoExamplesError, match=r"all 5 samples were skipped \(no_text_in_weighted_langs: 5\)"):
+        next(batches(ShardStream(str(tmp_path)), builder, batch_size=2, pad_id=0))
+
+
+def test_an_epoch_with_some_examples_keeps_going(processor, tmp_path):
+    from tests.trainer.conftest import make_samples, write_shards
+
+    samples = make_samples(3, langs=(), conversations=False) + make_samples(1, start=50)
+    write_shards(str(tmp_path), samples, per_shard=2)
+    builder = ExampleBuilder(tokenizer=processor.tokenizer, stage="pretrain", tokens_per_tile=16,
+                             lang_weights={"en": 1.0}, tile=processor.image_processor.size["height"],
+                             max_len=512, max_tiles=6)
+    it = batches(ShardStream(str(tmp_path)), builder, batch_size=2, pad_id=0)
+    assert len(next(it)["keys"]) == 2 and len(next(it)["keys"]) == 2     # the one example, over epochs
+    assert builder.skipped["no_text_in_weighted_langs"] >= 3
