@@ -108,6 +108,12 @@ def tar_info(name: str, size: int) -> tarfile.TarInfo:
     return ti
 
 
+def add_members(tf: tarfile.TarFile, members: Iterable[tuple[str, bytes]]) -> None:
+    """Append `(name, data)` members to an open tar, each with the fixed metadata of `tar_info`."""
+    for name, data in members:
+        tf.addfile(tar_info(name, len(data)), io.BytesIO(data))
+
+
 class _HashingWriter:
     """File-like that forwards writes and keeps a running sha256 and byte count."""
 
@@ -126,8 +132,7 @@ def write_tar(fileobj: Any, samples: Iterable[Sample]) -> tuple[str, int]:
     hw = _HashingWriter(fileobj)
     with tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT) as tf:  # type: ignore[call-overload]
         for s in samples:
-            for name, data in sample_members(s):
-                tf.addfile(tar_info(name, len(data)), io.BytesIO(data))
+            add_members(tf, sample_members(s))
     return hw.sha.hexdigest(), hw.size
 
 

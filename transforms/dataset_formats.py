@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import copy
-import io
 import json
 import os
 import tarfile
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from polycap.sharding.writer import add_members
 
 FORMATS = ("llava", "sharegpt", "messages", "captions", "shards")
 Path_ = tuple[Any, ...]   # where a text sits inside a record, e.g. ("conversations", 2, "value")
@@ -267,7 +268,4 @@ def _write_tar(path: str, records: list[dict[str, Any]]) -> None:
             members = [(f"{r['key']}.jpg", r["jpg"]),
                        (f"{r['key']}.json", json.dumps(r["json"], ensure_ascii=False, sort_keys=True).encode())]
             members += [(f"{r['key']}.{lang}.txt", t.encode("utf-8")) for lang, t in sorted(r["texts"].items())]
-            for name, data in members:
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime, info.mode = len(data), 0, 0o644
-                tf.addfile(info, io.BytesIO(data))
+            add_members(tf, members)
