@@ -10,11 +10,10 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 
 from polycap.sharding import manifest as mf
+from polycap.sharding.image_format import sniff_format
 from polycap.sharding.members import SHARD_RE, split_member, text_lang
 from polycap.sharding.reader import end_blocks_ok, member_end
 from polycap.sharding.writer import SAFE_KEY_RE, TMP_RE
-
-JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 @dataclass
@@ -48,7 +47,7 @@ def _check_sample(name: str, key: str, parts: dict[str, bytes], errors: list[str
         errors.append(f"{name}: key {key!r} is not a dot-free name")
     if not parts.get("jpg"):
         errors.append(f"{name}: sample {key} has no jpg")
-    elif not parts["jpg"].startswith(JPEG_MAGIC):
+    elif sniff_format(parts["jpg"]) != "JPEG":
         warnings.append(f"{name}: sample {key} jpg member is not JPEG data")
     if "json" not in parts:
         errors.append(f"{name}: sample {key} has no json")

@@ -11,22 +11,12 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from polycap.schemas import Hashes, ImageInfo, Reason, Reject, Sample
 from polycap.schemas.config import DecodeConfig
+from polycap.sharding.image_format import sniff_format
 from polycap.sharding.staging import stage_bytes
 from polycap.transforms.plumbing import auto_threads, make_reject, route_stage, stage_dofn
 
 STAGE = "decode"
 
-# Leading bytes of image containers, so "an image Pillow cannot read" is told apart from "not an image".
-_MAGIC: list[tuple[bytes, str]] = [
-    (b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
-    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "BigTIFF"), (b"MM\x00+", "BigTIFF"),
-    (b"\xff\x0a", "JPEG XL"), (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL"),
-    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"),
-    (b"8BPS", "PSD"), (b"BM", "BMP"), (b"\x00\x00\x01\x00", "ICO"), (b"qoif", "QOI"),
-    (b"FUJIFILMCCD-RAW", "Fujifilm RAF"), (b"IIRO", "Olympus ORF"), (b"IIU\x00", "Panasonic RW2"),
-]
-_FTYP_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"hevc": "HEIC", b"mif1": "HEIF", b"msf1": "HEIF",
-                b"avif": "AVIF", b"avis": "AVIF", b"crx ": "Canon CR3"}
 # Words in Pillow's error messages that mean "valid container, variant not supported", not damage.
 _UNSUPPORTED_HINTS = ("unknown pixel mode", "not supported", "unsupported", "not available",
                       "unknown compression", "unknown raw mode", "cannot handle")
@@ -57,18 +47,6 @@ class Decoded:
     orig_height: int
     phash: str
     info: dict[str, Any] = field(default_factory=dict)   # -> provenance["decode"]
-
-
-def sniff_format(data: bytes) -> str | None:
-    """Name of the image container the leading bytes announce, or None."""
-    if data[4:8] == b"ftyp":
-        return _FTYP_BRANDS.get(data[8:12], None)
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    for magic, name in _MAGIC:
-        if data.startswith(magic):
-            return name
-    return None
 
 
 def describe_non_image(data: bytes) -> str:

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from polycap.sharding.image_format import mime_type
 from polycap.transforms.backends.base import BackendSpec, GenBackend, GenRequest, GenResult, map_image_parts
 from polycap.transforms.retry import BACKOFF_BASE_S, BACKOFF_MAX_S, retry_after_s, retry_wait_s
 
@@ -21,19 +22,15 @@ _NAMED_PARAMS = ("max_tokens", "max_completion_tokens", "temperature", "top_p", 
                  "presence_penalty", "frequency_penalty", "n", "logit_bias")
 # 4xx statuses worth retrying (RFC 9110: 408 Request Timeout, 409 Conflict, 429 Too Many Requests).
 _RETRY_4XX = (408, 409, 429)
-_MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"GIF87a", "image/gif"),
-          (b"GIF89a", "image/gif"), (b"BM", "image/bmp"), (b"II*\x00", "image/tiff"), (b"MM\x00*", "image/tiff"))
 
 
 # -- pure request building -------------------------------------------------------------------------
 def image_mime(data: bytes) -> str:
     """MIME type from the file's magic bytes; ValueError when it is no image format we know."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    for magic, mime in _MAGIC:
-        if data.startswith(magic):
-            return mime
-    raise ValueError(f"unrecognised image bytes (starts with {data[:8]!r})")
+    mime = mime_type(data)
+    if mime is None:
+        raise ValueError(f"unrecognised image bytes (starts with {data[:8]!r})")
+    return mime
 
 
 def image_data_url(data: bytes) -> str:
