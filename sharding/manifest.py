@@ -1,17 +1,15 @@
 """The shard manifest: one parquet row per sample, with its shard's sha256, size and sample count."""
 from __future__ import annotations
 
-import os
-import posixpath
 from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 
 from polycap.schemas import Sample
+from polycap.sharding import fs
 
 MANIFEST_NAME = "manifest.parquet"
 SHARDS_DIR = "shards"
@@ -36,51 +34,28 @@ SIDECAR_SCHEMA = pa.schema([MANIFEST_SCHEMA.field(n) for n in
                             ("key", "source_uri", "source_name", "width", "height", "languages")])
 
 
-def abs_path(path: str) -> str:
-    """Absolute local paths (workers of a multi-process runner share them); URLs unchanged."""
-    return path if "://" in path else os.path.abspath(path)
-
-
-def ensure_dir(path: str) -> None:
-    if not FileSystems.exists(path):
-        try:
-            FileSystems.mkdirs(path)
-        except OSError:
-            if not FileSystems.exists(path):   # another worker made it in between
-                raise
-
-
-def join(base: str, *parts: str) -> str:
-    return FileSystems.join(base, *parts)
-
-
-def basename(path: str) -> str:
-    return posixpath.basename(path.rstrip("/"))
+# Path helpers live in the one filesystem layer (sharding/fs.py); these names stay for their callers.
+abs_path = fs.abs_path
+join = fs.join
+basename = fs.basename
+ensure_dir = fs.mkdirs
 
 
 def resolve_dirs(path: str) -> tuple[str, str]:
     """(run_dir, shards_dir) for a run dir (holding `shards/`) or a shard dir (manifest in its parent)."""
     path = path.rstrip("/") or "/"
-    # Object stores have no directories, so look for files first.
-    if FileSystems.exists(join(path, MANIFEST_NAME)) or FileSystems.exists(join(path, SHARDS_DIR)):
+    if fs.is_file(join(path, MANIFEST_NAME)) or fs.is_dir(join(path, SHARDS_DIR)):
         return path, join(path, SHARDS_DIR)
-    parent = FileSystems.split(path)[0]
-    if FileSystems.exists(join(parent, MANIFEST_NAME)):
+    parent = fs.parent(path)
+    if fs.is_file(join(parent, MANIFEST_NAME)):
         return parent, path
     return path, path
 
 
 def list_files(directory: str) -> dict[str, int]:
-    """basename -> size of the plain files directly inside `directory` (hidden ones included)."""
-    if not FileSystems.exists(directory):
-        return {}
-    pattern = join(directory, "*")
-    out: dict[str, int] = {}
-    for m in FileSystems.match([pattern])[0].metadata_list:
-        rel = m.path[len(directory.rstrip("/")) + 1:]
-        if "/" not in rel:
-            out[rel] = m.size_in_bytes
-    return out
+    """basename -> size of the plain files directly inside `directory` (hidden ones included); a folder on
+    an object store is a prefix, so this lists by prefix there."""
+    return fs.list_dir(directory)
 
 
 def sidecar_rows(samples: Iterable[Sample]) -> dict[str, list[Any]]:
@@ -97,8 +72,7 @@ def sidecar_rows(samples: Iterable[Sample]) -> dict[str, list[Any]]:
 
 
 def read_table(path: str) -> pa.Table:
-    with FileSystems.open(path) as f:
-        return pq.read_table(f)
+    return fs.read_parquet(path)
 
 
 def shard_table(sidecar: pa.Table, split: str, shard: str, sha256: str, size: int) -> pa.Table:
@@ -113,9 +87,9 @@ def shard_table(sidecar: pa.Table, split: str, shard: str, sha256: str, size: in
 
 def kept_rows(old_manifest: str, split: str) -> Iterable[pa.RecordBatch]:
     """Rows of other splits from an existing manifest (a run dir may hold train and val shards)."""
-    if not FileSystems.exists(old_manifest):
+    if not fs.is_file(old_manifest):
         return
-    with FileSystems.open(old_manifest) as f:
+    with fs.open_read(old_manifest) as f:
         pf = pq.ParquetFile(f)
         if pf.schema_arrow.names != MANIFEST_SCHEMA.names:
             return
@@ -130,7 +104,7 @@ def read_manifest(path: str) -> pa.Table | None:
     """The manifest of a run dir or shard dir, or None when there is none."""
     run_dir, _ = resolve_dirs(path)
     mpath = join(run_dir, MANIFEST_NAME)
-    return read_table(mpath) if FileSystems.exists(mpath) else None
+    return read_table(mpath) if fs.is_file(mpath) else None
 
 
 def shards_of(manifest: pa.Table) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,244 @@
+"""The one filesystem layer for run artifacts: local paths, s3://, gs://, ... through Beam `FileSystems`.
+
+Every file a job or a `polycap shards` command reads or writes goes through here (STYLE.md rule 24), so one
+set of options reaches every backend: workers get them from the runner, launcher-side commands call
+`configure(pipeline_args)` with the same `-- --s3_endpoint_url=...` arguments. Parquet is read and written
+through Beam's file handles, never through pyarrow's own S3/GCS clients (they would need a second set of
+credentials and endpoints).
+
+Object stores have no directories: a "folder" exists when some object's name starts with `folder/`,
+`mkdirs` is a no-op there, a single PUT is already atomic (an upload becomes visible only when complete),
+and deleting a folder deletes every object under its prefix.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import posixpath
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import IO, Any
+
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+RAW = CompressionTypes.UNCOMPRESSED   # never guess a codec from the name (`.gz`): run artifacts are raw bytes
+
+
+def configure(pipeline_args: list[str] | None) -> None:
+    """Give the launcher's FileSystems the Beam options (`--s3_endpoint_url`, `--s3_access_key_id`, ...)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    FileSystems.set_options(PipelineOptions(list(pipeline_args or [])))
+
+
+def has_dirs(path: str) -> bool:
+    """True for filesystems with real directories (local disk); False for object stores."""
+    return bool(FileSystems.get_filesystem(path).has_dirs())
+
+
+def is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def abs_path(path: str) -> str:
+    """Absolute local paths (workers of a multi-process runner share them); URLs unchanged."""
+    return path if "://" in path else os.path.abspath(path)
+
+
+def join(base: str, *parts: str) -> str:
+    return FileSystems.join(base, *parts)
+
+
+def basename(path: str) -> str:
+    return posixpath.basename(path.rstrip("/"))
+
+
+def parent(path: str) -> str:
+    return FileSystems.split(path.rstrip("/"))[0]
+
+
+def _prefix(folder: str) -> str:
+    return folder.rstrip("/") + "/"
+
+
+def is_file(path: str) -> bool:
+    if has_dirs(path):
+        return os.path.isfile(path) if is_local(path) else FileSystems.exists(path)
+    return FileSystems.exists(path)
+
+
+def is_dir(path: str) -> bool:
+    """A local directory, or an object-store prefix with at least one object under it."""
+    if has_dirs(path):
+        return os.path.isdir(path) if is_local(path) else FileSystems.exists(path)
+    return bool(FileSystems.match([_prefix(path) + "**"], limits=[1])[0].metadata_list)
+
+
+def exists(path: str) -> bool:
+    """A file, or a folder (object stores: any object under `path/`)."""
+    return FileSystems.exists(path) or (not has_dirs(path) and is_dir(path))
+
+
+def list_dir(folder: str, recursive: bool = False) -> dict[str, int]:
+    """name relative to `folder` -> size, for files directly inside it (or, `recursive`, anywhere below).
+    Hidden names are included; a missing folder lists as empty."""
+    prefix = _prefix(folder)
+    out: dict[str, int] = {}
+    for m in FileSystems.match([prefix + "**"])[0].metadata_list:
+        rel = m.path[len(prefix):] if m.path.startswith(prefix) else basename(m.path)
+        if rel and (recursive or "/" not in rel):
+            out[rel] = m.size_in_bytes
+    return out
+
+
+def size(path: str) -> int:
+    return int(FileSystems.match([path])[0].metadata_list[0].size_in_bytes)
+
+
+def mkdirs(path: str) -> None:
+    """Create a local directory (and parents); nothing to do on object stores. Safe under races."""
+    if not has_dirs(path):
+        return
+    if is_local(path):
+        os.makedirs(path, exist_ok=True)
+        return
+    if not FileSystems.exists(path):
+        try:
+            FileSystems.mkdirs(path)
+        except OSError:
+            if not FileSystems.exists(path):
+                raise
+
+
+def open_read(path: str) -> IO[bytes]:
+    """A seekable binary reader (Beam's handle: local file, S3/GCS ranged reads)."""
+    return FileSystems.open(path, compression_type=RAW)
+
+
+def create(path: str) -> IO[bytes]:
+    """A binary writer at `path` (local parents created). Not atomic locally: see `atomic_create`."""
+    if has_dirs(path):
+        mkdirs(parent(path))
+    return FileSystems.create(path, compression_type=RAW)
+
+
+def temp_name(path: str) -> str:
+    """A hidden temp name beside `path` (`.<name>.tmp-<32 hex>`): no reader lists it, validate warns on it."""
+    return join(parent(path), f".{basename(path)}.tmp-{uuid.uuid4().hex}")
+
+
+@contextlib.contextmanager
+def atomic_create(path: str) -> Iterator[IO[bytes]]:
+    """Write `path` so readers see the old file or the whole new one, never a part.
+
+    Local: a temp file beside it, fsync, rename over. Object stores: one upload, which only becomes visible
+    when it completes (a killed process leaves nothing); on an exception the completed object is removed."""
+    if not has_dirs(path):
+        f = FileSystems.create(path, compression_type=RAW)
+        try:
+            yield f
+        except BaseException:
+            f.close()
+            delete([path])
+            raise
+        f.close()
+        return
+    tmp = temp_name(path)
+    f = create(tmp)
+    try:
+        yield f
+        f.flush()
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            os.fsync(f.fileno())
+        f.close()
+        FileSystems.rename([tmp], [path])
+    except BaseException:
+        f.close()
+        delete([tmp])
+        raise
+
+
+def read_bytes(path: str) -> bytes:
+    with open_read(path) as f:
+        return f.read()
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Atomic small-file write (temp + rename locally; a single PUT on object stores)."""
+    with atomic_create(path) as f:
+        f.write(data)
+
+
+def read_json(path: str) -> Any:
+    return json.loads(read_bytes(path).decode("utf-8"))
+
+
+def write_json(path: str, data: Any, indent: int | None = 2) -> None:
+    text = json.dumps(data, indent=indent, ensure_ascii=False, sort_keys=True, default=str)
+    write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+def rename(src: list[str], dst: list[str]) -> None:
+    if src:
+        FileSystems.rename(src, dst)
+
+
+def delete(paths: Iterable[str]) -> None:
+    """Delete files; a path that is already gone is not an error (retries and races converge)."""
+    paths = list(paths)
+    if not paths:
+        return
+    try:
+        FileSystems.delete(paths)
+    except BeamIOError as e:
+        still = [p for p in (e.exception_details or {}) if FileSystems.exists(p)]
+        if still:
+            raise
+
+
+def delete_prefix(folder: str) -> int:
+    """Remove a folder and everything under it (every object under `folder/` on object stores);
+    returns how many files went. A missing folder is not an error."""
+    if has_dirs(folder):
+        if not exists(folder):
+            return 0
+        n = len(list_dir(folder, recursive=True))
+        delete([folder])
+        return n
+    names = list_dir(folder, recursive=True)
+    delete([join(folder, n) for n in names])
+    return len(names)
+
+
+# ---------------------------------------------------------------- parquet through Beam handles
+
+def read_parquet(path: str, columns: list[str] | None = None, filters: Any = None) -> Any:
+    import pyarrow.parquet as pq
+
+    with open_read(path) as f:
+        return pq.read_table(f, columns=columns, filters=filters)
+
+
+def iter_parquet(path: str, columns: list[str] | None = None, batch_size: int = 1024) -> Iterator[Any]:
+    """Record batches of one parquet file, streamed (one batch in memory)."""
+    import pyarrow.parquet as pq
+
+    with open_read(path) as f:
+        yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
+
+
+def parquet_schema(path: str) -> Any:
+    import pyarrow.parquet as pq
+
+    with open_read(path) as f:
+        return pq.ParquetFile(f).schema_arrow
+
+
+def write_parquet(path: str, table: Any) -> None:
+    """One parquet file, atomically (see `atomic_create`)."""
+    import pyarrow.parquet as pq
+
+    with atomic_create(path) as f:
+        pq.write_table(table, f)
