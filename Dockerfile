@@ -2,7 +2,7 @@
 # GPU workers: build FROM a CUDA base and install the `vllm` extra (it brings its own CUDA torch).
 FROM apache/beam_python3.11_sdk:2.77.0
 WORKDIR /opt/polycap
-COPY pyproject.toml setup.py README.md ./
+COPY pyproject.toml setup.py README.md LICENSE ./
 COPY polycap polycap
 COPY pipelines pipelines
 COPY transforms transforms
@@ -10,5 +10,6 @@ COPY schemas schemas
 COPY sharding sharding
 COPY prompts prompts
 COPY trainer trainer
+COPY configs configs
 ARG EXTRAS=ocr
 RUN pip install --no-cache-dir torch==2.13.0 && pip install --no-cache-dir ".[${EXTRAS}]"

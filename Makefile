@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 EXTRAS ?= ocr,local,smoke-llm,dev,demo
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: help install demo test test-fast bench lint clean
+.PHONY: help install browser demo test test-fast bench lint clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -23,7 +23,14 @@ install: $(STAMP) ## create .venv and install polycap with the CPU extras
 demo: install ## build the bundled sample and run the main job on it (CPU defaults)
 	$(BIN)/python -m polycap.pipelines.demo
 
-test: install ## run the test suite (what CI runs)
+CHROMIUM ?= /usr/bin/chromium
+browser: ## Debian's chromium for the report's browser test: installed when missing and run as root, else it skips
+	@if [ -x "$(CHROMIUM)" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; \
+	else echo "chromium: $(CHROMIUM) missing and not root; tests/pipelines/test_report_browser.py will skip"; fi
+
+test: install browser ## run the test suite (what CI runs)
 	$(BIN)/python -m pytest -q tests
 
 test-fast: install ## tests without the slow ones

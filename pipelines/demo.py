@@ -93,6 +93,9 @@ def main() -> int:
     build_sample(Path(cfg.sources[0].path))
     stats = run(cfg, sys.argv[1:], config_path=str(DEMO_CONFIG))
     print("\n".join(summary_lines(stats, cfg.output)))
+    from polycap.pipelines.report import write_report
+
+    print(f"[polycap] report: {write_report(cfg.output)} (open it in a browser; `polycap report OUT` writes one)")
     if not stats["balanced"]:
         return 3
     if os.environ.get("POLYCAP_DEMO_TRAIN", "1") != "0":

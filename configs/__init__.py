@@ -1,0 +1,1 @@
+"""Bundled example job configs (`*.yaml`), installed as package data: `polycap init` copies one out."""
