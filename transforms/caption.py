@@ -23,7 +23,15 @@ from polycap.transforms.backends.base import BackendSpec, GenBackend, GenModelHa
 from polycap.transforms.cache import ResultCache, cache_key
 from polycap.transforms.caption_gates import GateConfig, run_gates
 from polycap.transforms.langid import language_name
-from polycap.transforms.plumbing import DEAD, REJECTS, SAMPLES, StageDoFn, make_reject
+from polycap.transforms.plumbing import (
+    SAMPLES,
+    RoutingDoFn,
+    StageDoFn,
+    apply_stage,
+    dead_letters,
+    make_reject,
+    route_stage,
+)
 
 STAGE = "caption"
 ENDPOINT_ENV = "POLYCAP_CAPTION_ENDPOINT"
@@ -339,14 +347,15 @@ class CaptionModelHandler(ModelHandler[CaptionJob, PredictionResult, GenBackend]
         return sum(len(j.sample.image.bytes) or j.sample.image.width * j.sample.image.height // 8 for j in batch)
 
 
-class _PrepareDoFn(beam.DoFn):
+class _PrepareDoFn(RoutingDoFn):
     """Builds the job; answers it from the cache when every attempt it needs is cached."""
+
+    stage = STAGE
 
     def __init__(self, cfg: CaptionConfig, prompts: dict[str, Prompt], spec: BackendSpec, cache_root: str | None,
                  gates: GateConfig, quality: str):
         self.cfg, self.prompts, self.spec, self.cache_root, self.gates = cfg, prompts, spec, cache_root, gates
         self.quality = quality
-        self.cached = Metrics.counter(STAGE, "cached")
 
     def process(self, sample: Sample):
         job = make_job(sample, self.prompts, self.cfg, self.spec)
@@ -354,7 +363,7 @@ class _PrepareDoFn(beam.DoFn):
             cache = ResultCache(self.cache_root)
             attempts = run_attempts([job], lambda reqs: [_cached(cache, r.key) for r in reqs], self.gates)[0]
             if attempts is not None:
-                self.cached.inc()
+                self.count("cached")
                 yield (job, attempts, self.quality)
                 return
         yield beam.pvalue.TaggedOutput(JOBS, job)
@@ -363,17 +372,6 @@ class _PrepareDoFn(beam.DoFn):
 def _cached(cache: ResultCache, key: str) -> dict[str, Any] | None:
     hit = cache.get(key)
     return None if hit is None else {**hit, "cached": True}
-
-
-def _dead_to_rejects(bad: tuple[Any, Any]) -> list[Reject]:
-    """Dead letters from any step (a Sample, an outcome tuple, or a failed batch of jobs) -> one Reject each."""
-    element, err = bad
-    detail = f"{err[0].__name__ if isinstance(err[0], type) else err[0]}: {err[1]}" if isinstance(err, tuple) \
-        else str(err)
-    items = element if isinstance(element, list) else [element]
-    samples = [x if isinstance(x, Sample) else x.sample if isinstance(x, CaptionJob) else x[0].sample
-               for x in items]
-    return [make_reject(s, STAGE, Reason.INTERNAL_ERROR, detail[:2000]) for s in samples]
 
 
 class CaptionImages(beam.PTransform):
@@ -390,17 +388,13 @@ class CaptionImages(beam.PTransform):
         self.quality = caption_quality(cfg)
 
     def expand(self, pcoll):
-        prep = pcoll | "Prepare" >> beam.ParDo(
-            _PrepareDoFn(self.cfg, self.prompts, self.spec, self.cache_root, self.gates, self.quality)
-        ).with_outputs(JOBS, main=SAMPLES).with_exception_handling(main_tag=SAMPLES, dead_letter_tag=DEAD)
+        # dead letters of every step (a sample, a failed batch of jobs, an outcome) become internal_error rejects
+        prep, prep_rejects = apply_stage(pcoll, "Prepare", _PrepareDoFn(
+            self.cfg, self.prompts, self.spec, self.cache_root, self.gates, self.quality), STAGE, JOBS)
         handler = CaptionModelHandler(self.spec, self.cache_root, self.gates, self.quality, self.cfg.batch_size)
         predictions, dlq = prep[JOBS] | "Generate" >> RunInference(handler).with_exception_handling()
         generated = predictions | "Outcomes" >> beam.Map(lambda pr: pr.inference)
         outcomes = (prep[SAMPLES], generated) | "AllOutcomes" >> beam.Flatten()
-        done = outcomes | "Finish" >> beam.ParDo(StageDoFn(finish_outcome, STAGE)).with_outputs(
-            REJECTS, main=SAMPLES).with_exception_handling(main_tag=SAMPLES, dead_letter_tag=DEAD)
-        dead = [prep[DEAD] | "PrepareDead" >> beam.FlatMap(_dead_to_rejects),
-                dlq.failed_inferences | "GenerateDead" >> beam.FlatMap(_dead_to_rejects),
-                done[DEAD] | "FinishDead" >> beam.FlatMap(_dead_to_rejects)]
-        rejects = (done[REJECTS], *dead) | "Rejects" >> beam.Flatten()
-        return done[SAMPLES], rejects
+        done, done_rejects = route_stage(outcomes, "Finish", StageDoFn(finish_outcome, STAGE), STAGE)
+        failed = dlq.failed_inferences | "GenerateDeadLetters" >> dead_letters(STAGE)
+        return done, (prep_rejects, failed, done_rejects) | "Rejects" >> beam.Flatten()

@@ -8,10 +8,10 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from polycap.schemas import Reason, Sample
+from polycap.schemas import Reason, Reject, Sample
 from polycap.schemas.config import DedupConfig
 from polycap.transforms.decode import phash_hex
-from polycap.transforms.plumbing import REJECTS, SAMPLES, make_reject
+from polycap.transforms.plumbing import RoutingDoFn, make_reject, route_stage
 
 STAGE = "dedup"
 HASH_BITS = 64
@@ -160,6 +160,28 @@ def components(edges: Iterable[tuple[Member, Member]]) -> Iterator[tuple[str, tu
                 yield m.key, (kept.key, kept.uri, hamming(m.phash, kept.phash))
 
 
+def decide(key: str, samples: Iterable[Sample], drops: list[tuple[str, str, int]],
+           cfg: DedupConfig) -> list[Sample | Reject]:
+    """One content key's outcomes: every copy rejected when the key is a near duplicate of another key
+    (`drops` names the kept one), else the copy with the smallest source uri kept (and the other exact
+    copies rejected when `cfg.exact`)."""
+    if drops:
+        kept_key, kept_uri, dist = min(drops)
+        t = cfg.max_hamming
+        how = (f"pHash Hamming {dist} <= dedup.max_hamming {t}" if dist <= t else
+               f"pHash Hamming {dist} to the kept image, linked by a chain of pairs each <= {t}")
+        return [make_reject(s, STAGE, Reason.DUPLICATE, f"near duplicate of {kept_key} ({how}; kept {kept_uri})")
+                for s in samples]
+    samples = list(samples)
+    if not samples:
+        return []
+    first = min(range(len(samples)), key=lambda i: (samples[i].source.uri, samples[i].source.name, i))
+    kept_uri = samples[first].source.uri
+    return [s if i == first or not cfg.exact else
+            make_reject(s, STAGE, Reason.DUPLICATE, f"exact duplicate of {key} (same content sha256; kept {kept_uri})")
+            for i, s in enumerate(samples)]
+
+
 class _BandFn(beam.DoFn):
     def __init__(self, cfg: DedupConfig):
         self.widths = band_widths(n_bands(cfg))
@@ -183,45 +205,21 @@ class _BucketFn(beam.DoFn):
         yield from bucket_edges(band, members, self.cfg)
 
 
-class _DecideFn(beam.DoFn):
+class _DecideFn(RoutingDoFn):
     """Per content key: keep one sample, or none when the key is a near duplicate of another key."""
+
+    stage = STAGE
 
     def __init__(self, cfg: DedupConfig):
         self.cfg = cfg
-        self.kept = Metrics.counter(STAGE, "kept")
-        self.dropped = Metrics.counter(STAGE, f"dropped_{Reason.DUPLICATE}")
-        self.exact = Metrics.counter(STAGE, "exact_duplicates")
-        self.near = Metrics.counter(STAGE, "near_duplicates")
-
-    def _reject(self, sample: Sample, detail: str, counter) -> beam.pvalue.TaggedOutput:
-        self.dropped.inc()
-        counter.inc()
-        return beam.pvalue.TaggedOutput(REJECTS, make_reject(sample, STAGE, Reason.DUPLICATE, detail))
 
     def process(self, kv):
         key, grouped = kv
-        samples, drops = grouped["samples"], list(grouped["drop"])
-        if drops:
-            kept_key, kept_uri, dist = min(drops)
-            t = self.cfg.max_hamming
-            how = (f"pHash Hamming {dist} <= dedup.max_hamming {t}" if dist <= t else
-                   f"pHash Hamming {dist} to the kept image, linked by a chain of pairs each <= {t}")
-            for s in samples:
-                yield self._reject(s, f"near duplicate of {kept_key} ({how}; kept {kept_uri})", self.near)
-            return
-        # Exact copies share the key (same bytes); keep the one with the smallest source uri.
-        samples = list(samples)
-        if not samples:
-            return
-        first = min(range(len(samples)), key=lambda i: (samples[i].source.uri, samples[i].source.name, i))
-        for i, s in enumerate(samples):
-            if i == first or not self.cfg.exact:
-                self.kept.inc()
-                yield s
-            else:
-                kept_uri = samples[first].source.uri
-                yield self._reject(s, f"exact duplicate of {key} (same content sha256; kept {kept_uri})",
-                                   self.exact)
+        drops = list(grouped["drop"])
+        for out in decide(key, grouped["samples"], drops, self.cfg):
+            if isinstance(out, Reject):
+                self.count("near_duplicates" if drops else "exact_duplicates")
+            yield self.route(out)
 
 
 def _key_by_content(s: Sample) -> tuple[str, Sample]:
@@ -247,7 +245,5 @@ class DedupImages(beam.PTransform):
                      | "Components" >> beam.FlatMap(lambda kv: components(kv[1])))
         else:
             drops = pcoll.pipeline | "NoNearDups" >> beam.Create([])
-        res = ({"samples": keyed, "drop": drops}
-               | "JoinDecisions" >> beam.CoGroupByKey()
-               | "Decide" >> beam.ParDo(_DecideFn(self.cfg)).with_outputs(REJECTS, main=SAMPLES))
-        return res[SAMPLES], res[REJECTS]
+        joined = {"samples": keyed, "drop": drops} | "JoinDecisions" >> beam.CoGroupByKey()
+        return route_stage(joined, "Decide", _DecideFn(self.cfg), STAGE)

@@ -21,11 +21,10 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 
 from polycap.schemas import Hashes, ImageInfo, Reason, Reject, Sample, Source
 from polycap.schemas.config import IngestConfig, SourceConfig
-from polycap.transforms.plumbing import REJECTS, SAMPLES, PooledDoFn, format_exc
+from polycap.transforms.plumbing import PooledDoFn, RoutingDoFn, format_exc, route_stage
 from polycap.transforms.retry import retry_after_s, retry_wait_s
 
 STAGE = "ingest"
@@ -57,23 +56,10 @@ def ingest_reject(src: SourceConfig, uri: str, reason: Reason, detail: str, key:
                   source_name=source_name(src))
 
 
-class RoutingDoFn(beam.DoFn):
-    """Base for ingest DoFns: Rejects go to the REJECTS output; everything is counted under `ingest`."""
+class IngestDoFn(RoutingDoFn):
+    """Base for ingest DoFns: the stage plumbing's routing and counting, under `ingest`."""
 
-    def _route(self, item: Any) -> Any:
-        if not hasattr(self, "_counters"):
-            self._counters: dict[str, Any] = {}
-        if isinstance(item, Reject):
-            name = f"dropped_{item.reason}"
-            out: Any = beam.pvalue.TaggedOutput(REJECTS, item)
-        elif isinstance(item, Sample):
-            name, out = "kept", item
-        else:  # an intermediate element (a path, a parsed record) is not an outcome
-            return item
-        if name not in self._counters:
-            self._counters[name] = Metrics.counter(STAGE, name)
-        self._counters[name].inc()
-        return out
+    stage = STAGE
 
 
 # ---- URL lists ----
@@ -315,7 +301,7 @@ def download_row(row: UrlRow, src: SourceConfig, cfg: IngestConfig,
 
 # ---- Beam ----
 
-class _ReadUrlListDoFn(RoutingDoFn):
+class _ReadUrlListDoFn(IngestDoFn):
     def __init__(self, src: SourceConfig):
         self.src = src
 
@@ -323,12 +309,12 @@ class _ReadUrlListDoFn(RoutingDoFn):
         try:
             records = iter_list_records(path, self.src.url_col or "url")
             for item in rows_from_list(path, records, self.src):
-                yield self._route(item)
+                yield self.route(item)
         except Exception as e:  # unreadable / corrupt list file: rows read so far were already emitted
-            yield self._route(ingest_reject(self.src, path, Reason.UNREADABLE, format_exc(e)))
+            yield self.route(ingest_reject(self.src, path, Reason.UNREADABLE, format_exc(e)))
 
 
-class _DownloadDoFn(PooledDoFn, RoutingDoFn):
+class _DownloadDoFn(PooledDoFn, IngestDoFn):
     """Keeps up to `concurrency` requests in flight across the whole bundle and emits as they finish."""
 
     thread_name = "polycap-download"
@@ -345,7 +331,7 @@ class _DownloadDoFn(PooledDoFn, RoutingDoFn):
         return download_row(row, self.src, self.cfg, self._opener)  # never raises
 
     def emit(self, result: Sample | Reject) -> Any:
-        return self._route(result)
+        return self.route(result)
 
 
 class DownloadUrls(beam.PTransform):
@@ -356,10 +342,7 @@ class DownloadUrls(beam.PTransform):
         self.src, self.cfg = src, cfg
 
     def expand(self, paths):
-        rows = paths | "ReadLists" >> beam.ParDo(_ReadUrlListDoFn(self.src)).with_outputs(REJECTS, main=SAMPLES)
-        fetched = (rows[SAMPLES]
-                   | "Spread" >> beam.Reshuffle()
-                   | "Download" >> beam.ParDo(_DownloadDoFn(self.src, self.cfg)).with_outputs(
-                       REJECTS, main=SAMPLES))
-        rejects = (rows[REJECTS], fetched[REJECTS]) | "Rejects" >> beam.Flatten()
-        return fetched[SAMPLES], rejects
+        rows, list_rejects = route_stage(paths, "ReadLists", _ReadUrlListDoFn(self.src), STAGE, partial=True)
+        fetched, fetch_rejects = route_stage(rows | "Spread" >> beam.Reshuffle(), "Download",
+                                             _DownloadDoFn(self.src, self.cfg), STAGE)
+        return fetched, (list_rejects, fetch_rejects) | "Rejects" >> beam.Flatten()

@@ -12,14 +12,13 @@ from typing import Any, BinaryIO, ClassVar
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 
 from polycap.schemas import Reason, Reject, Sample
 from polycap.schemas.config import IngestConfig, SourceConfig
 from polycap.schemas.conversations import IMAGE_TOKEN
 from polycap.schemas.conversations import SHAREGPT_ROLE as ROLES
-from polycap.transforms.download import LIST_EXTS, STAGE, DownloadUrls, RoutingDoFn, ingest_reject, new_sample
-from polycap.transforms.plumbing import DEAD, REJECTS, SAMPLES, dead_letter_to_reject, format_exc
+from polycap.transforms.download import LIST_EXTS, STAGE, DownloadUrls, IngestDoFn, ingest_reject, new_sample
+from polycap.transforms.plumbing import format_exc, route_stage
 
 GLOB_CHARS = "*?["
 SIDECAR_EXTS = (".txt", ".json")          # img2dataset layout: <stem>.jpg + <stem>.txt caption + <stem>.json
@@ -329,7 +328,7 @@ def build_llava_sample(image: str, records: list[LlavaRecord], src: SourceConfig
 
 # ---- Beam ----
 
-class _ListFilesDoFn(RoutingDoFn):
+class _ListFilesDoFn(IngestDoFn):
     def __init__(self, src: SourceConfig, exts: tuple[str, ...] | None):
         self.src, self.exts = src, exts
 
@@ -337,24 +336,24 @@ class _ListFilesDoFn(RoutingDoFn):
         try:
             files = list_files(path, self.exts)
         except Exception as e:
-            yield self._route(ingest_reject(self.src, path, Reason.UNREADABLE, f"cannot list: {format_exc(e)}"))
+            yield self.route(ingest_reject(self.src, path, Reason.UNREADABLE, f"cannot list: {format_exc(e)}"))
             return
         if not files:
             wanted = f" ({', '.join(self.exts)})" if self.exts else ""
-            yield self._route(ingest_reject(self.src, path, Reason.UNREADABLE, f"no input files{wanted} match"))
+            yield self.route(ingest_reject(self.src, path, Reason.UNREADABLE, f"no input files{wanted} match"))
         yield from files
 
 
-class _ReadDirDoFn(RoutingDoFn):
+class _ReadDirDoFn(IngestDoFn):
     def __init__(self, src: SourceConfig):
         self.src = src
 
     def process(self, stem_paths: tuple[str, Iterable[str]]):
         for item in read_dir_group(stem_paths[1], self.src):
-            yield self._route(item)
+            yield self.route(item)
 
 
-class _ReadShardDoFn(RoutingDoFn):
+class _ReadShardDoFn(IngestDoFn):
     def __init__(self, src: SourceConfig):
         self.src = src
 
@@ -362,14 +361,14 @@ class _ReadShardDoFn(RoutingDoFn):
         try:
             f = FileSystems.open(shard, compression_type=CompressionTypes.UNCOMPRESSED)
         except Exception as e:
-            yield self._route(ingest_reject(self.src, f"tar://{shard}", Reason.UNREADABLE, format_exc(e)))
+            yield self.route(ingest_reject(self.src, f"tar://{shard}", Reason.UNREADABLE, format_exc(e)))
             return
         with f:
             for item in read_shard(f, shard, self.src):
-                yield self._route(item)
+                yield self.route(item)
 
 
-class _ReadLlavaFileDoFn(RoutingDoFn):
+class _ReadLlavaFileDoFn(IngestDoFn):
     def __init__(self, src: SourceConfig):
         self.src = src
 
@@ -378,35 +377,29 @@ class _ReadLlavaFileDoFn(RoutingDoFn):
         try:
             records = list(iter_json_records(read_bytes(path).decode("utf-8-sig")))
         except Exception as e:
-            yield self._route(ingest_reject(self.src, path, Reason.BAD_RECORD, f"not JSON/JSONL: {format_exc(e)}"))
+            yield self.route(ingest_reject(self.src, path, Reason.BAD_RECORD, f"not JSON/JSONL: {format_exc(e)}"))
             return
         for idx, (where, rec, error) in enumerate(records):
             parsed = (Reason.BAD_RECORD, error) if error else parse_llava_record(rec, path, idx, root)
             if isinstance(parsed, LlavaRecord):
                 yield parsed.image, parsed
             else:
-                yield self._route(ingest_reject(self.src, f"{path}#{where}", parsed[0], parsed[1]))
+                yield self.route(ingest_reject(self.src, f"{path}#{where}", parsed[0], parsed[1]))
 
 
-class _BuildLlavaDoFn(RoutingDoFn):
+class _BuildLlavaDoFn(IngestDoFn):
     def __init__(self, src: SourceConfig):
         self.src = src
 
     def process(self, image_records: tuple[str, Iterable[LlavaRecord]]):
-        yield self._route(build_llava_sample(image_records[0], list(image_records[1]), self.src))
-
-
-def _dead_to_reject(bad: Any) -> Reject:
-    Metrics.counter(STAGE, f"dropped_{Reason.INTERNAL_ERROR}").inc()
-    return dead_letter_to_reject(bad, STAGE)
+        yield self.route(build_llava_sample(image_records[0], list(image_records[1]), self.src))
 
 
 def _routed(pcoll: beam.PCollection, label: str, dofn: beam.DoFn, rejects: list) -> beam.PCollection:
-    """ParDo with a reject output and a dead-letter output (outputs before a crash are kept)."""
-    res = pcoll | label >> beam.ParDo(dofn).with_outputs(REJECTS, main=SAMPLES).with_exception_handling(
-        main_tag=SAMPLES, dead_letter_tag=DEAD, partial=True)
-    rejects += [res[REJECTS], res[DEAD] | f"{label}Dead" >> beam.Map(_dead_to_reject)]
-    return res[SAMPLES]
+    """The stage plumbing's ParDo; outputs before a crash are kept (a list read up to a bad row)."""
+    out, stage_rejects = route_stage(pcoll, label, dofn, STAGE, partial=True)
+    rejects.append(stage_rejects)
+    return out
 
 
 class ReadSource(beam.PTransform):

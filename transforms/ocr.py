@@ -10,14 +10,13 @@ from itertools import pairwise
 from typing import Any, cast
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 
 from polycap.schemas import OcrLine, OcrResult, Reason, Reject, Sample
 from polycap.transforms.backends.ocr_handler import OcrModelHandler
 from polycap.transforms.backends.ocr_models import OcrModelError, check_ocr_models
 from polycap.transforms.langid import top_language
-from polycap.transforms.plumbing import REJECTS, SAMPLES, make_reject
+from polycap.transforms.plumbing import RoutingDoFn, error_detail, make_reject, route_stage, samples_in
 
 __all__ = [
     "OcrModelError",
@@ -324,49 +323,36 @@ def _failed(sample: Sample, error: str, cfg: Any, raw: dict[str, Any]) -> Sample
     return replace(sample, ocr=result, provenance={**sample.provenance, STAGE: _provenance(cfg, raw)})
 
 
-class _Counted(beam.DoFn):
+class _AttachOcr(RoutingDoFn):
+    """PredictionResult(sample, raw engine output) -> sample with `ocr` + provenance, or a reject."""
+
+    stage = STAGE
+
     def __init__(self, cfg: Any):
         self.cfg = cfg
-
-    def _emit(self, out: Sample | Reject, extra: str = ""):
-        if extra:
-            Metrics.counter(STAGE, extra).inc()
-        if isinstance(out, Reject):
-            Metrics.counter(STAGE, f"dropped_{out.reason}").inc()
-            return beam.pvalue.TaggedOutput(REJECTS, out)
-        Metrics.counter(STAGE, "kept").inc()
-        return out
-
-
-class _AttachOcr(_Counted):
-    """PredictionResult(sample, raw engine output) -> sample with `ocr` + provenance, or a reject."""
 
     def process(self, pred: PredictionResult):
         sample, raw = cast(Sample, pred.example), cast("dict[str, Any]", pred.inference)
         if raw.get("error"):
-            yield self._emit(_failed(sample, raw["error"], self.cfg, raw), "failed")
+            self.count("failed")
+            yield self.route(_failed(sample, raw["error"], self.cfg, raw))
             return
         result = to_ocr_result(raw, self.cfg.min_score)
-        out = replace(sample, ocr=result, provenance={**sample.provenance, STAGE: _provenance(self.cfg, raw)})
-        yield self._emit(out, "rotated" if raw.get("angle") else ("empty" if result.status == "empty" else ""))
+        if raw.get("angle") or result.status == "empty":
+            self.count("rotated" if raw.get("angle") else "empty")
+        prov = {**sample.provenance, STAGE: _provenance(self.cfg, raw)}
+        yield self.route(replace(sample, ocr=result, provenance=prov))
 
 
-class _FailBatch(_Counted):
-    """A dead-lettered batch `(samples, error)` from RunInference -> one failure per sample in it."""
+class _FailBatch(_AttachOcr):
+    """A dead-lettered batch `(samples, error)` from RunInference -> one OCR failure per sample in it
+    (ocr.on_failure decides: a reject, or the sample kept with ocr.status=failed)."""
 
     def process(self, bad: tuple[Any, Any]):
         batch, err = bad
-        if isinstance(err, tuple) and len(err) >= 2:
-            err = f"{getattr(err[0], '__name__', err[0])}: {err[1]}"
-        for sample in batch if isinstance(batch, (list, tuple)) else [batch]:
-            yield self._emit(_failed(sample, str(err), self.cfg, {}), "failed")
-
-
-def _attach_dead_letter(bad: tuple[Any, Any], cfg: Any) -> Reject:
-    pred, err = bad
-    sample = cast(Sample, pred.example if isinstance(pred, PredictionResult) else pred)
-    detail = f"{getattr(err[0], '__name__', err[0])}: {err[1]}" if isinstance(err, tuple) else str(err)
-    return make_reject(sample, STAGE, Reason.OCR_FAILED, detail[:2000])
+        for sample in samples_in(batch):
+            self.count("failed")
+            yield self.route(_failed(sample, error_detail(err), self.cfg, {}))
 
 
 class RunOcr(beam.PTransform):
@@ -382,11 +368,8 @@ class RunOcr(beam.PTransform):
         if cfg.engine == "onnxruntime" or cfg.backend == "rapidocr":
             check_ocr_models(cfg)  # local models: fail here, once, not per image on the workers
         main, dlq = pcoll | "Infer" >> RunInference(OcrModelHandler(cfg)).with_exception_handling()
-        res = main | "Attach" >> beam.ParDo(_AttachOcr(cfg)).with_outputs(
-            REJECTS, main=SAMPLES).with_exception_handling(main_tag=SAMPLES, dead_letter_tag="dead")
-        failed = dlq.failed_inferences | "FailedBatches" >> beam.ParDo(_FailBatch(cfg)).with_outputs(
-            REJECTS, main=SAMPLES)
-        attach_dead = res["dead"] | "AttachDeadLetters" >> beam.Map(_attach_dead_letter, cfg)
-        samples = (res[SAMPLES], failed[SAMPLES]) | "OcrSamples" >> beam.Flatten()
-        rejects = (res[REJECTS], failed[REJECTS], attach_dead) | "OcrRejects" >> beam.Flatten()
+        attached, attach_rejects = route_stage(main, "Attach", _AttachOcr(cfg), STAGE)
+        failed, failed_rejects = route_stage(dlq.failed_inferences, "FailedBatches", _FailBatch(cfg), STAGE)
+        samples = (attached, failed) | "OcrSamples" >> beam.Flatten()
+        rejects = (attach_rejects, failed_rejects) | "OcrRejects" >> beam.Flatten()
         return samples, rejects

@@ -1,9 +1,13 @@
-"""Shared stage plumbing: run a per-sample function, count outcomes, route rejects and dead letters."""
+"""The one stage plumbing: run a per-sample function, count outcomes, route rejects and dead letters.
+
+Every stage DoFn derives from `RoutingDoFn` (a Sample is counted `<stage>/kept`, a Reject
+`<stage>/dropped_<reason>` and tagged REJECTS) and is applied with `apply_stage` / `route_stage`, whose
+dead-letter output turns an exception into an INTERNAL_ERROR Reject per sample: never a failed job."""
 from __future__ import annotations
 
 import os
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from typing import Any
 
@@ -27,42 +31,86 @@ def make_reject(sample: Sample, stage: str, reason: Reason, detail: str = "") ->
                   detail=detail, source_name=sample.source.name)
 
 
-def dead_letter_to_reject(bad: tuple[Any, Any], stage: str) -> Reject:
-    """Turn a `.with_exception_handling()` dead letter `(element, (type, msg, tb))` into a Reject."""
-    element, err = bad
+def error_detail(err: Any) -> str:
+    """`Type: message` from a dead letter's error `(type, message, traceback)` (Beam), or its text."""
     if isinstance(err, tuple) and len(err) >= 2:
-        detail = f"{err[0].__name__ if isinstance(err[0], type) else err[0]}: {err[1]}"
-    else:
-        detail = str(err)
-    key = getattr(element, "key", "") or ""
-    uri = element.source.uri if isinstance(element, Sample) else str(element)[:500]
-    name = element.source.name if isinstance(element, Sample) else ""
-    return Reject(key=key, source_uri=uri, stage=stage, reason=Reason.INTERNAL_ERROR,
-                  detail=detail[:2000], source_name=name)
+        return f"{getattr(err[0], '__name__', err[0])}: {err[1]}"[:2000]
+    return str(err)[:2000]
 
 
-class StageDoFn(beam.DoFn):
+def samples_in(element: Any, depth: int = 0) -> list[Sample]:
+    """The Samples a failed element carries: itself, a job's `.sample`, a PredictionResult's `.example`,
+    or those inside a batch, an outcome tuple or a CoGroupByKey group."""
+    if isinstance(element, Sample):
+        return [element]
+    if depth > 4 or element is None or isinstance(element, (str, bytes, bytearray, memoryview)):
+        return []
+    for attr in ("sample", "example"):
+        inner = getattr(element, attr, None)
+        if inner is not None:
+            return samples_in(inner, depth + 1)
+    if isinstance(element, dict):
+        element = list(element.values())
+    if isinstance(element, Iterable):
+        return [s for x in element for s in samples_in(x, depth + 1)]
+    return []
+
+
+def dead_letter_rejects(bad: tuple[Any, Any], stage: str) -> list[Reject]:
+    """The one dead-letter parser: `(element, error)` from `.with_exception_handling()` (or a RunInference
+    failed batch) -> an INTERNAL_ERROR Reject per Sample the element carries, with its key and source uri;
+    one Reject naming the element when it carries none (a list file, a group of paths)."""
+    element, err = bad
+    detail = error_detail(err)
+    samples = samples_in(element)
+    if samples:
+        return [make_reject(s, stage, Reason.INTERNAL_ERROR, detail) for s in samples]
+    return [Reject(key=str(getattr(element, "key", "") or ""), source_uri=str(element)[:500], stage=stage,
+                   reason=Reason.INTERNAL_ERROR, detail=detail)]
+
+
+def _counted_dead_letters(bad: tuple[Any, Any], stage: str) -> list[Reject]:
+    rejects = dead_letter_rejects(bad, stage)
+    Metrics.counter(stage, f"dropped_{Reason.INTERNAL_ERROR}").inc(len(rejects))
+    return rejects
+
+
+def dead_letters(stage: str) -> beam.PTransform:
+    """Dead letters -> counted INTERNAL_ERROR Rejects."""
+    return beam.FlatMap(_counted_dead_letters, stage)
+
+
+class RoutingDoFn(beam.DoFn):
+    """Base of every stage DoFn. `route(item)` counts and tags an outcome: a Sample is `<stage>/kept`
+    (main output), a Reject `<stage>/dropped_<reason>` (REJECTS output); anything else (a path, a parsed
+    record, a job) passes through uncounted. `count(name)` counts any other event under the stage."""
+
+    stage = ""
+
+    def count(self, name: str, n: int = 1) -> None:
+        counters = self.__dict__.setdefault("_counters", {})
+        if name not in counters:
+            counters[name] = Metrics.counter(self.stage, name)
+        counters[name].inc(n)
+
+    def route(self, item: Any) -> Any:
+        if isinstance(item, Reject):
+            self.count(f"dropped_{item.reason}")
+            return beam.pvalue.TaggedOutput(REJECTS, item)
+        if isinstance(item, Sample):
+            self.count("kept")
+        return item
+
+
+class StageDoFn(RoutingDoFn):
     """Applies `fn(sample) -> Sample | Reject`; rejects go to the REJECTS output, all counted."""
 
     def __init__(self, fn: StageFn, stage: str):
         self.fn = fn
         self.stage = stage
-        self._counters: dict[str, Any] = {}
-
-    def _count(self, name: str) -> None:
-        if name not in self._counters:
-            self._counters[name] = Metrics.counter(self.stage, name)
-        self._counters[name].inc()
-
-    def _emit(self, out: Sample | Reject) -> Any:
-        if isinstance(out, Reject):
-            self._count(f"dropped_{out.reason}")
-            return beam.pvalue.TaggedOutput(REJECTS, out)
-        self._count("kept")
-        return out
 
     def process(self, sample: Sample):
-        yield self._emit(self.fn(sample))
+        yield self.route(self.fn(sample))
 
 
 def auto_threads(threads: int) -> int:
@@ -130,7 +178,7 @@ class PooledStageDoFn(PooledDoFn, StageDoFn):
             return make_reject(sample, self.stage, Reason.INTERNAL_ERROR, format_exc(e)[:2000])
 
     def emit(self, result: Sample | Reject) -> Any:
-        return self._emit(result)
+        return self.route(result)
 
     process = PooledDoFn.process  # type: ignore[assignment]  # the pool's, not StageDoFn's
 
@@ -140,13 +188,21 @@ def stage_dofn(fn: StageFn, stage: str, threads: int = 1) -> beam.DoFn:
     return PooledStageDoFn(fn, stage, threads) if threads > 1 else StageDoFn(fn, stage)
 
 
-def route_stage(pcoll: beam.PCollection, label: str, dofn: beam.DoFn,
-                stage: str) -> tuple[beam.PCollection, beam.PCollection]:
-    """ParDo with a REJECTS output and a dead-letter output; returns (samples, rejects)."""
-    res = pcoll | label >> beam.ParDo(dofn).with_outputs(REJECTS, main=SAMPLES).with_exception_handling(
-        main_tag=SAMPLES, dead_letter_tag=DEAD)
-    dead = res[DEAD] | f"{label}DeadLetters" >> beam.Map(dead_letter_to_reject, stage)
-    rejects = (res[REJECTS], dead) | f"{label}Rejects" >> beam.Flatten()
+def apply_stage(pcoll: beam.PCollection, label: str, dofn: beam.DoFn, stage: str, *tags: str,
+                partial: bool = False) -> tuple[Any, beam.PCollection]:
+    """ParDo with outputs SAMPLES (main), REJECTS and `tags`, and a dead-letter output whose exceptions
+    become INTERNAL_ERROR rejects; returns (the outputs, rejects = REJECTS + dead letters). `partial`:
+    keep what an element emitted before it raised (a list file read up to a corrupt row)."""
+    res = pcoll | label >> beam.ParDo(dofn).with_outputs(REJECTS, *tags, main=SAMPLES).with_exception_handling(
+        main_tag=SAMPLES, dead_letter_tag=DEAD, partial=partial)
+    dead = res[DEAD] | f"{label}DeadLetters" >> dead_letters(stage)
+    return res, (res[REJECTS], dead) | f"{label}Rejects" >> beam.Flatten()
+
+
+def route_stage(pcoll: beam.PCollection, label: str, dofn: beam.DoFn, stage: str,
+                partial: bool = False) -> tuple[beam.PCollection, beam.PCollection]:
+    """`apply_stage` for a DoFn with no other outputs; returns (samples, rejects)."""
+    res, rejects = apply_stage(pcoll, label, dofn, stage, partial=partial)
     return res[SAMPLES], rejects
 
 

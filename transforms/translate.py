@@ -17,6 +17,7 @@ from polycap.schemas.config import TranslateConfig
 from polycap.transforms.backends.base import BackendSpec, GenModelHandler, GenRequest, GenResult
 from polycap.transforms.cache import ResultCache, cache_key
 from polycap.transforms.langid import language_name
+from polycap.transforms.plumbing import RoutingDoFn, route_stage
 from polycap.transforms.protect import (
     Masked,
     check_placeholders,
@@ -298,20 +299,18 @@ class _AdvanceFn(beam.DoFn):
             result, fresh = None, False
 
 
-class _AssembleFn(beam.DoFn):
+class _AssembleFn(RoutingDoFn):
+    """Text units are counted `texts_kept` / `texts_dropped_<reason>`: `translate/kept` counts samples."""
+
+    stage = STAGE
+
     def __init__(self, provenance: dict[str, dict[str, Any]]):
         self.provenance = provenance
-
-    def setup(self):
-        self.c_ok = Metrics.counter(STAGE, "kept")
 
     def process(self, element) -> Iterator[Translated]:
         (unit_key, lang), done = element
         out = assemble(unit_key, lang, list(done), self.provenance[lang])
-        if out.text is None:
-            Metrics.counter(STAGE, f"dropped_{out.reason}").inc()
-        else:
-            self.c_ok.inc()
+        self.count("texts_kept" if out.text is not None else f"texts_dropped_{out.reason}")
         yield out
 
 
@@ -403,23 +402,16 @@ def merge_sample(sample, results: list[Translated], langs: list[str]):
                    provenance={**sample.provenance, STAGE: prov})
 
 
-class _MergeSamplesFn(beam.DoFn):
+class _MergeSamplesFn(RoutingDoFn):
+    stage = STAGE
+
     def __init__(self, langs: list[str]):
         self.langs = langs
 
     def process(self, element):
-        from polycap.schemas import Reject
-        from polycap.transforms.plumbing import REJECTS
-
         _, grouped = element
         for sample in grouped["sample"]:
-            out = merge_sample(sample, list(grouped["results"]), self.langs)
-            if isinstance(out, Reject):
-                Metrics.counter(STAGE, f"dropped_{out.reason}").inc()
-                yield beam.pvalue.TaggedOutput(REJECTS, out)
-            else:
-                Metrics.counter(STAGE, "samples_kept").inc()
-                yield out
+            yield self.route(merge_sample(sample, list(grouped["results"]), self.langs))
 
 
 class TranslateSamples(beam.PTransform):
@@ -430,16 +422,10 @@ class TranslateSamples(beam.PTransform):
         self.cfg, self.output_dir = cfg, output_dir
 
     def expand(self, samples):
-        from polycap.transforms.plumbing import DEAD, REJECTS, SAMPLES, dead_letter_to_reject
-
         cache = f"{self.output_dir.rstrip('/')}/_cache/translate"
         results = (samples | "Units" >> beam.FlatMap(sample_units)
                    | "Texts" >> TranslateTexts(self.cfg, cache, list(self.cfg.to))
                    | "BySample" >> beam.Map(lambda r: (r.key.split("/", 1)[0], r)))
         keyed = samples | "KeySamples" >> beam.Map(lambda s: (s.key, s))
-        res = ({"sample": keyed, "results": results} | "Join" >> beam.CoGroupByKey()
-               | "Merge" >> beam.ParDo(_MergeSamplesFn(list(self.cfg.to))).with_outputs(REJECTS, main=SAMPLES)
-               .with_exception_handling(main_tag=SAMPLES, dead_letter_tag=DEAD))
-        dead = res[DEAD] | "DeadLetters" >> beam.Map(dead_letter_to_reject, STAGE)
-        rejects = (res[REJECTS], dead) | "Rejects" >> beam.Flatten()
-        return res[SAMPLES], rejects
+        joined = {"sample": keyed, "results": results} | "Join" >> beam.CoGroupByKey()
+        return route_stage(joined, "Merge", _MergeSamplesFn(list(self.cfg.to)), STAGE)

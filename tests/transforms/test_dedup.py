@@ -206,3 +206,30 @@ def test_chain_same_across_input_order_and_multi_processing(eval_dir, tmp_path):
     multi = run_chain_to_text(raw[::-1], tmp_path / "three.txt",
                               ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
     assert multi == one and sum(ln.startswith("kept") for ln in one) == 4
+
+
+def test_an_exception_in_the_decision_is_an_internal_error_reject_per_sample(monkeypatch):
+    import polycap.transforms.dedup as dedup
+
+    a = make_sample(jpeg_bytes(120, 90, (10, 200, 30)), uri="a")
+    b = make_sample(jpeg_bytes(120, 90, (10, 200, 30)), uri="b")       # same bytes as a: one group
+    c = make_sample(jpeg_bytes(90, 120, (200, 10, 30)), uri="c")
+    samples = [decode_sample(s, DecodeConfig()) for s in (a, b, c)]
+    real = dedup.decide
+
+    def broken(key, group, drops, cfg):
+        if key == samples[0].key:
+            raise RuntimeError("decision bug")
+        return real(key, group, drops, cfg)
+
+    monkeypatch.setattr(dedup, "decide", broken)
+    with TestPipeline() as p:
+        kept, rejects = p | beam.Create(samples) | DedupImages(DedupConfig(near=False))
+        assert_that(kept | beam.Map(lambda s: s.source.uri), equal_to(["c"]), label="kept")
+        assert_that(rejects | "R" >> beam.Map(lambda r: (r.source_uri, r.key, r.stage, str(r.reason),
+                                                         "decision bug" in r.detail)),
+                    equal_to([(u, samples[0].key, "dedup", "internal_error", True) for u in ("a", "b")]),
+                    label="rejects")
+        # inputs == kept + rejected: the failed group's two samples are both accounted for
+        total = ((kept, rejects) | "Both" >> beam.Flatten() | beam.combiners.Count.Globally())
+        assert_that(total, equal_to([len(samples)]), label="conserved")

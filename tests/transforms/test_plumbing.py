@@ -11,7 +11,16 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.utils.windowed_value import WindowedValue
 
 from polycap.schemas import Reason, Reject
-from polycap.transforms.plumbing import PooledStageDoFn, StageDoFn, auto_threads, make_reject, route_stage, stage_dofn
+from polycap.transforms.plumbing import (
+    PooledStageDoFn,
+    RoutingDoFn,
+    StageDoFn,
+    auto_threads,
+    dead_letter_rejects,
+    make_reject,
+    route_stage,
+    stage_dofn,
+)
 from tests.conftest import make_sample
 
 
@@ -94,3 +103,40 @@ def test_stage_dofn_choice_and_auto_threads():
     assert type(stage_dofn(_Probe(), "s", 1)) is StageDoFn
     assert type(stage_dofn(_Probe(), "s", 2)) is PooledStageDoFn
     assert auto_threads(3) == 3 and 1 <= auto_threads(0) <= 8
+
+
+def test_one_dead_letter_parser_for_every_element_shape():
+    from apache_beam.ml.inference.base import PredictionResult
+
+    a, b = make_sample(b"a" * 3, uri="mem://a"), make_sample(b"b" * 3, uri="mem://b")
+    err = (ValueError, "ValueError('bad')", ["Traceback ..."])
+
+    class Job:                                   # a caption job: carries its sample as `.sample`
+        def __init__(self, sample):
+            self.sample = sample
+
+    shapes = {
+        "sample": (a, [a]),
+        "prediction": (PredictionResult(example=a, inference=None), [a]),
+        "batch of jobs": ([Job(a), Job(b)], [a, b]),
+        "outcome tuple": ((Job(a), [], "smoke"), [a]),
+        "cogroup": (("k", {"samples": [a, b], "drop": [("k2", "mem://k2", 3)]}), [a, b]),
+    }
+    for name, (element, want) in shapes.items():
+        rejects = dead_letter_rejects((element, err), "probe")
+        assert [(r.key, r.source_uri) for r in rejects] == [(s.key, s.source.uri) for s in want], name
+        assert all(r.reason == Reason.INTERNAL_ERROR and r.stage == "probe" and r.detail.startswith("ValueError: ")
+                   for r in rejects), name
+    (path,) = dead_letter_rejects(("gs://bucket/list.parquet", "boom"), "ingest")   # no sample: named element
+    assert path.source_uri == "gs://bucket/list.parquet" and path.key == "" and path.detail == "boom"
+
+
+def test_routing_passes_intermediate_elements_uncounted():
+    class Probe(RoutingDoFn):
+        stage = "probe"
+
+    dofn, s = Probe(), make_sample(b"x" * 3, uri="mem://x")
+    assert dofn.route(s) is s and dofn.route("a/path") == "a/path"
+    tagged = dofn.route(make_reject(s, "probe", Reason.CORRUPT_IMAGE))
+    assert isinstance(tagged, beam.pvalue.TaggedOutput) and tagged.tag == "rejects"
+    assert sorted(dofn._counters) == ["dropped_corrupt_image", "kept"]
