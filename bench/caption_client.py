@@ -55,11 +55,11 @@ def _requests(n: int, image: bytes):
 
 
 def run_point(url: str, server_pid: int, loop: str, concurrency: int, n: int, image: bytes) -> dict:
-    from polycap.transforms.backends.base import BackendSpec
+    from polycap.schemas.config import EndpointConfig
     from polycap.transforms.backends.gen_openai import OpenAIBackend
 
-    spec = BackendSpec("openai", model="fake-vlm", endpoint=url, concurrency=concurrency, timeout_s=30,
-                       options={"loop": loop})
+    spec = EndpointConfig("openai", model="fake-vlm", endpoint=url, api_key_env="", concurrency=concurrency,
+                          timeout_s=30, options={"loop": loop})
     backend = OpenAIBackend(spec)
     batch = max(8, 2 * concurrency)  # what RunInference would hand over per call
     reqs = _requests(n, image)

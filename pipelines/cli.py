@@ -65,12 +65,15 @@ def run(ctx: typer.Context,
         output: str | None = typer.Option(None, "--output", "-o", help="output dir (overrides `output`)"),
         set_: list[str] = typer.Option([], "--set", help="override a config value: a.b=c (repeatable)")):
     """Run the main job. Extra arguments after `--` go to Beam (e.g. --runner, --direct_num_workers)."""
+    cfg = _load(config, set_, output=output)   # before importing Beam: a bad config fails at once
     from polycap.pipelines.run import run as run_job
     from polycap.pipelines.run import summary_lines
+    from polycap.schemas.config import ConfigError
 
-    cfg = _load(config, set_, output=output)
     try:
         stats = run_job(cfg, ctx.args, config_path=config)
+    except ConfigError as e:
+        _fail(f"config: {e}")
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         _fail(str(e), 1)
     for line in summary_lines(stats, cfg.output):
@@ -165,10 +168,13 @@ def shards_export(path: str = typer.Argument(..., help="run dir or shard dir"),
 
 
 def _train(stage: str, config: str, shards: str | None, set_: list[str]) -> None:
+    from polycap.schemas.config import ConfigError
     from polycap.trainer.train import run as run_train
 
     try:
         metrics = run_train(stage, config, shards, set_)
+    except ConfigError as e:
+        _fail(f"config: {e}")
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e), 1)
     typer.echo(json.dumps(metrics, indent=2, ensure_ascii=False))

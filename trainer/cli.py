@@ -17,10 +17,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", default=None, help="run dir or shard dir")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="override: a.b=value")
     args = ap.parse_args(argv)
+    from polycap.schemas.config import ConfigError
     from polycap.trainer.train import run
 
     try:
         metrics = run(args.stage, args.config, args.shards, args.overrides)
+    except ConfigError as e:
+        print(f"error: config: {e}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -9,7 +9,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -17,9 +17,9 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 
 from polycap.prompts import Prompt, PromptError, load_prompt_dir
 from polycap.schemas import Caption, OcrResult, Reason, Reject, Sample, now_iso
-from polycap.schemas.config import CaptionConfig
+from polycap.schemas.config import CaptionConfig, CaptionRoute, EndpointConfig, endpoint_of
 from polycap.sharding.staging import image_bytes
-from polycap.transforms.backends.base import BackendSpec, GenBackend, GenModelHandler, GenRequest
+from polycap.transforms.backends.base import GenBackend, GenModelHandler, GenRequest
 from polycap.transforms.cache import ResultCache, cache_key
 from polycap.transforms.caption_gates import GateConfig, run_gates
 from polycap.transforms.langid import language_name
@@ -35,9 +35,9 @@ from polycap.transforms.plumbing import (
 
 STAGE = "caption"
 ENDPOINT_ENV = "POLYCAP_CAPTION_ENDPOINT"
-ROUTES = ("general", "text_rich", "document_chart", "art_landmark")
+ROUTES: tuple[str, ...] = get_args(CaptionRoute)   # one prompt each: prompts/caption/<route>.yaml
 ADDON = "aesthetics"
-MAX_ATTEMPTS = 2        # issue 4: a caption failing a gate is retried once (same prompt, new seed), then rejected
+MAX_ATTEMPTS = 2        # a caption failing a gate is retried once (same prompt, new seed), then rejected
 # Source meta keys that may name a route, and the words they may use for it.
 META_ROUTE_KEYS = ("caption_route", "route", "category", "domain")
 ROUTE_ALIASES = {
@@ -135,7 +135,7 @@ class CaptionJob:
                           images=(image_bytes(self.sample),), params=dict(self.params[attempt]))
 
 
-def make_job(sample: Sample, prompts: dict[str, Prompt], cfg: CaptionConfig, spec: BackendSpec) -> CaptionJob:
+def make_job(sample: Sample, prompts: dict[str, Prompt], cfg: CaptionConfig, spec: EndpointConfig) -> CaptionJob:
     choice = render_prompt(sample, choose_route(sample, cfg), prompts, cfg)
     params = tuple(sampling_params(cfg, a) for a in range(MAX_ATTEMPTS))
     return CaptionJob(sample, choice, cfg.backend, spec.model, params, cfg.lang)
@@ -256,10 +256,10 @@ def caption_endpoint_status(cfg: CaptionConfig) -> tuple[bool, str]:
         return True, f"vllm {cfg.model}"
     if cfg.backend == "none":
         return False, "caption.backend is none"
-    return True, f"backend {cfg.backend}"   # a 'module:Class' backend (test doubles, plugins)
+    return True, f"backend {cfg.backend}"   # a backend registered in code (test doubles)
 
 
-def backend_spec(cfg: CaptionConfig) -> BackendSpec:
+def backend_spec(cfg: CaptionConfig) -> EndpointConfig:
     """Resolved at pipeline construction, so workers need neither the env var nor a /models call."""
     endpoint = resolve_endpoint(cfg)
     model = cfg.model
@@ -269,9 +269,8 @@ def backend_spec(cfg: CaptionConfig) -> BackendSpec:
         except (OSError, ValueError):
             pass
     quality = caption_quality(cfg)
-    return BackendSpec(backend=cfg.backend, model=model, endpoint=endpoint, api_key_env=cfg.api_key_env,
-                       concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
-                       device=cfg.device, options={"quality": quality} if quality else {})
+    options = {**cfg.options, "quality": quality} if quality else dict(cfg.options)
+    return endpoint_of(cfg, model=model, endpoint=endpoint, options=options)
 
 
 def caption_quality(cfg: CaptionConfig) -> str:
@@ -283,16 +282,6 @@ def caption_quality(cfg: CaptionConfig) -> str:
     return ""
 
 
-def check_caption_config(cfg: CaptionConfig) -> None:
-    """Fail before any work, naming the field."""
-    for name, route in cfg.routes.items():
-        if route not in ROUTES:
-            raise ValueError(f"caption.routes.{name}: {route!r} is not one of {', '.join(ROUTES)}")
-    if not 0 <= cfg.text_rich_min_area <= cfg.document_min_area <= 1:
-        raise ValueError("caption.text_rich_min_area/document_min_area: need 0 <= text_rich <= document <= 1")
-    GateConfig.from_caption_config(cfg)
-
-
 # ---- Beam ---------------------------------------------------------------------------------------------
 class CaptionModelHandler(ModelHandler[CaptionJob, PredictionResult, GenBackend]):
     """A GenModelHandler over CaptionJobs: cache lookup right before each request, gates, one retry.
@@ -301,9 +290,10 @@ class CaptionModelHandler(ModelHandler[CaptionJob, PredictionResult, GenBackend]
     (a second RunInference would load a second copy of an in-process vLLM/transformers model).
     """
 
-    def __init__(self, spec: BackendSpec, cache_root: str | None, gates: GateConfig, quality: str = "",
+    def __init__(self, spec: EndpointConfig, cache_root: str | None, gates: GateConfig, quality: str = "",
                  batch_size: int = 8):
-        self.gen = GenModelHandler(spec, min_batch_size=batch_size, max_batch_size=batch_size)
+        self.gen = GenModelHandler(spec, min_batch_size=batch_size, max_batch_size=batch_size,
+                                   where="caption.backend")
         self.spec, self.cache_root, self.gates, self.quality = spec, cache_root, gates, quality
 
     def load_model(self) -> GenBackend:
@@ -352,7 +342,7 @@ class _PrepareDoFn(RoutingDoFn):
 
     stage = STAGE
 
-    def __init__(self, cfg: CaptionConfig, prompts: dict[str, Prompt], spec: BackendSpec, cache_root: str | None,
+    def __init__(self, cfg: CaptionConfig, prompts: dict[str, Prompt], spec: EndpointConfig, cache_root: str | None,
                  gates: GateConfig, quality: str):
         self.cfg, self.prompts, self.spec, self.cache_root, self.gates = cfg, prompts, spec, cache_root, gates
         self.quality = quality
@@ -379,7 +369,6 @@ class CaptionImages(beam.PTransform):
 
     def __init__(self, cfg: CaptionConfig, output_dir: str):
         super().__init__()
-        check_caption_config(cfg)
         self.cfg = cfg
         self.prompts = load_caption_prompts(cfg.prompts)   # on the launcher: workers get them pickled
         self.spec = backend_spec(cfg)

@@ -13,8 +13,8 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from polycap.prompts import Prompt, load_prompt_dir
 from polycap.schemas import Reason, now_iso
-from polycap.schemas.config import TranslateConfig
-from polycap.transforms.backends.base import BackendSpec, GenModelHandler, GenRequest, GenResult
+from polycap.schemas.config import EndpointConfig, TranslateConfig, endpoint_of
+from polycap.transforms.backends.base import GenModelHandler, GenRequest, GenResult
 from polycap.transforms.cache import ResultCache, cache_key
 from polycap.transforms.langid import language_name
 from polycap.transforms.plumbing import RoutingDoFn, route_stage
@@ -34,7 +34,6 @@ SMOKE_MODELS = re.compile(r"270m|135m|tiny", re.IGNORECASE)   # models that only
 _PARA = re.compile(r"(\n[ \t]*\n\s*)")
 _SENT = re.compile(r"(?<=[.!?])(\s+)")
 _LINE = re.compile(r"[^\n]*\n*")
-STYLES = ("chat", "completion")
 COMPLETION_PROMPT = "completion"    # prompts/translate/completion.yaml: few-shot pairs for base LMs
 COMPLETION_STOP = ["\n"]           # completion texts go one line at a time; the answer ends at the newline
 
@@ -148,8 +147,6 @@ def prompt_style(cfg: TranslateConfig) -> str:
     if cfg.prompt_style == "auto":
         base = cfg.backend == "local" and (cfg.model == GEMMA_GGUF_ALIAS or bool(cfg.options.get("base_model")))
         return "completion" if base else "chat"
-    if cfg.prompt_style not in STYLES:
-        raise ValueError(f"translate.prompt_style must be auto, chat or completion, got {cfg.prompt_style!r}")
     return cfg.prompt_style
 
 
@@ -221,10 +218,8 @@ def assemble(unit_key: str, lang: str, done: list[_ChunkDone], provenance: dict[
     return Translated(unit_key, lang, text, None, "", prov)
 
 
-def backend_spec(cfg: TranslateConfig) -> BackendSpec:
-    return BackendSpec(backend=cfg.backend, model=cfg.model, endpoint=cfg.endpoint, api_key_env=cfg.api_key_env,
-                       concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
-                       device=cfg.device, options=dict(cfg.options))
+def backend_spec(cfg: TranslateConfig) -> EndpointConfig:
+    return endpoint_of(cfg, options=dict(cfg.options))
 
 
 def provenance_for(cfg: TranslateConfig, prompt: Prompt) -> dict[str, Any]:
@@ -329,7 +324,7 @@ class TranslateTexts(beam.PTransform):
         # (one left-padded `generate` per batch) costs a full decode per request until it has grown
         size = self.cfg.batch_size
         handler: Any = KeyedModelHandler(GenModelHandler(backend_spec(self.cfg), min_batch_size=size,
-                                                         max_batch_size=size))
+                                                         max_batch_size=size, where="translate.backend"))
         return jobs | f"{label}Infer" >> RunInference(handler)
 
     def expand(self, units):

@@ -8,6 +8,7 @@ caching and gate tests exercise the real code paths. Trigger words in the source
   FAKEDROPSPAN  -> the first placeholder is dropped
   FAKETRUNCATE  -> finish_reason "length"
 `spec.options["log_path"]`: every request is appended there as one line (counts requests across processes).
+Importing this module registers it as `backend: fake-translator` (FAKE).
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import json
 import re
 from collections.abc import Sequence
 
-from polycap.transforms.backends.base import GenBackend, GenRequest, GenResult
+from polycap.transforms.backends.base import GenBackend, GenRequest, GenResult, register_backend
+
+FAKE = "fake-translator"
 
 _KO = [chr(c) for c in range(0xAC00, 0xAC00 + 11172, 97)]  # a spread of Hangul syllables
 _VI = ["của", "những", "người", "được", "trong", "một", "không", "với", "đường", "nhà", "màu", "xanh",
@@ -77,3 +80,6 @@ class FakeTranslatorBackend(GenBackend):
                 for r in requests:
                     f.write(json.dumps({"key": r.key}) + "\n")
         return [self._answer(r) for r in requests]
+
+
+register_backend(FAKE, FakeTranslatorBackend)

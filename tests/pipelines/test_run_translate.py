@@ -6,8 +6,7 @@ import shutil
 from polycap.pipelines.run import run
 from polycap.schemas.config import load_config
 from polycap.sharding.reader import iter_samples
-
-FAKE = "tests.fakes.fake_translator:FakeTranslatorBackend"   # deterministic test double, not a model
+from tests.fakes.fake_translator import FAKE  # deterministic test double, not a model
 
 
 def test_run_adds_translations_and_conversations(tmp_path, eval_dir):

@@ -9,8 +9,8 @@ import pytest
 from polycap.pipelines.translate import run
 from polycap.schemas.config import TranslateConfig
 from polycap.transforms.dataset_formats import detect_format, read_records, text_slots
+from tests.fakes.fake_translator import FAKE  # deterministic TEST backend, not a model
 
-FAKE = "tests.fakes.fake_translator:FakeTranslatorBackend"   # deterministic TEST backend, not a model
 FILES = [("llamafactory/mllm_demo.json", "caption"), ("llamafactory/v1_multimodal_demo.jsonl", "caption"),
          ("derived/llamafactory_mllm_demo_llava.json", "caption"),
          ("derived/llava_bench_coco_conversations.json", "caption"),
@@ -159,8 +159,7 @@ def test_stats_count_only_this_inputs_output_file(tmp_path):
     from polycap.pipelines.translate import run as run_translate
     from polycap.schemas.config import TranslateConfig
 
-    cfg = TranslateConfig(enabled=True, to=["ko"], backend="tests.fakes.fake_translator:FakeTranslatorBackend",
-                          model="fake")
+    cfg = TranslateConfig(enabled=True, to=["ko"], backend=FAKE, model="fake")
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     a.write_text('{"caption": "A red cup."}\n{"caption": "A blue cup."}\n')
     b.write_text('{"caption": "A green cup."}\n')

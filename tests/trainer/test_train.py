@@ -113,12 +113,13 @@ def test_tiny_yaml_pretrain_then_sft_then_caption_an_image(shards32, tmp_path):
     assert text.strip(), "the trained tiny captioner produced no text"
 
     # the seed-captioner loop: the same checkpoint through the caption stage's `local` backend
+    from polycap.schemas.config import EndpointConfig
     from polycap.transforms.backends import gen_local  # own module: fail, never skip, if it does not import
-    from polycap.transforms.backends.base import BackendSpec, GenRequest
+    from polycap.transforms.backends.base import GenRequest
     from tests.conftest import jpeg_bytes
 
-    backend = gen_local.LocalBackend(BackendSpec(backend="local", model=sft["final_dir"], device="cpu",
-                                                 options={"quality": "smoke"}))
+    backend = gen_local.LocalBackend(EndpointConfig(backend="local", model=sft["final_dir"], device="cpu",
+                                                    options={"quality": "smoke"}))
     req = GenRequest(key="k", messages=[{"role": "user", "content": [
         {"type": "image"}, {"type": "text", "text": "Describe this image in detail."}]}],
         images=(jpeg_bytes(96, 96, (220, 30, 30)),), params={"max_tokens": 12})

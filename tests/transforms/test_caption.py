@@ -13,14 +13,13 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from polycap.schemas import OcrLine, OcrResult, Reason, Reject, Sample
-from polycap.schemas.config import CaptionConfig
-from polycap.transforms.backends.base import BackendSpec, GenBackend, GenRequest, GenResult
+from polycap.schemas.config import CaptionConfig, ConfigError, EndpointConfig
+from polycap.transforms.backends.base import GenBackend, GenRequest, GenResult, register_backend
 from polycap.transforms.build_records import carry_source_captions
 from polycap.transforms.caption import (
     CaptionImages,
     CaptionModelHandler,
     caption_endpoint_status,
-    check_caption_config,
     choose_route,
     load_caption_prompts,
     make_job,
@@ -31,7 +30,7 @@ from polycap.transforms.caption_gates import GateConfig
 from tests.conftest import jpeg_bytes, make_sample
 from tests.fakes.openai_server import REFUSAL, FakeOpenAIServer, default_caption
 
-FAKE = "tests.transforms.test_caption:FakeCaptionBackend"
+FAKE = "fake-caption"
 LOOP = "The bowl is white. " * 30
 
 
@@ -70,6 +69,9 @@ class FakeCaptionBackend(GenBackend):
         return out
 
 
+register_backend(FAKE, FakeCaptionBackend)
+
+
 @pytest.fixture(autouse=True)
 def _reset_fake():
     FakeCaptionBackend.calls = []
@@ -101,8 +103,8 @@ def test_routes_from_config_meta_and_ocr():
     assert choose_route(dataclasses.replace(s, ocr=ocr(0.40, "Invoice")), c) == "document_chart"
     assert choose_route(dataclasses.replace(s, ocr=ocr(0.01, "x")), c) == "general"
     assert choose_route(dataclasses.replace(s, ocr=ocr(0.5, status="failed")), c) == "general"
-    with pytest.raises(ValueError, match="caption.routes.wikiart"):
-        check_caption_config(cfg(routes={"wikiart": "paintings"}))
+    with pytest.raises(ConfigError, match="routes.wikiart: 'paintings' is not one of general"):
+        cfg(routes={"wikiart": "paintings"})
 
 
 def test_prompt_rendering_injects_ocr_and_addon():
@@ -117,12 +119,12 @@ def test_prompt_rendering_injects_ocr_and_addon():
 
 
 def test_cache_key_covers_image_model_prompt_and_params():
-    prompts, spec = load_caption_prompts(), BackendSpec(backend=FAKE, model="fake-vlm")
+    prompts, spec = load_caption_prompts(), EndpointConfig(backend=FAKE, model="fake-vlm")
     job = make_job(photo(), prompts, cfg(), spec)
     assert job.cache_key(0) == make_job(photo(), prompts, cfg(), spec).cache_key(0)
     assert job.cache_key(0) != job.cache_key(1)                      # retry seed
     others = [make_job(photo(color=(0, 0, 255)), prompts, cfg(), spec),
-              make_job(photo(), prompts, cfg(), BackendSpec(backend=FAKE, model="other")),
+              make_job(photo(), prompts, cfg(), EndpointConfig(backend=FAKE, model="other")),
               make_job(photo(), prompts, cfg(temperature=0.7), spec),
               make_job(photo(), prompts, cfg(aesthetics=True), spec)]
     assert len({job.cache_key(0), *(o.cache_key(0) for o in others)}) == 5
@@ -146,7 +148,7 @@ def good(seed=0):
 
 
 def test_attempts_retry_once_on_gate_failure_then_reject():
-    job = make_job(photo(), load_caption_prompts(), cfg(), BackendSpec(backend=FAKE, model="m"))
+    job = make_job(photo(), load_caption_prompts(), cfg(), EndpointConfig(backend=FAKE, model="m"))
     g = GateConfig()
     [ok] = run_attempts([job], scripted_fetch([good()]), g)
     assert len(ok) == 1 and ok[0].reason is None
@@ -162,7 +164,7 @@ def test_attempts_retry_once_on_gate_failure_then_reject():
 
 def test_handler_checks_cache_right_before_each_request(tmp_path):
     """A Beam retry of a bundle re-runs run_inference: cached keys must not be requested again."""
-    spec = BackendSpec(backend=FAKE, model="fake-vlm")
+    spec = EndpointConfig(backend=FAKE, model="fake-vlm")
     handler = CaptionModelHandler(spec, str(tmp_path / "cache"), GateConfig(), batch_size=4)
     model = handler.load_model()
     prompts = load_caption_prompts()

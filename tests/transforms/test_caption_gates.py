@@ -149,7 +149,7 @@ def test_length_truncation_and_skips(gpt4_details):
 
 
 def test_gate_config_names_unknown_gate():
-    from polycap.schemas.config import CaptionConfig
+    from polycap.schemas.config import CaptionConfig, ConfigError
 
-    with pytest.raises(ValueError, match="caption.skip_gates"):
-        GateConfig.from_caption_config(CaptionConfig(skip_gates=["langauge"]))
+    with pytest.raises(ConfigError, match=r"skip_gates\[0\]: 'langauge' is not one of refusal"):
+        CaptionConfig(skip_gates=["langauge"])

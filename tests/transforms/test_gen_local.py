@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from polycap.transforms.backends.base import BackendSpec, GenModelHandler, GenRequest
+from polycap.schemas.config import EndpointConfig
+from polycap.transforms.backends.base import GenModelHandler, GenRequest
 from polycap.transforms.backends.gen_local import (
     LocalBackend,
     batch_groups,
@@ -104,7 +105,7 @@ def test_decode_new_cuts_at_eos_padding_and_stop_strings():
 
 # -- text-only LLM -----------------------------------------------------------------------------------
 def test_text_model_greedy_is_deterministic_and_reports_length(qwen2_dir):
-    backend = LocalBackend(BackendSpec("local", model=qwen2_dir, device="cpu"))
+    backend = LocalBackend(EndpointConfig("local", model=qwen2_dir, device="cpu"))
     assert not backend.is_vlm and backend.quality is None
     a, b = backend.generate([text_request("a", max_tokens=6), text_request("b", max_tokens=6)])
     # (a random model may emit only special tokens, which decode to "", so only equality is asserted)
@@ -114,7 +115,7 @@ def test_text_model_greedy_is_deterministic_and_reports_length(qwen2_dir):
 
 
 def test_text_model_sampling_follows_the_request_seed(qwen2_dir):
-    backend = LocalBackend(BackendSpec("local", model=qwen2_dir, options={"quality": "smoke"}))
+    backend = LocalBackend(EndpointConfig("local", model=qwen2_dir, options={"quality": "smoke"}))
     reqs = [text_request(k, max_tokens=12, temperature=1.5, seed=s) for k, s in (("a", 1), ("b", 1), ("c", 2))]
     a, b, c = backend.generate(reqs)
     assert a.text == b.text != c.text
@@ -122,15 +123,15 @@ def test_text_model_sampling_follows_the_request_seed(qwen2_dir):
 
 
 def test_backends_of_one_process_share_the_loaded_model(qwen2_dir):
-    a = LocalBackend(BackendSpec("local", model=qwen2_dir, device="cpu"))
-    b = LocalBackend(BackendSpec("local", model=qwen2_dir, device="cpu", options={"model_name": "other"}))
-    c = LocalBackend(BackendSpec("local", model=qwen2_dir, device="cpu", options={"dtype": "bfloat16"}))
+    a = LocalBackend(EndpointConfig("local", model=qwen2_dir, device="cpu"))
+    b = LocalBackend(EndpointConfig("local", model=qwen2_dir, device="cpu", options={"model_name": "other"}))
+    c = LocalBackend(EndpointConfig("local", model=qwen2_dir, device="cpu", options={"dtype": "bfloat16"}))
     assert a.model is b.model and a._lock is b._lock and b.model_id == "other"
     assert c.model is not a.model                           # the dtype is part of the cache key
 
 
 def test_batched_greedy_equals_one_by_one_and_stop_strings_cut(qwen2_dir, monkeypatch):
-    backend = LocalBackend(BackendSpec("local", model=qwen2_dir, device="cpu"))
+    backend = LocalBackend(EndpointConfig("local", model=qwen2_dir, device="cpu"))
     calls = []                                              # (batch rows, new tokens) of each generate call
     real = backend.model.generate
 
@@ -154,14 +155,14 @@ def test_batched_greedy_equals_one_by_one_and_stop_strings_cut(qwen2_dir, monkey
 
 
 def test_plain_prompt_without_chat_template(tmp_path):
-    backend = LocalBackend(BackendSpec("local", model=build_tiny_qwen2(str(tmp_path), None)))
+    backend = LocalBackend(EndpointConfig("local", model=build_tiny_qwen2(str(tmp_path), None)))
     assert not backend.tokenizer.chat_template
     (r,) = backend.generate([text_request("a", max_tokens=4)])
     assert r.error is None and r.finish_reason == "length"
 
 
 def test_per_request_errors_do_not_sink_the_batch(qwen2_dir):
-    backend = LocalBackend(BackendSpec("local", model=qwen2_dir))
+    backend = LocalBackend(EndpointConfig("local", model=qwen2_dir))
     with_image = GenRequest("img", [{"role": "user", "content": [{"type": "image"}]}], images=(jpeg_bytes(),))
     results = backend.generate([with_image, text_request("ok", max_tokens=3)])
     assert results[0].finish_reason == "error" and "text-only" in results[0].error
@@ -170,7 +171,7 @@ def test_per_request_errors_do_not_sink_the_batch(qwen2_dir):
 
 def test_bad_model_dir_fails_at_load():
     with pytest.raises(ValueError, match="checkpoint directory"):
-        LocalBackend(BackendSpec("local", model="/nonexistent/model"))
+        LocalBackend(EndpointConfig("local", model="/nonexistent/model"))
 
 
 # -- tiny InternVL (VLM path) --------------------------------------------------------------------------
@@ -182,7 +183,7 @@ def internvl_dir(tmp_path_factory):
 
 
 def test_tiny_internvl_captions_an_image(internvl_dir):
-    backend = LocalBackend(BackendSpec("local", model=internvl_dir, options={"quality": "smoke",
+    backend = LocalBackend(EndpointConfig("local", model=internvl_dir, options={"quality": "smoke",
                                                                              "model_name": "tiny-internvl"}))
     assert backend.is_vlm and backend.quality == "smoke"
     req = GenRequest("img", [{"role": "user", "content": [{"type": "image"},
@@ -200,7 +201,7 @@ def test_tiny_internvl_captions_an_image(internvl_dir):
 
 
 def test_tiny_internvl_through_the_model_handler(internvl_dir):
-    handler = GenModelHandler(BackendSpec("local", model=internvl_dir))
+    handler = GenModelHandler(EndpointConfig("local", model=internvl_dir))
     backend = handler.load_model()
     req = GenRequest("k", [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}],
                      images=(jpeg_bytes(),), params={"max_tokens": 4})
@@ -216,7 +217,7 @@ def test_gemma_gguf_generates():
 
     folder, name = find_gemma_gguf()
     assert name.endswith(".gguf")
-    backend = LocalBackend(BackendSpec("local", model=folder, options={"gguf_file": name, "quality": "smoke"}))
+    backend = LocalBackend(EndpointConfig("local", model=folder, options={"gguf_file": name, "quality": "smoke"}))
     (r,) = backend.generate([GenRequest("g", [{"role": "user", "content": "The capital of France is"}],
                                         params={"max_tokens": 8})])
     assert r.error is None and r.text.strip() and r.finish_reason in ("stop", "length")

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from polycap.transforms.backends.base import BackendSpec, GenModelHandler, GenRequest
+from polycap.schemas.config import EndpointConfig
+from polycap.transforms.backends.base import GenModelHandler, GenRequest
 from polycap.transforms.backends.gen_openai import (
     OpenAIBackend,
     image_mime,
@@ -20,10 +21,10 @@ from tests.fakes.openai_server import REFUSAL, FakeOpenAIServer, default_caption
 FAST = {"backoff_base_s": 0.005, "backoff_max_s": 0.05, "seed": 0}
 
 
-def spec(server: FakeOpenAIServer, **kw) -> BackendSpec:
+def spec(server: FakeOpenAIServer, **kw) -> EndpointConfig:
     kw.setdefault("options", FAST)
     kw.setdefault("timeout_s", 2.0)
-    return BackendSpec("openai", model="fake-vlm", endpoint=server.url, **kw)
+    return EndpointConfig("openai", model="fake-vlm", endpoint=server.url, **kw)
 
 
 def req(i: int, image: bool = True, **params) -> GenRequest:
@@ -232,7 +233,7 @@ def test_missing_key_env_sends_empty_and_missing_endpoint_fails():
         (r,) = run(srv, [req(0)], api_key_env="POLYCAP_SURELY_UNSET_KEY")
     assert r.error is None
     with pytest.raises(ValueError, match="endpoint"):
-        OpenAIBackend(BackendSpec("openai", model="m"))
+        OpenAIBackend(EndpointConfig("openai", model="m"))
 
 
 def test_bad_request_is_an_error_result_without_a_call():

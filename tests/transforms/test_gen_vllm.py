@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from polycap.transforms.backends.base import BackendSpec, GenRequest
+from polycap.schemas.config import EndpointConfig
+from polycap.transforms.backends.base import GenRequest
 from polycap.transforms.backends.gen_vllm import (
     VllmBackend,
     llm_kwargs,
@@ -58,7 +59,7 @@ def test_sampling_kwargs():
 
 
 def test_llm_kwargs_pass_engine_options_only():
-    spec = BackendSpec("vllm", model="/ckpt/internvl", options={
+    spec = EndpointConfig("vllm", model="/ckpt/internvl", options={
         "max_model_len": 4096, "limit_mm_per_prompt": {"image": 1}, "quality": "smoke", "image_part": "pil"})
     assert llm_kwargs(spec) == {"model": "/ckpt/internvl", "max_model_len": 4096,
                                 "limit_mm_per_prompt": {"image": 1}}
@@ -98,7 +99,7 @@ class FakeVllmLLM:
 
 
 def fake_backend(llm: FakeVllmLLM) -> VllmBackend:
-    return VllmBackend(BackendSpec("vllm", model="tiny-internvl", options={"quality": "smoke"}),
+    return VllmBackend(EndpointConfig("vllm", model="tiny-internvl", options={"quality": "smoke"}),
                        llm=llm, sampling_params_cls=dict)
 
 
@@ -131,7 +132,7 @@ def test_missing_vllm_says_how_to_install():
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed here")
     with pytest.raises(ImportError, match="polycap\\[vllm\\]"):
-        VllmBackend(BackendSpec("vllm", model="x"))
+        VllmBackend(EndpointConfig("vllm", model="x"))
 
 
 # -- a real vLLM run ---------------------------------------------------------------------------------
@@ -153,7 +154,7 @@ def test_real_vllm_captions_an_image(tmp_path):
         from polycap.trainer.tiny import build_tiny_internvl
 
         model = build_tiny_internvl(str(tmp_path / "tiny"))
-    backend = VllmBackend(BackendSpec("vllm", model=model, options={
+    backend = VllmBackend(EndpointConfig("vllm", model=model, options={
         "max_model_len": 4096, "gpu_memory_utilization": 0.3, "limit_mm_per_prompt": {"image": 1},
         "enforce_eager": True}))
     results = backend.generate([caption_request("a", max_tokens=32), caption_request("b", max_tokens=32, seed=1)])

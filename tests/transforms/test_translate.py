@@ -8,8 +8,7 @@ from polycap.schemas import Caption, Reject
 from polycap.schemas.config import TranslateConfig
 from polycap.transforms.translate import TextUnit, TranslateSamples, TranslateTexts, split_paragraphs
 from tests.conftest import jpeg_bytes, make_sample
-
-FAKE = "tests.fakes.fake_translator:FakeTranslatorBackend"   # deterministic TEST backend, not a model
+from tests.fakes.fake_translator import FAKE  # deterministic TEST backend, not a model
 
 
 def cfg_for(tmp_path, **kw):

@@ -3,6 +3,9 @@
 Captioning and translation build `GenRequest`s, hand them to `RunInference(GenModelHandler(spec))`, and
 get one `GenResult` per request back, keyed. Backends never raise for a single bad request: the error is
 carried in `GenResult.error` so the stage above can retry, gate or reject it with a reason.
+
+Backends come from a fixed registry of names; a config names one, it never names code to import. Other
+backends (test doubles) are added in code with `register_backend`, which also lets the config name them.
 """
 from __future__ import annotations
 
@@ -14,25 +17,41 @@ from typing import Any
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-# backend name -> "module:Class"; `spec.backend` may also be a dotted "module:Class" path (test doubles).
-REGISTRY = {
-    "openai": "polycap.transforms.backends.gen_openai:OpenAIBackend",
-    "vllm": "polycap.transforms.backends.gen_vllm:VllmBackend",
-    "local": "polycap.transforms.backends.gen_local:LocalBackend",
+from polycap.schemas.config import BUILTIN_BACKENDS, NAME, ConfigError, EndpointConfig, allow_backend, backend_names
+
+# The built-in backends, imported only when used (their modules pull in heavy optional dependencies).
+_BUILTIN = {
+    "openai": ("polycap.transforms.backends.gen_openai", "OpenAIBackend"),
+    "vllm": ("polycap.transforms.backends.gen_vllm", "VllmBackend"),
+    "local": ("polycap.transforms.backends.gen_local", "LocalBackend"),
 }
+REGISTRY: dict[str, type[GenBackend] | tuple[str, str]] = dict(_BUILTIN)
 
 
-@dataclass(frozen=True)
-class BackendSpec:
-    backend: str                    # openai | vllm | local | "pkg.module:Class"
-    model: str = ""                 # model name (openai/vllm) or checkpoint dir (local, vllm)
-    endpoint: str = ""              # base URL for openai-compatible servers, e.g. http://127.0.0.1:8000/v1
-    api_key_env: str = ""           # name of the env var holding the API key; the key is never logged
-    concurrency: int = 8
-    timeout_s: float = 120.0
-    max_retries: int = 4
-    device: str = "auto"
-    options: dict[str, Any] = field(default_factory=dict)  # backend-specific extras (e.g. gguf_file)
+def register_backend(name: str, cls: type[GenBackend]) -> None:
+    """Add a backend class under `name` (e.g. a test double); config may then say `backend: <name>`.
+
+    Handlers hold the class itself, so Beam pickles it by reference and workers need no registration.
+    """
+    if not NAME.fullmatch(name) or name in (*BUILTIN_BACKENDS, "none"):
+        raise ValueError(f"register_backend: {name!r} must match [a-z0-9_-]+ and not be a built-in name")
+    old = REGISTRY.get(name)
+    if isinstance(old, type) and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"register_backend: {name!r} is already {old.__module__}.{old.__qualname__}")
+    REGISTRY[name] = cls
+    allow_backend(name)
+
+
+def backend_class(name: str, where: str = "backend") -> type[GenBackend]:
+    """The class registered under `name`; a ConfigError naming the field `where` if there is none."""
+    target = REGISTRY.get(name)
+    if target is None:
+        usable = [n for n in backend_names() if n != "none"]
+        raise ConfigError(f"{where}: {name!r} is not a registered backend (one of {', '.join(usable)})")
+    if isinstance(target, tuple):
+        module, attr = target
+        return getattr(importlib.import_module(module), attr)
+    return target
 
 
 @dataclass(frozen=True)
@@ -58,7 +77,7 @@ class GenBackend(ABC):
 
     name: str = "base"
 
-    def __init__(self, spec: BackendSpec):
+    def __init__(self, spec: EndpointConfig):
         self.spec = spec
 
     @abstractmethod
@@ -95,25 +114,17 @@ def map_image_parts(messages: Sequence[dict[str, Any]], images: Sequence[bytes],
     return out
 
 
-def make_backend(spec: BackendSpec) -> GenBackend:
-    target = REGISTRY.get(spec.backend, spec.backend)
-    if ":" not in target:
-        raise ValueError(f"unknown backend {spec.backend!r}: use one of {', '.join(REGISTRY)} "
-                         "or a 'module:Class' path")
-    mod_name, cls_name = target.split(":", 1)
-    cls = getattr(importlib.import_module(mod_name), cls_name)
-    return cls(spec)
-
-
 class GenModelHandler(ModelHandler[GenRequest, PredictionResult, GenBackend]):
     """Beam ModelHandler: one backend per worker process, batched keyed requests."""
 
-    def __init__(self, spec: BackendSpec, min_batch_size: int = 1, max_batch_size: int = 8):
+    def __init__(self, spec: EndpointConfig, min_batch_size: int = 1, max_batch_size: int = 8,
+                 where: str = "backend"):
         self.spec = spec
+        self.backend_cls = backend_class(spec.backend, where)   # resolved on the launcher, pickled by reference
         self._batch = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
 
     def load_model(self) -> GenBackend:
-        return make_backend(self.spec)
+        return self.backend_cls(self.spec)
 
     def run_inference(self, batch: Sequence[GenRequest], model: GenBackend,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:

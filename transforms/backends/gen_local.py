@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from polycap.transforms.backends.base import BackendSpec, GenBackend, GenRequest, GenResult
+from polycap.schemas.config import EndpointConfig
+from polycap.transforms.backends.base import GenBackend, GenRequest, GenResult
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ class LocalBackend(GenBackend):
 
     name = "local"
 
-    def __init__(self, spec: BackendSpec):
+    def __init__(self, spec: EndpointConfig):
         super().__init__(spec)
         import torch
 

@@ -10,8 +10,9 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from polycap.schemas.config import EndpointConfig
 from polycap.sharding.image_format import mime_type
-from polycap.transforms.backends.base import BackendSpec, GenBackend, GenRequest, GenResult, map_image_parts
+from polycap.transforms.backends.base import GenBackend, GenRequest, GenResult, map_image_parts
 from polycap.transforms.retry import BACKOFF_BASE_S, BACKOFF_MAX_S, retry_after_s, retry_wait_s
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class OpenAIBackend(GenBackend):
 
     name = "openai"
 
-    def __init__(self, spec: BackendSpec):
+    def __init__(self, spec: EndpointConfig):
         super().__init__(spec)
         if not spec.endpoint:
             raise ValueError("backend 'openai' needs `endpoint` (e.g. http://127.0.0.1:8000/v1)")

@@ -7,7 +7,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from polycap.transforms.backends.base import BackendSpec, GenBackend, GenRequest, GenResult, map_image_parts
+from polycap.schemas.config import EndpointConfig
+from polycap.transforms.backends.base import GenBackend, GenRequest, GenResult, map_image_parts
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def sampling_kwargs(params: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def llm_kwargs(spec: BackendSpec) -> dict[str, Any]:
+def llm_kwargs(spec: EndpointConfig) -> dict[str, Any]:
     """`vllm.LLM(**kwargs)` from the spec: the model path/name plus the engine options we pass through."""
     kwargs = {k: v for k, v in spec.options.items() if k in _LLM_KEYS}
     kwargs["model"] = spec.model
@@ -87,7 +88,7 @@ class VllmBackend(GenBackend):
 
     name = "vllm"
 
-    def __init__(self, spec: BackendSpec, llm: Any = None, sampling_params_cls: Any = None):
+    def __init__(self, spec: EndpointConfig, llm: Any = None, sampling_params_cls: Any = None):
         """`llm` / `sampling_params_cls` let tests inject fakes; by default both come from vllm (lazily)."""
         super().__init__(spec)
         if not spec.model:

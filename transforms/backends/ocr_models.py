@@ -187,8 +187,6 @@ def check_ocr_models(cfg: Any) -> OcrModels:
             if not (root / name / "inference.yml").is_file():
                 raise _missing(name, root / name)
         return OcrModels(det, rec, str(root / det), str(root / rec), _orientation_path(cfg))
-    if cfg.engine != "onnxruntime":
-        raise OcrModelError(f"ocr.engine: {cfg.engine!r} is not one of onnxruntime, paddle")
     root = model_root(cfg)
     det_dir, rec_dir = _check_folder(root, det), _check_folder(root, rec)
     charset = rec_charset(rec_dir)

@@ -11,9 +11,7 @@ from polycap.transforms.backends.ocr_models import RAPID_MODELS, OcrModelError, 
 class RapidOcrEngine:
     """Loaded once per worker; `recognize(rgb)` -> [(text, quad 8 floats in pixels, score)]."""
 
-    def __init__(self, cfg: Any, models: OcrModels):
-        if cfg.device != "cpu":
-            raise OcrModelError(f"ocr.device: rapidocr-onnxruntime runs on cpu only, got {cfg.device!r}")
+    def __init__(self, cfg: Any, models: OcrModels):  # ocr.device is cpu: OcrConfig checks it
         try:
             import rapidocr_onnxruntime
         except ImportError:
