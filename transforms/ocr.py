@@ -323,13 +323,15 @@ def _failed(sample: Sample, error: str, cfg: Any, raw: dict[str, Any]) -> Sample
     return replace(sample, ocr=result, provenance={**sample.provenance, STAGE: _provenance(cfg, raw)})
 
 
-class _AttachOcr(RoutingDoFn):
-    """PredictionResult(sample, raw engine output) -> sample with `ocr` + provenance, or a reject."""
-
+class _OcrDoFn(RoutingDoFn):
     stage = STAGE
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
+
+
+class _AttachOcr(_OcrDoFn):
+    """PredictionResult(sample, raw engine output) -> sample with `ocr` + provenance, or a reject."""
 
     def process(self, pred: PredictionResult):
         sample, raw = cast(Sample, pred.example), cast("dict[str, Any]", pred.inference)
@@ -344,7 +346,7 @@ class _AttachOcr(RoutingDoFn):
         yield self.route(replace(sample, ocr=result, provenance=prov))
 
 
-class _FailBatch(_AttachOcr):
+class _FailBatch(_OcrDoFn):
     """A dead-lettered batch `(samples, error)` from RunInference -> one OCR failure per sample in it
     (ocr.on_failure decides: a reject, or the sample kept with ocr.status=failed)."""
 
