@@ -1,0 +1,223 @@
+"""Near-duplicate search at scale: multi-index hashing over pHash substrings (complete within the radius),
+a pixel check of each candidate pair, and clustering around the best copy (numpy cores; the Beam steps
+that run them per key are not wired into transforms/dedup.py yet).
+
+Candidates (Norouzi et al., "Fast Search in Hamming Space with Multi-Index Hashing", CVPR 2012): the 64
+bits are cut into m = ceil((t + 1) / 3) substrings, so two hashes within t bits agree on some substring
+within s = floor(t / m) <= 2 bits. Each item is emitted under its substring value and every value one bit
+away (width + 1 keys per substring); two substrings within 2 bits meet at a shared key. A pair is emitted
+only from its first such substring and at one canonical meeting key, so it appears exactly once.
+No key holds more than `bound` items: a larger group is cut into hash blocks and keyed per block pair.
+Clustering never chains: every dropped image names a kept centre that it was verified against directly.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+HASH_BITS = 64
+THUMB_SIDE = 32
+# Pixel check: correlation of the high-pass 32x32 thumbnails (thumbnail minus its 3x3 box blur). Why 0.75:
+# bench/results/neardup.json (text cards / documents / screenshots of one layout reach 0.74; resize,
+# recompress, border and letterbox copies stay above it). The 1-bit pHash floor alone merged them.
+MIN_DETAIL_CORR = 0.75
+
+
+@dataclass(frozen=True)
+class NearMember:
+    """What near-dup search needs of one content key; `rank` sorts the best copy first."""
+    key: str
+    phash: int
+    rank: tuple        # (-content area, bordered, -quality, no caption, key): smaller is the better copy
+    uri: str = ""
+    thumb: bytes = b""
+    solid: str = ""    # flat-colour class: such images are matched exactly by class, never by pHash
+
+
+# ---- candidates: multi-index hashing ---------------------------------------------------------------
+
+def mih_widths(t: int) -> list[int]:
+    """Substring widths (high bits first) for radius t: m = ceil((t+1)/3) substrings of ~64/m bits."""
+    m = max(2, math.ceil((t + 1) / 3))   # at least 2, so a substring and an item id pack into 64 bits
+    base, extra = divmod(HASH_BITS, m)
+    return [base + 1 if i < extra else base for i in range(m)]
+
+
+def substrings(h: np.ndarray, widths: list[int]) -> list[np.ndarray]:
+    out, shift = [], HASH_BITS
+    for w in widths:
+        shift -= w
+        out.append((h >> np.uint64(shift)) & np.uint64((1 << w) - 1))
+    return out
+
+
+def meet_radius(t: int, widths: list[int]) -> int:
+    return 1 if t // len(widths) >= 1 else 0
+
+
+def meet_values(sub: np.ndarray, width: int, radius: int) -> np.ndarray:
+    """(n, 1 + width*radius) keys of each substring: itself and, with radius 1, every value 1 bit away."""
+    if radius == 0:
+        return sub[:, None]
+    flips = np.uint64(1) << np.arange(width, dtype=np.uint64)
+    return np.concatenate([sub[:, None], sub[:, None] ^ flips[None, :]], axis=1)
+
+
+def canonical_meet(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The one meeting key of two substrings within 2 bits: a (equal), min(a, b) (1 bit), else the smaller
+    of the two values halfway (a with its lowest or its highest differing bit flipped)."""
+    d = a ^ b
+    low = d & (~d + np.uint64(1))
+    high = d ^ low
+    two = np.minimum(a ^ low, a ^ high)
+    pc = np.bitwise_count(d)
+    return np.where(pc == 0, a, np.where(pc == 1, np.minimum(a, b), two))
+
+
+def pair_filter(ha: np.ndarray, hb: np.ndarray, j: int, meet: np.ndarray, t: int,
+                widths: list[int]) -> np.ndarray:
+    """Mask of pairs found under substring j at key `meet` that are within t and owned by that key."""
+    subs_a, subs_b = substrings(ha, widths), substrings(hb, widths)
+    s = min(2, t // len(widths))
+    close = [np.bitwise_count(x ^ y) <= s for x, y in zip(subs_a, subs_b)]
+    first = np.argmax(np.stack(close), axis=0)
+    return ((np.bitwise_count(ha ^ hb) <= t) & (first == j)
+            & (canonical_meet(subs_a[j], subs_b[j]) == meet))
+
+
+CHUNK = 1 << 21    # sorted key records handled at a time (cut at group boundaries): bounds temporaries
+
+
+def owned_pairs(pk: np.ndarray, id_bits: int, h: np.ndarray, j: int, t: int,
+                widths: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """For sorted `key << id_bits | id` records: the pairs (lo, hi) of ids that share a key and that key
+    owns (within t, first close substring j, canonical meeting key). One vectorized pass per offset d
+    over the positions whose group is still longer than d; the Hamming test runs first and drops ~all."""
+    mask, shift = np.uint64((1 << id_bits) - 1), np.uint64(id_bits)
+    hh = h[(pk & mask).astype(np.intp)]            # hashes in record order: the hot loop reads them in order
+    out_a, out_b = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    pos = np.flatnonzero((pk[1:] ^ pk[:-1]) >> shift == 0)   # first offset: groups of 2+ only
+    d = 1
+    while pos.size:
+        if d > 1:
+            pos = pos[pos + d < len(pk)]
+            pos = pos[(pk[pos + d] ^ pk[pos]) >> shift == 0]
+        near = pos[np.bitwise_count(hh[pos] ^ hh[pos + d]) <= t]
+        x, y = (pk[near] & mask).astype(np.int64), (pk[near + d] & mask).astype(np.int64)
+        lo, hi = np.minimum(x, y), np.maximum(x, y)
+        ok = pair_filter(h[lo], h[hi], j, pk[near] >> shift, t, widths)
+        out_a.append(lo[ok])
+        out_b.append(hi[ok])
+        d += 1
+    return np.concatenate(out_a), np.concatenate(out_b)
+
+
+def all_pairs_within(h: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair (i < k) of `h` within Hamming t, each exactly once, and the items of the biggest key.
+    The single-process form of the Beam graph (emit keys -> group by key -> pairs the key owns): one
+    substring at a time, each key and item id packed into one uint64, sorted in place, then read in
+    chunks cut at key boundaries (as a shuffle hands keys to workers)."""
+    widths = mih_widths(t)
+    r = meet_radius(t, widths)
+    id_bits = max(1, int(len(h) - 1).bit_length())
+    assert max(widths) + id_bits <= 64, "too many items to pack keys and ids into 64 bits"
+    ids = np.arange(len(h), dtype=np.uint64)
+    shift = np.uint64(id_bits)
+    found_a, found_b, biggest = [], [], np.zeros(0, np.int64)
+    for j, sub in enumerate(substrings(h, widths)):
+        packed = np.empty((len(h), 1 + widths[j] * r), dtype=np.uint64)
+        for c in range(packed.shape[1]):   # column by column: no (n, width) temporaries
+            flip = np.uint64(0) if c == 0 else np.uint64(1 << (c - 1))
+            packed[:, c] = ((sub ^ flip) << shift) | ids
+        packed = packed.ravel()
+        packed.sort()
+        lo = 0
+        while lo < len(packed):
+            hi = min(len(packed), lo + CHUNK)
+            if hi < len(packed):   # extend to the end of the key group that straddles the cut
+                key = packed[hi - 1] >> shift
+                hi += int(np.searchsorted(packed[hi:] >> shift, key, side="right"))
+            pk = packed[lo:hi]
+            starts = np.flatnonzero(np.r_[True, (pk[1:] ^ pk[:-1]) >> shift != 0, True])
+            g = int(np.argmax(np.diff(starts)))
+            if starts[g + 1] - starts[g] > biggest.size:
+                biggest = (pk[starts[g]:starts[g + 1]] & np.uint64((1 << id_bits) - 1)).astype(np.int64)
+            a, b = owned_pairs(pk, id_bits, h, j, t, widths)
+            found_a.append(a)
+            found_b.append(b)
+            lo = hi
+        del packed
+    return np.concatenate(found_a), np.concatenate(found_b), biggest
+
+
+# ---- bounded keys ----------------------------------------------------------------------------------
+
+def stable_hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def n_blocks(count: int, bound: int) -> int:
+    """Blocks for a key of `count` items so that two blocks hold about bound/2 items: 1 when it fits."""
+    return 1 if count <= bound else math.ceil(4 * count / bound)
+
+
+def block_keys(item_key: str, nb: int) -> list[tuple[int, int]]:
+    """The block pairs (lo, hi) an item of block b joins: (b, b) and (b, o) for every other block o."""
+    b = stable_hash(item_key) % nb
+    return [(min(b, o), max(b, o)) for o in range(nb)]
+
+
+# ---- pixel check and the best copy -----------------------------------------------------------------
+
+def detail(thumb: bytes) -> np.ndarray:
+    """Zero-mean, unit-norm high-pass of a 32x32 gray thumbnail (thumbnail minus its 3x3 box mean)."""
+    a = np.frombuffer(thumb, np.uint8).astype(np.float32).reshape(THUMB_SIDE, THUMB_SIDE)
+    p = np.pad(a, 1, mode="edge")
+    blur = sum(p[y:y + THUMB_SIDE, x:x + THUMB_SIDE] for y in range(3) for x in range(3)) / 9.0
+    hp = (a - blur).ravel()
+    hp -= hp.mean()
+    n = float(np.linalg.norm(hp))
+    return hp / n if n > 1e-6 else hp
+
+
+def same_picture(a: NearMember, b: NearMember, t: int) -> tuple[bool, str]:
+    """The verification of one candidate pair: pHash within t and matching fine detail; (verdict, detail)."""
+    dist = (a.phash ^ b.phash).bit_count()
+    if dist > t:
+        return False, f"pHash Hamming {dist} > {t}"
+    if not a.thumb or not b.thumb:
+        return True, f"pHash Hamming {dist} <= {t} (no thumbnail to check)"
+    corr = float(detail(a.thumb) @ detail(b.thumb))
+    ok = corr >= MIN_DETAIL_CORR
+    return ok, f"pHash Hamming {dist} <= {t}, detail correlation {corr:.2f} {'>=' if ok else '<'} {MIN_DETAIL_CORR}"
+
+
+# ---- clustering around centres ---------------------------------------------------------------------
+
+def centre_rounds(better: np.ndarray, worse: np.ndarray, n: int, rounds: int) -> tuple[np.ndarray, int]:
+    """Centre of each of n nodes from verified edges better -> worse (node ids ranked: lower = better copy).
+
+    Round 1: a node with no better neighbour is a centre. Each later round, an undecided node joins the
+    best centre among its better neighbours, or becomes a centre once all of them have joined others.
+    Returns (centre per node: itself for centres, -1 for nodes still undecided, which are kept; undecided)."""
+    centre = np.full(n, -1, dtype=np.int64)
+    has_better = np.zeros(n, bool)
+    has_better[worse] = True
+    centre[~has_better] = np.arange(n)[~has_better]
+    for _ in range(rounds - 1):
+        undecided = centre < 0
+        e = undecided[worse]
+        b, w = better[e], worse[e]
+        is_centre = centre[b] == b
+        best = np.full(n, n, dtype=np.int64)
+        np.minimum.at(best, w[is_centre], b[is_centre])
+        pending = np.zeros(n, bool)
+        pending[w[centre[b] < 0]] = True
+        join = undecided & (best < n)
+        centre[join] = best[join]
+        become = undecided & ~join & ~pending
+        centre[become] = np.arange(n)[become]
+    return centre, int((centre < 0).sum())
