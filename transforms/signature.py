@@ -1,0 +1,111 @@
+"""Near-dup signature of a decoded image: content box (uniform borders trimmed), pHash and thumbnail of
+that box, solid-colour class and an encoding-quality estimate; computed once, inside decode's pass."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+TRIM_SIDE = 512        # borders are found on a copy at most this long, then scaled back
+FLAT_TOL = 48          # a line is flat when all but FLAT_OUTLIERS of its pixels lie within this of its median:
+                       # strong ink only, so JPEG ringing (q30) and faint anti-aliasing do not move the box
+FLAT_OUTLIERS = 0.002  # (a stray pixel or two: dust, noise)
+MIN_BORDER = 0.01      # trimmed bands thinner than this fraction of a side are not counted as an added border
+THUMB = 32             # thumbnail side: 32x32 gray = 1 KB, enough to tell text cards of one layout apart
+LOSSLESS = ("PNG", "TIFF", "BMP", "PPM", "QOI", "TGA")
+
+# libjpeg's standard luminance table (ITU-T T.81 Annex K), scaled by quality (jpeg_quality_scaling).
+_STD_LUMA = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Signature:
+    phash: str                     # pHash of the content box (16 hex chars)
+    thumb: bytes                   # THUMB x THUMB gray of the content box, row-major uint8
+    box: tuple[int, int, int, int]  # content box (x0, y0, x1, y1) in the decoded image's pixels
+    bordered: bool                 # uniform bands were trimmed (an added border, letterbox or margin)
+    solid: str                     # "rrggbb" (4-bit steps) when the whole image is one flat colour, else ""
+    quality: int                   # 100 lossless, JPEG quality estimated from its table, 75 other lossy
+
+
+def _flat(lines: np.ndarray) -> np.ndarray:
+    """Per line (lines x pixels x channels): all but FLAT_OUTLIERS of its pixels near the line's median colour.
+    Judged per line, so a frame, the blended line JPEG leaves next to it and a margin all peel alike."""
+    end = max(1, lines.shape[1] // 50)   # the ends cross a frame's blended corner: not judged
+    inner = lines[:, end:-end] if lines.shape[1] > 4 * end else lines
+    med = np.median(inner[:, ::4], axis=1, keepdims=True)   # every 4th pixel: the colour of a flat line
+    return (np.abs(inner - med).max(axis=-1) > FLAT_TOL).mean(axis=1) <= FLAT_OUTLIERS
+
+
+def _lead(flags: np.ndarray) -> int:
+    """Number of leading True values."""
+    return int(flags.size if flags.all() else np.argmin(flags))
+
+
+def content_box(rgb: Image.Image) -> tuple[tuple[int, int, int, int], bool] | None:
+    """(box, bordered) after peeling flat rows and columns from every side; None when everything is flat."""
+    small = rgb.copy()
+    small.thumbnail((TRIM_SIDE, TRIM_SIDE), Image.Resampling.BOX)
+    a = np.asarray(small, dtype=np.int16)
+    h, w = a.shape[:2]
+    y0, y1, x0, x1 = 0, h, 0, w
+    for _ in range(3):   # rows judged on the columns that remain, then columns on the rows that remain
+        rows = _flat(a[y0:y1, x0:x1])
+        if rows.all():
+            return None
+        y0, y1 = y0 + _lead(rows), y1 - _lead(rows[::-1])
+        cols = _flat(a[y0:y1, x0:x1].transpose(1, 0, 2))
+        if cols.all():
+            return None
+        dx0, dx1 = _lead(cols), _lead(cols[::-1])
+        x0, x1 = x0 + dx0, x1 - dx1
+        if not (dx0 or dx1):
+            break
+    sx, sy = rgb.width / w, rgb.height / h
+    box = (round(x0 * sx), round(y0 * sy), max(round(x0 * sx) + 1, round(x1 * sx)),
+           max(round(y0 * sy) + 1, round(y1 * sy)))
+    bordered = max(y0, h - y1) > MIN_BORDER * h or max(x0, w - x1) > MIN_BORDER * w
+    return box, bordered
+
+
+def jpeg_quality(im: Image.Image) -> int:
+    """Estimated quality of a decoded JPEG from its luminance quantization table (inverse libjpeg scaling)."""
+    tables = getattr(im, "quantization", None) or {}
+    if 0 not in tables:
+        return 75
+    q = np.asarray(tables[0], dtype=np.float64)
+    if q.size != 64:
+        return 75
+    # libjpeg: table = (std * scale + 50) / 100, scale = 5000/Q (Q < 50) or 200 - 2Q; take the mean ratio
+    scale = float(np.clip(q * 100.0 / _STD_LUMA, 1, 5000).mean())
+    quality = 5000.0 / scale if scale > 100 else (200.0 - scale) / 2.0
+    return int(np.clip(round(quality), 1, 100))
+
+
+def encoding_quality(im: Image.Image) -> int:
+    if im.format in LOSSLESS:
+        return 100
+    return jpeg_quality(im) if im.format in ("JPEG", "MPO") else 75
+
+
+def thumbnail(crop: Image.Image) -> bytes:
+    return crop.convert("L").resize((THUMB, THUMB), Image.Resampling.BOX).tobytes()
+
+
+def signature(rgb: Image.Image, quality: int) -> Signature:
+    """The near-dup signature of a decoded RGB image (pHash as imagehash.phash, on the content box)."""
+    import imagehash
+
+    found = content_box(rgb)
+    if found is None:
+        r, g, b = (int(v) >> 4 for v in np.asarray(rgb, dtype=np.float64).reshape(-1, 3).mean(axis=0))
+        crop, box, bordered, solid = rgb, (0, 0, rgb.width, rgb.height), False, f"{r:x}{r:x}{g:x}{g:x}{b:x}{b:x}"
+    else:
+        box, bordered = found
+        crop, solid = (rgb if box == (0, 0, rgb.width, rgb.height) else rgb.crop(box)), ""
+    return Signature(phash=str(imagehash.phash(crop)), thumb=thumbnail(crop), box=box, bordered=bordered,
+                     solid=solid, quality=quality)
