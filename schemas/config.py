@@ -35,6 +35,7 @@ PromptStyle = Literal["auto", "chat", "completion"]
 BUILTIN_BACKENDS = ("openai", "vllm", "local")
 _PLUGGED_BACKENDS: set[str] = set()     # added in code by transforms.backends.base.register_backend
 NAME = re.compile(r"[a-z0-9_-]+")
+LANG_TAG = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]+)*")    # BCP-47 shaped: ko, vi, pt-BR, zh-Hant
 ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -291,6 +292,14 @@ class TranslateConfig(EndpointConfig):
     def validate(self) -> None:
         super().validate()
         _ranges(self, positive=("batch_size", "max_tokens", "max_chunk_chars"), non_negative=("temperature",))
+        # target languages name output folders and shard members: tags only, so `--to ../x` cannot escape
+        for i, tag in enumerate(self.to):
+            if not LANG_TAG.fullmatch(tag):
+                raise ConfigError(f"to[{i}]: {tag!r} is not a language tag like ko, vi or pt-BR")
+        if len(set(self.to)) != len(self.to):
+            raise ConfigError(f"to: a language is listed twice in {self.to}")
+        if self.enabled and not self.to:
+            raise ConfigError("to: at least one target language is needed")
 
 
 @dataclass(frozen=True)
