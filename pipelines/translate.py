@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import pickle
-import shutil
 import time
-from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import apache_beam as beam
@@ -17,7 +15,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from polycap.pipelines.run import WriteCount
 from polycap.schemas import Reason, Reject
 from polycap.schemas.config import TranslateConfig
+from polycap.sharding import fs
 from polycap.sharding.rejects import WriteRejects
+from polycap.sharding.run_stats import STATS_NAME, CountAll, MergeCounts, WriteJson, count_key
 from polycap.transforms.dataset_formats import (
     FormatError,
     RawRecord,
@@ -64,7 +64,7 @@ class _ExplodeFn(beam.DoFn):
         if err:
             yield beam.pvalue.TaggedOutput("bad", Reject(
                 key=raw.rid, source_uri=f"{self.uri}#{raw.index}", stage=READ_STAGE, reason=Reason.BAD_RECORD,
-                detail=err[:2000], source_name=os.path.basename(self.uri)))
+                detail=err[:2000], source_name=fs.basename(self.uri)))
             return
         yield beam.pvalue.TaggedOutput("ok", (raw.index, raw))
         for path, text in slots:
@@ -93,7 +93,7 @@ class _MergeFn(beam.DoFn):
                     key=raw.rid, source_uri=f"{self.uri}#{index}", stage=STAGE,
                     reason=Reason(f.reason or Reason.INTERNAL_ERROR),
                     detail=f"lang={lang} slot={slot} ({len(failed)} of {len(mine)} texts failed): {f.detail}"[:2000],
-                    source_name=os.path.basename(self.uri)))
+                    source_name=fs.basename(self.uri)))
                 continue
             texts = {_parse_unit_key(r.key)[1]: r.text for r in mine if r.text is not None}  # all, here
             part = 0 if raw.container else index // PART_RECORDS  # a shard's records stay in one group
@@ -103,57 +103,56 @@ class _MergeFn(beam.DoFn):
 class _WritePartFn(beam.DoFn):
     """One group of at most PART_RECORDS records of one (language, output file), sorted by input position.
 
-    A shard's group is its whole tar (shards are small), written in place. A dataset file's groups are written
-    as pickled parts under `<lang>/_parts/<name>/` and yield ((lang, name), part path) for _CommitFileFn, so no
-    worker ever holds a whole file of a million conversations."""
+    A shard's group is its whole tar (shards are small), written in place (its count goes to the "kept" output).
+    A dataset file's groups are written as pickled parts under `<lang>/_parts/<name>/` (through the filesystem
+    layer, so workers on other machines read them) and yield ((lang, name), part path) for _CommitFileFn, so
+    no worker ever holds a whole file of a million conversations."""
 
     def __init__(self, out_dir: str, in_path: str, container: str):
         self.out_dir, self.in_path, self.container = out_dir, in_path, container
 
-    def process(self, element) -> Iterator[tuple[tuple[str, str], str]]:
+    def process(self, element) -> Iterator[Any]:
         (lang, shard, part), items = element
         records = [rec for _, rec in sorted(items, key=lambda x: x[0])]
         if self.container == "shards":
-            write_records(os.path.join(self.out_dir, lang, shard), self.container, records)
+            write_records(fs.join(self.out_dir, lang, shard), self.container, records)
+            yield beam.pvalue.TaggedOutput("kept", {f"kept:{lang}": len(records)})
             return
-        name = os.path.basename(self.in_path)
-        path = os.path.join(self.out_dir, lang, PARTS_DIR, name, f"{part:08d}.pkl")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(f"{path}.tmp", "wb") as f:
-            pickle.dump(records, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(f"{path}.tmp", path)
+        name = fs.basename(self.in_path)
+        path = fs.join(self.out_dir, lang, PARTS_DIR, name, f"{part:08d}.pkl")
+        fs.write_bytes(path, pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL))
         yield (lang, name), path
 
 
 class _CommitFileFn(beam.DoFn):
-    """((lang, name), part paths) -> the output file, streamed part by part in input order; parts removed."""
+    """((lang, name), part paths) -> the output file, streamed part by part in input order; parts removed.
+    Yields {"kept:<lang>": records written}. A retry after the parts were removed finds the file in place and
+    only counts it."""
 
     def __init__(self, out_dir: str, in_path: str, container: str):
         self.out_dir, self.in_path, self.container = out_dir, in_path, container
 
-    def process(self, element) -> Iterator[str]:
+    def process(self, element) -> Iterator[dict[str, int]]:
         (lang, name), parts = element
-        schema = None
-        if self.container == "parquet":
-            import pyarrow.parquet as pq
-
-            schema = pq.read_schema(self.in_path)  # the output keeps the input's column types
-        out = os.path.join(self.out_dir, lang, name)
+        out = fs.join(self.out_dir, lang, name)
+        parts_dir = fs.join(self.out_dir, lang, PARTS_DIR, name)
+        if not fs.list_dir(parts_dir) and fs.is_file(out):
+            yield {f"kept:{lang}": sum(1 for _ in read_records(out))}
+            return
+        schema = fs.parquet_schema(self.in_path) if self.container == "parquet" else None  # keep column types
         writer = RecordWriter(out, self.container, schema)
         for part in sorted(parts):  # zero-padded part numbers: name order is input order
-            with open(part, "rb") as f:
-                for rec in pickle.load(f):
-                    writer.write(rec)
+            for rec in pickle.loads(fs.read_bytes(part)):
+                writer.write(rec)
         writer.close()
-        shutil.rmtree(os.path.join(self.out_dir, lang, PARTS_DIR, name), ignore_errors=True)
-        with contextlib.suppress(OSError):
-            os.rmdir(os.path.join(self.out_dir, lang, PARTS_DIR))  # only when no other file's parts remain
-        yield out
+        fs.delete_prefix(parts_dir)
+        fs.remove_empty_dir(fs.join(self.out_dir, lang, PARTS_DIR))  # only when no other file's parts remain
+        yield {f"kept:{lang}": writer.count}
 
 
 def rejects_subdir(in_path: str) -> str:
     """This input's folder under `OUT/rejects/`: translating another file into OUT keeps this one's rejects."""
-    return os.path.basename(os.path.normpath(in_path))
+    return fs.basename(in_path)
 
 
 class _ReadFn(beam.DoFn):
@@ -179,29 +178,29 @@ def _counter(result: Any, name: str) -> int:
         return -1
 
 
-def _stats(out_dir: str, langs: list[str], fmt: str, result: Any, started: float, in_path: str) -> dict:
-    """Counts for THIS input only: output files written for other inputs into the same OUT are not counted."""
-    from polycap.sharding.rejects import read_rejects
+def _reject_count(r: Reject) -> dict[str, int]:
+    """A read failure counts against every language; a translate reject names its language in the detail."""
+    if r.stage == READ_STAGE:
+        return {"bad": 1, f"reason:{r.reason}": 1}
+    lang = r.detail.split(" ", 1)[0].removeprefix("lang=")
+    return {f"rejected:{lang}": 1, f"reason:{r.reason}": 1}
 
-    mine = None if os.path.isdir(in_path) else {os.path.basename(in_path)}
-    with open(os.path.join(out_dir, INPUTS_FILE), encoding="utf-8") as fh:
-        inputs = json.load(fh)["inputs"]   # counted in the pipeline, as the records were read
-    rej = read_rejects(out_dir, rejects_subdir(in_path)).to_pylist()
-    bad = sum(1 for r in rej if r["stage"] == READ_STAGE)
+
+def _file_count(_: Any) -> dict[str, int]:
+    return {"reject_files": 1}
+
+
+def stats_from_counts(counts: dict[str, int], langs: list[str], fmt: str, started: float) -> dict[str, Any]:
+    """`_stats.json` for THIS input, from the counts merged in the pipeline (output files written for other
+    inputs into the same OUT are not counted: only what this run wrote is)."""
+    inputs, bad = counts.get("inputs", 0), counts.get("bad", 0)
     by_lang = {}
     for lang in langs:
-        kept_path = os.path.join(out_dir, lang)
-        kept = 0
-        for f in os.listdir(kept_path) if os.path.isdir(kept_path) else []:
-            if (mine is not None and f not in mine) or f.startswith("_") or f.endswith(".tmp"):
-                continue  # another input's output, or temp parts
-            kept += sum(1 for _ in read_records(os.path.join(kept_path, f)))
-        rejected = bad + sum(1 for r in rej if r["stage"] == STAGE and f"lang={lang} " in r["detail"])
+        kept = counts.get(f"kept:{lang}", 0)
+        rejected = bad + counts.get(f"rejected:{lang}", 0)
         by_lang[lang] = {"kept": kept, "rejected": rejected, "balanced": kept + rejected == inputs}
     return {"inputs": inputs, "format": fmt, "langs": by_lang, "bad_records": bad,
-            "rejects_by_reason": dict(Counter(r["reason"] for r in rej)),
-            "requests": _counter(result, "requests"), "cache_hits": _counter(result, "cache_hits"),
-            "retries": _counter(result, "retries"), "seconds": round(time.time() - started, 2),
+            "rejects_by_reason": count_key("reason", counts), "seconds": round(time.time() - started, 2),
             "balanced": all(v["balanced"] for v in by_lang.values())}
 
 
@@ -213,7 +212,9 @@ def run(in_path: str, to: list[str], out_dir: str, cfg: TranslateConfig, fmt: st
     parsed is one BAD_RECORD row (stage translate_read) and counts as rejected in every language.
     """
     started = time.time()
-    if not os.path.exists(in_path):
+    fs.configure(pipeline_args)   # the launcher's peek and the final read use the job's filesystem options
+    in_path, out_dir = fs.abs_path(in_path), fs.abs_path(out_dir)
+    if not fs.exists(in_path):
         raise FileNotFoundError(f"input not found: {in_path}")
     container = container_of(in_path)
     first = _first_record(in_path)  # also: a broken JSON array fails here, before any work starts
@@ -221,30 +222,40 @@ def run(in_path: str, to: list[str], out_dir: str, cfg: TranslateConfig, fmt: st
         fmt = detect_format(first, container)
     fields = [f.strip() for f in field.split(",") if f.strip()]
     langs = list(to)
-    os.makedirs(out_dir, exist_ok=True)
-    uri = os.path.abspath(in_path)
+    fs.mkdirs(out_dir)
+    stats_path = fs.join(out_dir, STATS_NAME)
+    fs.delete([stats_path])   # a failed run must not leave the previous run's stats looking current
+    uri = in_path
     opts = PipelineOptions(pipeline_args or [])
     p = beam.Pipeline(options=opts)
     raws = (p | "Input" >> beam.Create([in_path]) | "Read" >> beam.ParDo(_ReadFn())
             | "Spread" >> beam.Reshuffle())  # one reader per file; the records then fan out to all workers
-    _ = (raws | "One" >> beam.Map(lambda _: 1) | "CountInputs" >> beam.CombineGlobally(sum)
-         | "WriteInputCount" >> beam.ParDo(WriteCount(os.path.join(out_dir, INPUTS_FILE))))
+    n_inputs = raws | "One" >> beam.Map(lambda _: 1) | "CountInputs" >> beam.CombineGlobally(sum)
+    _ = n_inputs | "WriteInputCount" >> beam.ParDo(WriteCount(fs.join(out_dir, INPUTS_FILE)))
     parts = (raws
              | "Explode" >> beam.ParDo(_ExplodeFn(fmt, fields, uri)).with_outputs("ok", "bad", main="units"))
-    translated = parts["units"] | "Translate" >> TranslateTexts(cfg, os.path.join(out_dir, "_cache", "translate"),
-                                                              langs)
+    translated = parts["units"] | "Translate" >> TranslateTexts(cfg, fs.join(out_dir, "_cache", "translate"), langs)
     by_index = translated | "ByRecord" >> beam.Map(lambda r: (_parse_unit_key(r.key)[0], r))
     merged = ({"raw": parts["ok"], "results": by_index} | "Join" >> beam.CoGroupByKey()
               | "Merge" >> beam.ParDo(_MergeFn(fmt, langs, uri)).with_outputs("rejects", main="records"))
-    _ = (merged["records"] | "ByPart" >> beam.GroupByKey()
-         | "WriteParts" >> beam.ParDo(_WritePartFn(out_dir, in_path, container))
-         | "ByFile" >> beam.GroupByKey()
-         | "CommitFiles" >> beam.ParDo(_CommitFileFn(out_dir, in_path, container)))
-    _ = ((parts["bad"], merged["rejects"]) | "AllRejects" >> beam.Flatten()
-         | "WriteRejects" >> WriteRejects(out_dir, rejects_subdir(in_path)))
+    written = (merged["records"] | "ByPart" >> beam.GroupByKey()
+               | "WriteParts" >> beam.ParDo(_WritePartFn(out_dir, in_path, container)).with_outputs(
+                   "kept", main="parts"))
+    kept_files = (written["parts"] | "ByFile" >> beam.GroupByKey()
+                  | "CommitFiles" >> beam.ParDo(_CommitFileFn(out_dir, in_path, container)))
+    rejects = (parts["bad"], merged["rejects"]) | "AllRejects" >> beam.Flatten()
+    reject_files = rejects | "WriteRejects" >> WriteRejects(out_dir, rejects_subdir(in_path))
+    # Counted in the pipeline and written once by a worker after every file is committed (sharding/run_stats.py)
+    counts = (n_inputs | "InputCount" >> beam.Map(lambda n: {"inputs": int(n)}),
+              rejects | "CountRejects" >> CountAll(_reject_count),
+              (kept_files, written["kept"]) | "AllKept" >> beam.Flatten() | "CountKept" >> CountAll(lambda c: c),
+              reject_files | "CountRejectFiles" >> CountAll(_file_count))
+    _ = (counts | "AllCounts" >> beam.Flatten() | "MergeCounts" >> beam.CombineGlobally(MergeCounts())
+         | "WriteStats" >> beam.ParDo(WriteJson(stats_path, partial(stats_from_counts, langs=langs, fmt=fmt,
+                                                                    started=started))))
     result = p.run()
     result.wait_until_finish()
-    stats = _stats(out_dir, langs, fmt, result, started, in_path)
-    with open(os.path.join(out_dir, "_stats.json"), "w", encoding="utf-8") as f:
-        json.dump(stats, f, indent=2, ensure_ascii=False)
+    stats = fs.read_json(stats_path)   # written by the pipeline; the launcher reads only this small file
+    # Backend request counters are Beam metrics: known to a launcher that waited, not part of _stats.json.
+    stats.update({name: _counter(result, name) for name in ("requests", "cache_hits", "retries")})
     return stats

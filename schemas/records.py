@@ -55,7 +55,7 @@ class OcrLine:
 class OcrResult:
     engine: str                    # e.g. "paddleocr 3.7.0 (onnxruntime)"
     models: dict[str, str] = field(default_factory=dict)   # role -> model name/version
-    status: str = "ok"             # ok | failed | empty
+    status: str = "ok"             # ok | failed | empty | unsupported_script (Reason.OCR_UNSUPPORTED_SCRIPT)
     lines: list[OcrLine] = field(default_factory=list)      # in reading order
     lang: str | None = None        # dominant language/script of the text
     text_area_ratio: float = 0.0

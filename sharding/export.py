@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 from polycap.schemas.conversations import CHAT_ROLE
+from polycap.sharding import fs
 from polycap.sharding.reader import ShardSample, iter_samples
 from polycap.sharding.turns import available_langs, sample_turns
 
@@ -50,18 +50,23 @@ BUILDERS = {"llava": llava_record, "sharegpt": sharegpt_record, "internvl": inte
 
 def side_files(fmt: str, out_file: str, images_dir: str, n: int) -> dict[str, Any]:
     """What the target trainer needs to register the file (LLaMA-Factory dataset_info, InternVL meta)."""
-    name = os.path.splitext(os.path.basename(out_file))[0]
+    name = _stem(out_file)
     if fmt == "sharegpt":
         return {"dataset_info": {name: {
-            "file_name": os.path.basename(out_file), "formatting": "sharegpt",
+            "file_name": fs.basename(out_file), "formatting": "sharegpt",
             "columns": {"messages": "messages", "images": "images"},
             "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
                      "assistant_tag": "assistant", "system_tag": "system"}}}}
     if fmt == "internvl":
-        return {"meta": {name: {"root": os.path.dirname(os.path.abspath(images_dir)),
-                                "annotation": os.path.abspath(out_file), "data_augment": False,
+        return {"meta": {name: {"root": fs.parent(fs.abs_path(images_dir)),
+                                "annotation": fs.abs_path(out_file), "data_augment": False,
                                 "repeat_time": 1, "length": n}}}
     return {}
+
+
+def _stem(path: str) -> str:
+    name = fs.basename(path)
+    return name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
 
 
 # ---------------------------------------------------------------- the export
@@ -72,19 +77,22 @@ def export(shard_dir: str, fmt: str, out_file: str, langs: list[str] | None = No
 
     One record per (sample, language). Image paths in records are relative to the out file's folder.
     Returns a summary: counts per language, samples without any usable conversation, side-file contents.
+    Shards and the export may be on any filesystem (sharding/fs.py); the file is written atomically.
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
-    out_dir = os.path.dirname(os.path.abspath(out_file))
-    images_dir = os.path.join(out_dir, "images")
-    os.makedirs(images_dir, exist_ok=True)
+    out_file = fs.abs_path(out_file)
+    out_dir = fs.parent(out_file)
+    images_dir = fs.join(out_dir, "images")
     jsonl = fmt == "internvl" or out_file.endswith(".jsonl")
     build = BUILDERS[fmt]
     per_lang: Counter = Counter()
     samples = images = no_text = 0
-    tmp = out_file + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("" if jsonl else "[\n")
+    with fs.atomic_create(out_file) as out:
+        def write(text: str) -> None:
+            out.write(text.encode("utf-8"))
+
+        write("" if jsonl else "[\n")
         first = True
         for s in iter_samples(shard_dir):
             samples += 1
@@ -93,29 +101,25 @@ def export(shard_dir: str, fmt: str, out_file: str, langs: list[str] | None = No
                 no_text += 1
                 continue
             rel = f"images/{s.key}.jpg"
-            path = os.path.join(out_dir, rel)
-            if not os.path.exists(path):
-                with open(path, "wb") as img:
-                    img.write(s.jpg)
+            path = fs.join(out_dir, rel)
+            if not fs.is_file(path):
+                fs.write_bytes(path, s.jpg)
                 images += 1
             for lang, turns in convs:
                 rec = json.dumps(build(s, lang, turns, rel), ensure_ascii=False)
-                f.write(rec + "\n" if jsonl else ("" if first else ",\n") + rec)
+                write(rec + "\n" if jsonl else ("" if first else ",\n") + rec)
                 first = False
                 per_lang[lang] += 1
-        f.write("" if jsonl else "\n]\n")
-    if samples == 0:
-        os.remove(tmp)
-        raise FileNotFoundError(f"no shard samples under {shard_dir}")
-    os.replace(tmp, out_file)
+        if samples == 0:   # raising inside leaves no file behind (and keeps an older one on a disk)
+            raise FileNotFoundError(f"no shard samples under {shard_dir}")
+        write("" if jsonl else "\n]\n")
     n = sum(per_lang.values())
     summary = {"format": fmt, "out": out_file, "images_dir": images_dir, "samples": samples, "records": n,
                "images_written": images, "records_per_lang": dict(sorted(per_lang.items())),
                "samples_without_text": no_text, **side_files(fmt, out_file, images_dir, n)}
-    stem = os.path.splitext(os.path.basename(out_file))[0]
+    stem = _stem(out_file)
     for key in ("dataset_info", "meta"):   # beside the file, never over an existing dataset_info.json
         if key in summary:
-            summary[f"{key}_file"] = os.path.join(out_dir, f"{stem}.{key}.json")
-            with open(summary[f"{key}_file"], "w", encoding="utf-8") as f:
-                json.dump(summary[key], f, indent=2, ensure_ascii=False)
+            summary[f"{key}_file"] = fs.join(out_dir, f"{stem}.{key}.json")
+            fs.write_json(summary[f"{key}_file"], summary[key])
     return summary

@@ -16,6 +16,8 @@ import contextlib
 import json
 import os
 import posixpath
+import threading
+import types
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
@@ -24,6 +26,36 @@ from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 RAW = CompressionTypes.UNCOMPRESSED   # never guess a codec from the name (`.gz`): run artifacts are raw bytes
+
+
+def _share_s3_clients() -> None:
+    """Beam's S3 filesystem builds a new boto3 Session and client for every call (exists, open, create,
+    rename, ...); loading the service models costs 0.3-1.5 s of CPU each time (measured against moto here),
+    i.e. seconds per staged image. boto3 clients are thread-safe, so one client per process and set of
+    options is shared; Beam's own wrapper, which keeps per-download state, is still made per call, and the
+    options are Beam's (nothing else reads credentials). A Beam without this layout is left as it is."""
+    try:
+        from apache_beam.io.aws.clients.s3 import boto3_client
+    except ImportError:
+        return
+    real = getattr(boto3_client, "boto3", None)
+    if real is None or getattr(real, "_polycap_shared", False):
+        return
+    lock, clients = threading.Lock(), {}
+
+    class SharedSession:
+        def client(self, **kw: Any) -> Any:
+            key = tuple(sorted((k, repr(v)) for k, v in kw.items()))
+            with lock:
+                if key not in clients:
+                    clients[key] = real.session.Session().client(**kw)
+                return clients[key]
+
+    boto3_client.boto3 = types.SimpleNamespace(session=types.SimpleNamespace(Session=SharedSession),
+                                               _polycap_shared=True)
+
+
+_share_s3_clients()
 
 
 def configure(pipeline_args: list[str] | None) -> None:
@@ -93,6 +125,11 @@ def list_dir(folder: str, recursive: bool = False) -> dict[str, int]:
     return out
 
 
+def glob(pattern: str) -> list[str]:
+    """Paths matching a glob (`*` within a name, `**` across folders), sorted; [] when none."""
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
 def size(path: str) -> int:
     return int(FileSystems.match([path])[0].metadata_list[0].size_in_bytes)
 
@@ -112,9 +149,22 @@ def mkdirs(path: str) -> None:
                 raise
 
 
+def remove_empty_dir(path: str) -> None:
+    """Remove a local directory if it is empty (object stores have no empty folders to remove)."""
+    if has_dirs(path) and is_local(path):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+
+
 def open_read(path: str) -> IO[bytes]:
-    """A seekable binary reader (Beam's handle: local file, S3/GCS ranged reads)."""
-    return FileSystems.open(path, compression_type=RAW)
+    """A seekable binary reader (Beam's handle: local file, S3/GCS ranged reads). A missing or unreadable
+    file raises OSError on every filesystem (Beam's S3 client raises its own error type)."""
+    try:
+        return FileSystems.open(path, compression_type=RAW)
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - S3ClientError and friends are not OSErrors
+        raise OSError(f"{path}: {e}") from e
 
 
 def create(path: str) -> IO[bytes]:
@@ -149,8 +199,8 @@ def atomic_create(path: str) -> Iterator[IO[bytes]]:
     f = create(tmp)
     try:
         yield f
-        f.flush()
-        with contextlib.suppress(AttributeError, OSError, ValueError):
+        with contextlib.suppress(AttributeError, OSError, ValueError):   # durable before it is renamed
+            f.flush()
             os.fsync(f.fileno())
         f.close()
         FileSystems.rename([tmp], [path])
@@ -185,6 +235,22 @@ def rename(src: list[str], dst: list[str]) -> None:
         FileSystems.rename(src, dst)
 
 
+def rename_converging(src: list[str], dst: list[str]) -> int:
+    """Rename each `src[i]` to `dst[i]` so that a retry after a partial attempt converges: a pair whose
+    source is gone and whose target exists was done before. Decided from one listing per folder, not a
+    request per file. Returns how many renames were left to do; FileNotFoundError when both are missing."""
+    present: set[str] = set()
+    for folder in {parent(p) for p in (*src, *dst)}:
+        present |= {join(folder, n) for n in list_dir(folder)}
+    todo = [(s, d) for s, d in zip(src, dst) if s in present]
+    lost = [s for s, d in zip(src, dst) if s not in present and d not in present]
+    if lost:
+        raise FileNotFoundError(f"rename: {len(lost)} source(s) and their targets are both missing, e.g. {lost[0]}")
+    if todo:
+        FileSystems.rename([s for s, _ in todo], [d for _, d in todo])
+    return len(todo)
+
+
 def delete(paths: Iterable[str]) -> None:
     """Delete files; a path that is already gone is not an error (retries and races converge)."""
     paths = list(paths)
@@ -213,12 +279,17 @@ def delete_prefix(folder: str) -> int:
 
 
 # ---------------------------------------------------------------- parquet through Beam handles
+# Arrow reads a Python file object synchronously here (pre_buffer=False, use_threads=False): with its
+# defaults a read-ahead task on Arrow's IO pool can outlive the read, still holding the Python file, and
+# release it on an Arrow thread during interpreter shutdown -> std::terminate, exit 134 after a good run
+# (core dump: PyReadableFile destructor in ThreadPool worker; apache/arrow#34314). Always open parquet
+# through these functions, never pq.read_table / pq.ParquetFile on a file object elsewhere.
 
 def read_parquet(path: str, columns: list[str] | None = None, filters: Any = None) -> Any:
     import pyarrow.parquet as pq
 
     with open_read(path) as f:
-        return pq.read_table(f, columns=columns, filters=filters)
+        return pq.read_table(f, columns=columns, filters=filters, pre_buffer=False, use_threads=False)
 
 
 def iter_parquet(path: str, columns: list[str] | None = None, batch_size: int = 1024) -> Iterator[Any]:
@@ -226,14 +297,15 @@ def iter_parquet(path: str, columns: list[str] | None = None, batch_size: int = 
     import pyarrow.parquet as pq
 
     with open_read(path) as f:
-        yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
+        pf = pq.ParquetFile(f, pre_buffer=False)
+        yield from pf.iter_batches(batch_size=batch_size, columns=columns, use_threads=False)
 
 
 def parquet_schema(path: str) -> Any:
     import pyarrow.parquet as pq
 
     with open_read(path) as f:
-        return pq.ParquetFile(f).schema_arrow
+        return pq.ParquetFile(f, pre_buffer=False).schema_arrow
 
 
 def write_parquet(path: str, table: Any) -> None:

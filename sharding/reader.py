@@ -1,14 +1,13 @@
-"""Stream samples out of shard tars (used by tests, `polycap shards`, and the trainer)."""
+"""Stream samples out of shard tars (used by tests, `polycap shards`, and the trainer), on any filesystem."""
 from __future__ import annotations
 
-import glob
 import json
-import os
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from polycap.sharding import fs
 from polycap.sharding.members import SHARD_RE, split_member, text_lang
 
 
@@ -26,14 +25,15 @@ class ShardSample:
 
 
 def list_shards(path: str) -> list[str]:
-    """Shard tars in a run dir (`DIR/shards/*.tar`), a shard dir, or a glob; sorted by name."""
-    if os.path.isdir(os.path.join(path, "shards")):
-        path = os.path.join(path, "shards")
-    if os.path.isdir(path):
-        files = [os.path.join(path, f) for f in os.listdir(path) if SHARD_RE.match(f)]
-    else:
-        files = glob.glob(path)
-    return sorted(files)
+    """Shard tars in a run dir (`DIR/shards/*.tar`), a shard dir, one tar, or a glob; sorted by name.
+    Local paths and object stores alike (a "dir" there is a prefix)."""
+    if any(c in path for c in "*?["):
+        return fs.glob(path)
+    if fs.is_dir(fs.join(path, "shards")):
+        path = fs.join(path, "shards")
+    if fs.is_dir(path):
+        return sorted(fs.join(path, f) for f in fs.list_dir(path) if SHARD_RE.match(f))
+    return [path] if fs.is_file(path) else []
 
 
 def _finish(cur: ShardSample, shard: str) -> ShardSample:
@@ -69,11 +69,11 @@ def _check_complete(tf: tarfile.TarFile, fileobj: Any, name: str) -> list[tarfil
 def iter_shard(path: str) -> Iterator[ShardSample]:
     """Yield samples of one tar in order; raises ShardError, before yielding anything, on a truncated
     tar, and on a split member group when it reaches it."""
-    name = os.path.basename(path)
+    name = fs.basename(path)
     seen: set[str] = set()
     cur: ShardSample | None = None
     try:
-        with open(path, "rb") as fileobj, tarfile.open(fileobj=fileobj, mode="r:") as tf:
+        with fs.open_read(path) as fileobj, tarfile.open(fileobj=fileobj, mode="r:") as tf:
             for m in _check_complete(tf, fileobj, name):
                 if not m.isfile():
                     continue

@@ -3,7 +3,8 @@
 # emitted files (and only those, so a retried bundle's orphan is never counted twice) into place and then
 # deletes reject files of a previous run. Empty input still commits one empty file with the schema.
 # A crash before the final step leaves the previous run's files plus hidden temps; a crash inside it can
-# leave old and new files side by side until the job is rerun.
+# leave old and new files side by side until the step is retried or the job rerun. The final step is
+# idempotent (renames converge, deletes tolerate missing files), so a runner may retry it.
 from __future__ import annotations
 
 import logging
@@ -15,14 +16,13 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from polycap.schemas import REJECT_SCHEMA, Reject, reject_to_row
+from polycap.sharding import fs
 from polycap.sharding import manifest as mf
 from polycap.sharding.writer import TMP_RE
 
@@ -39,7 +39,7 @@ def rejects_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 def write_temp(table: pa.Table, rejects_dir: str) -> str:
     path = mf.join(rejects_dir, f".part-{uuid.uuid4().hex[:8]}.parquet.tmp-{uuid.uuid4().hex}")
-    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    with fs.create(path) as f:
         pq.write_table(table, f)
     return path
 
@@ -81,12 +81,11 @@ def commit_rejects(temps: list[str], rejects_dir: str) -> list[str]:
     if not temps:
         temps = [write_temp(rejects_table([]), rejects_dir)]
     finals = [mf.join(rejects_dir, f"rejects-{i:05d}.parquet") for i in range(len(temps))]
-    FileSystems.rename(temps, finals)
+    fs.rename_converging(temps, finals)
     keep = {mf.basename(p) for p in finals}
     old = [mf.join(rejects_dir, n) for n in mf.list_files(rejects_dir)
            if (REJECT_FILE_RE.match(n) and n not in keep) or TMP_RE.match(n)]
-    if old:
-        FileSystems.delete(old)
+    fs.delete(old)
     log.info("rejects: committed %d files to %s", len(finals), rejects_dir)
     return finals
 

@@ -2,52 +2,50 @@
 
 Beam's in-memory DirectRunner materializes every stage's output (and every GroupByKey input) in memory; with
 image bytes in the records a run held ~0.23 MB per image (bench/results/urls_vs_img2dataset.json). In decode's
-pool thread (transforms/decode.py) each decoded sample's bytes go to `<output>/_staging/<k[:2]>/<key>.jpg`
-(temp name + rename, any Beam filesystem) and the record keeps `image.ref`; OCR, captioning and the shard
-writer read them back with `image_bytes()`. The run removes the staging folder once the shards are committed.
+pool thread (transforms/decode.py) each decoded sample's bytes go to
+`<output>/_staging/<run_id>/<k[:2]>/<key>.jpg` through the filesystem layer (sharding/fs.py: temp + rename on
+a disk, one PUT on an object store) and the record keeps `image.ref`; OCR, captioning and the shard writer
+read them back with `image_bytes()`.
+
+Staged bytes cannot go stale: the key is the content address of the *input* bytes, and what decode stages for
+it depends on the decode settings, so a folder shared between runs would hand a rerun with other settings
+the previous run's bytes. Every run therefore stages under its own run id, and the run's final step removes
+the whole `_staging/` prefix (this run's and any crashed run's) on every filesystem.
 """
 from __future__ import annotations
 
 import dataclasses
-import uuid
-
-from apache_beam.io.filesystems import FileSystems
+import re
 
 from polycap.schemas import Sample
+from polycap.sharding import fs
 
 STAGING_DIR = "_staging"
+RUN_ID_RE = re.compile(r"^[0-9A-Za-z_-]+$")
 
 
-def staging_root(output_dir: str) -> str:
-    return FileSystems.join(output_dir, STAGING_DIR)
+def staging_root(output_dir: str, run_id: str) -> str:
+    """This run's staging folder, `<output>/_staging/<run_id>`."""
+    if not RUN_ID_RE.match(run_id):
+        raise ValueError(f"staging: run id {run_id!r} must be a non-empty name of [0-9A-Za-z_-]")
+    return fs.join(fs.abs_path(output_dir), STAGING_DIR, run_id)
 
 
 def staged_path(root: str, key: str) -> str:
-    return FileSystems.join(root, key[:2], f"{key}.jpg")
-
-
-_made_dirs: set[str] = set()  # parents this process created (or found): one mkdirs per folder, not per image
+    return fs.join(root, key[:2], f"{key}.jpg")
 
 
 def stage_bytes(sample: Sample, root: str) -> Sample:
-    """Write the image bytes under `root` (once per key) and return the record without them.
+    """Write the image bytes under `root` (this run's folder) and return the record without them.
 
-    Thread-safe (decode's pool threads call it); an OSError propagates to the caller's reject handling."""
+    Within one run a key always stages the same bytes (same input, same settings), so a disk skips a file
+    that exists and an object store just PUTs again (cheaper than asking first). Thread-safe (decode's pool
+    threads call it); an OSError propagates to the caller's reject handling."""
     if not sample.image.bytes:
         return sample
     path = staged_path(root, sample.key)
-    if not FileSystems.exists(path):
-        parent = FileSystems.join(root, sample.key[:2])
-        if parent not in _made_dirs:
-            try:
-                FileSystems.mkdirs(parent)
-            except OSError:
-                pass  # exists already (another thread or worker, or an earlier run)
-            _made_dirs.add(parent)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with FileSystems.create(tmp) as f:
-            f.write(sample.image.bytes)
-        FileSystems.rename([tmp], [path])
+    if not (fs.has_dirs(path) and fs.is_file(path)):
+        fs.write_bytes(path, sample.image.bytes)
     return dataclasses.replace(sample, image=dataclasses.replace(sample.image, bytes=b"", ref=path))
 
 
@@ -55,11 +53,9 @@ def image_bytes(sample: Sample) -> bytes:
     """The image bytes, in the record or staged; raises OSError if a staged file is gone."""
     if sample.image.bytes or not sample.image.ref:
         return sample.image.bytes
-    with FileSystems.open(sample.image.ref) as f:
-        return f.read()
+    return fs.read_bytes(sample.image.ref)
 
 
-def clear_staging(output_dir: str) -> None:
-    root = staging_root(output_dir)
-    if FileSystems.exists(root):
-        FileSystems.delete([root])
+def clear_staging(output_dir: str) -> int:
+    """Remove `<output>/_staging/` (every run's staged bytes); returns how many files went."""
+    return fs.delete_prefix(fs.join(fs.abs_path(output_dir), STAGING_DIR))

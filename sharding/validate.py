@@ -7,8 +7,7 @@ import tarfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from apache_beam.io.filesystems import FileSystems
-
+from polycap.sharding import fs
 from polycap.sharding import manifest as mf
 from polycap.sharding.image_format import sniff_format
 from polycap.sharding.members import SHARD_RE, split_member, text_lang
@@ -34,7 +33,7 @@ class ValidationReport:
 
 def file_sha256(path: str) -> tuple[str, int]:
     h, n = hashlib.sha256(), 0
-    with FileSystems.open(path) as f:
+    with fs.open_read(path) as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
             n += len(chunk)
@@ -81,7 +80,7 @@ def check_tar(path: str) -> tuple[list[str], list[str], list[str]]:
     cur: dict[str, bytes] = {}
     end = 0
     try:
-        with FileSystems.open(path) as f, tarfile.open(fileobj=f, mode="r:") as tf:
+        with fs.open_read(path) as f, tarfile.open(fileobj=f, mode="r:") as tf:
             for m in tf:
                 if not m.isfile():
                     errors.append(f"{name}: member {m.name!r} is not a regular file")

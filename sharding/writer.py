@@ -5,9 +5,10 @@
 #   3. GroupByKey the bucket, sort its samples by key, split into chunks of at most `max_samples`, and
 #      write each chunk to a hidden temp tar `.{split}-{run}-{bucket}-{chunk}.tar.tmp-<uuid>` (plus a
 #      sidecar parquet with its manifest rows); tar metadata is fixed (mtime 0, uid/gid 0, mode 0644);
-#   4. one final step (single worker) numbers the chunks in (bucket, chunk) order, renames each temp
-#      tar to its final name, deletes this split's shards beyond the new count, renames the new
-#      `manifest.parquet` into place, and removes sidecars and temp files of crashed attempts.
+#   4. one final step (single worker) numbers the chunks in (bucket, chunk) order, writes the new manifest
+#      to a temp name fixed by the run id, renames each temp tar to its final name, deletes this split's
+#      shards beyond the new count, renames the manifest into place, and removes sidecars and temp files
+#      (this run's and crashed attempts'). All file access goes through sharding/fs.py (any filesystem).
 #
 # What a crash leaves behind (test_sigkill_mid_run_leaves_nothing_a_reader_accepts in
 # tests/sharding/test_validate.py kills a rerun mid-write):
@@ -18,8 +19,11 @@
 #     POSIX file systems; object stores copy then delete, so the final object appears only whole),
 #     but new and old shards can be mixed under the old manifest; `validate` flags their sha256
 #     mismatch (unless the rerun wrote identical bytes), and rerunning the job repairs it.
-#   * the commit step is not idempotent: if it raises, a runner retry finds its temps renamed and fails
-#     too; rerun the job. Concurrent runs into the same output and split are not supported.
+#   * the commit step is idempotent, so a runner may retry it: renames converge (a temp already renamed
+#     is skipped), the manifest temp has the same name on every attempt, and sidecars are deleted only
+#     after the manifest is in place, so a retry that finds one gone only finishes the cleanup
+#     (tests/sharding/test_writer.py retries it after each partial state). Concurrent runs into the same
+#     output and split are not supported.
 # Buckets aim ~4 sigma below max_samples (binomial bucket sizes), so shards are ~87% full at 1000.
 from __future__ import annotations
 
@@ -40,12 +44,11 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from polycap.schemas import SCHEMA_VERSION, Sample
 from polycap.schemas.config import ShardsConfig
+from polycap.sharding import fs
 from polycap.sharding import manifest as mf
 from polycap.sharding.members import LANG_RE, SHARD_RE, shard_name
 from polycap.sharding.staging import image_bytes
@@ -203,10 +206,10 @@ class WriteChunksFn(beam.DoFn):
         stem = f".{self.split}-{self.run_id}-{bucket:06d}-{chunk_no:04d}"
         tmp = mf.join(self.shards_dir, f"{stem}.tar.tmp-{token}")
         sidecar = mf.join(self.shards_dir, f"{stem}.parquet.tmp-{token}")
-        with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        with fs.create(tmp) as f:
             sha, size = write_tar(f, chunk)
             _fsync(f)
-        with FileSystems.create(sidecar, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        with fs.create(sidecar) as f:
             pq.write_table(pa.table(mf.sidecar_rows(chunk), schema=mf.SIDECAR_SCHEMA), f)
         self.samples.inc(len(chunk))
         self.tars.inc()
@@ -217,18 +220,21 @@ class WriteChunksFn(beam.DoFn):
 
 # ---------------------------------------------------------------- commit: one worker, after all writes
 
-def _write_manifest(infos: list[dict[str, Any]], names: list[str], run_dir: str, split: str) -> str:
-    """Stream kept rows of other splits and every sidecar into a temp manifest; returns its path."""
+def manifest_temp(run_dir: str, split: str, run_id: str) -> str:
+    """The manifest's temp name: the same on every attempt of one run's commit, different across runs."""
+    token = hashlib.sha256(f"{run_id}:{split}".encode()).hexdigest()[:32]
+    return mf.join(run_dir, f".{mf.MANIFEST_NAME}.tmp-{token}")
+
+
+def _write_manifest(infos: list[dict[str, Any]], names: list[str], run_dir: str, split: str, tmp: str) -> None:
+    """Stream kept rows of other splits and every sidecar into the temp manifest `tmp`."""
     final = mf.join(run_dir, mf.MANIFEST_NAME)
-    tmp = mf.join(run_dir, f".{mf.MANIFEST_NAME}.tmp-{uuid.uuid4().hex}")
-    with (FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f,
-          pq.ParquetWriter(f, mf.MANIFEST_SCHEMA) as w):
+    with fs.create(tmp) as f, pq.ParquetWriter(f, mf.MANIFEST_SCHEMA) as w:
         for batch in mf.kept_rows(final, split):
             w.write_batch(batch)
         for info, name in zip(infos, names):
             sidecar = mf.read_table(info["sidecar"]).cast(mf.SIDECAR_SCHEMA)
             w.write_table(mf.shard_table(sidecar, split, name, info["sha256"], info["bytes"]))
-    return tmp
 
 
 def _stale(shards_dir: str, split: str, keep: int) -> tuple[list[str], list[str]]:
@@ -243,25 +249,34 @@ def _stale(shards_dir: str, split: str, keep: int) -> tuple[list[str], list[str]
     return stale, temps
 
 
-def commit_shards(infos: list[dict[str, Any]], run_dir: str, shards_dir: str,
-                  split: str) -> list[dict[str, Any]]:
-    """Number the temp tars, write the manifest, rename into place, drop stale shards and temp files."""
+def commit_shards(infos: list[dict[str, Any]], run_dir: str, shards_dir: str, split: str,
+                  run_id: str = "") -> list[dict[str, Any]]:
+    """Number the temp tars, write the manifest, rename into place, drop stale shards and temp files.
+
+    Idempotent (see the module comment): a retry after any partial attempt ends in the same files."""
     infos = sorted(infos, key=lambda i: (i["bucket"], i["chunk"]))
     names = [shard_name(split, i) for i in range(len(infos))]
     mf.ensure_dir(shards_dir)
-    manifest_tmp = _write_manifest(infos, names, run_dir, split)
+    manifest_tmp = manifest_temp(run_dir, split, run_id or uuid.uuid4().hex)
     finals = [mf.join(shards_dir, n) for n in names]
-    if infos:
-        FileSystems.rename([i["tmp"] for i in infos], finals)
-    stale, _ = _stale(shards_dir, split, len(infos))
-    if stale:
-        FileSystems.delete(stale)
-    FileSystems.rename([manifest_tmp], [mf.join(run_dir, mf.MANIFEST_NAME)])
+    present = mf.list_files(shards_dir)
+    if all(mf.basename(i["sidecar"]) in present for i in infos):
+        # Sidecars go only after the manifest is in place: all present means steps up to the manifest
+        # rename may still be missing, and each of them is safe to repeat.
+        _write_manifest(infos, names, run_dir, split, manifest_tmp)
+        fs.rename_converging([i["tmp"] for i in infos], finals)
+        stale, _ = _stale(shards_dir, split, len(infos))
+        fs.delete(stale)
+        fs.rename_converging([manifest_tmp], [mf.join(run_dir, mf.MANIFEST_NAME)])
+    else:
+        stale = []
+        if fs.is_file(manifest_tmp):
+            raise FileNotFoundError(f"shards: sidecars of {split} are gone but the manifest was never "
+                                    f"committed ({manifest_tmp}); rerun the job")
     _, temps = _stale(shards_dir, split, len(infos))
     temps += [mf.join(run_dir, n) for n in mf.list_files(run_dir)
               if TMP_RE.match(n) and n.startswith(f".{mf.MANIFEST_NAME}.")]
-    if temps:
-        FileSystems.delete(temps)
+    fs.delete(temps)
     log.info("shards: committed %d %s shards (%d samples) to %s, removed %d stale", len(infos), split,
              sum(i["samples"] for i in infos), shards_dir, len(stale))
     return [{"split": split, "shard": n, "path": p, "samples": i["samples"], "bytes": i["bytes"],
@@ -298,4 +313,4 @@ class WriteShards(beam.PTransform):
         return (infos
                 | "GatherTars" >> beam.combiners.ToList()
                 | "CommitShards" >> beam.FlatMap(commit_shards, self.run_dir, self.shards_dir,
-                                                 self.cfg.split))
+                                                 self.cfg.split, run_id))

@@ -72,9 +72,8 @@ class S3Server:
 
 
 @pytest.fixture(scope="session")
-def s3_server():
-    """`python -m moto.server` on a free port of 127.0.0.1, started once per session and stopped after;
-    FileSystems in this process is configured for it (workers get the same options from the pipeline)."""
+def _s3_server_process():
+    """`python -m moto.server` on a free port of 127.0.0.1, started once per session and stopped after."""
     pytest.importorskip("moto.server", reason="install the dev extra (moto[server])")
     import socket
     import subprocess
@@ -98,11 +97,7 @@ def s3_server():
                 if time.time() > deadline or proc.poll() is not None:
                     raise RuntimeError("moto server did not start") from None
                 time.sleep(0.1)
-        server = S3Server(endpoint)
-        from polycap.sharding import fs
-
-        fs.configure(server.args)
-        yield server
+        yield S3Server(endpoint)
     finally:
         proc.terminate()
         try:
@@ -110,3 +105,13 @@ def s3_server():
         except subprocess.TimeoutExpired:
             proc.kill()
 
+
+@pytest.fixture
+def s3_server(_s3_server_process):
+    """The session's S3 server, with this process's FileSystems configured for it. Per test, because every
+    `beam.Pipeline(options)` resets FileSystems' options to its own (workers get theirs from the pipeline)."""
+    from polycap.sharding import fs
+
+    fs.configure(_s3_server_process.args)
+    yield _s3_server_process
+    fs.configure([])

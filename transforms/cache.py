@@ -1,16 +1,15 @@
-"""Content-addressed result cache on the output filesystem (local, gs://, s3:// via Beam FileSystems).
+"""Content-addressed result cache on the output filesystem (local, gs://, s3:// through sharding/fs.py).
 
-One small JSON file per entry under `<root>/<k[:2]>/<k>.json`, written to a temp name then renamed, so
-a crash never leaves a half entry that a rerun would trust.
+One small JSON file per entry under `<root>/<k[:2]>/<k>.json`, written atomically (temp + rename on a
+disk, one PUT on an object store), so a crash never leaves a half entry that a rerun would trust.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from typing import Any
 
-from apache_beam.io.filesystems import FileSystems
+from polycap.sharding import fs
 
 
 def cache_key(*parts: Any) -> str:
@@ -24,27 +23,13 @@ class ResultCache:
         self.root = root.rstrip("/")
 
     def _path(self, key: str) -> str:
-        return FileSystems.join(self.root, key[:2], f"{key}.json")
+        return fs.join(self.root, key[:2], f"{key}.json")
 
     def get(self, key: str) -> dict[str, Any] | None:
-        path = self._path(key)
-        if not FileSystems.exists(path):
-            return None
         try:
-            with FileSystems.open(path) as f:
-                return json.loads(f.read().decode("utf-8"))
+            return fs.read_json(self._path(key))   # one read; a missing entry is an OSError like any other
         except (OSError, ValueError):
-            return None  # unreadable entry: treat as a miss, it will be recomputed and rewritten
+            return None  # missing or unreadable entry: a miss, recomputed and rewritten
 
     def put(self, key: str, value: dict[str, Any]) -> None:
-        path = self._path(key)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        parent = FileSystems.join(self.root, key[:2])
-        if not FileSystems.exists(parent):
-            try:
-                FileSystems.mkdirs(parent)
-            except OSError:
-                pass  # created concurrently by another worker
-        with FileSystems.create(tmp) as f:
-            f.write(json.dumps(value, ensure_ascii=False, sort_keys=True).encode("utf-8"))
-        FileSystems.rename([tmp], [path])
+        fs.write_bytes(self._path(key), json.dumps(value, ensure_ascii=False, sort_keys=True).encode("utf-8"))

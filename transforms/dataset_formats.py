@@ -1,7 +1,9 @@
-"""Dataset formats for `polycap translate`: read records, find their text slots, write them back unchanged."""
+"""Dataset formats for `polycap translate`: read records, find their text slots, write them back unchanged.
+Files are read and written through the filesystem layer (sharding/fs.py), so they may live on any filesystem."""
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import tarfile
@@ -9,6 +11,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from polycap.sharding import fs
 from polycap.sharding.writer import add_members
 
 FORMATS = ("llava", "sharegpt", "messages", "captions", "shards")
@@ -39,7 +42,7 @@ def _rid(name: str, i: int, rec: Any) -> str:
 
 def container_of(path: str) -> str:
     """json | jsonl | parquet | shards, from the path."""
-    if os.path.isdir(path) or path.endswith(".tar"):
+    if path.endswith(".tar") or fs.is_dir(path):
         return "shards"
     ext = os.path.splitext(path)[1].lower()
     if ext in (".jsonl", ".ndjson"):
@@ -60,10 +63,10 @@ def _read_shards(path: str) -> Iterator[RawRecord]:
         try:
             for s in iter_shard(shard):
                 rec = {"key": s.key, "jpg": s.jpg, "json": s.json, "texts": dict(s.texts)}
-                yield RawRecord(i, s.key, rec, container=os.path.basename(shard))
+                yield RawRecord(i, s.key, rec, container=fs.basename(shard))
                 i += 1
         except ShardError as e:
-            yield RawRecord(i, os.path.basename(shard), None, str(e), os.path.basename(shard))
+            yield RawRecord(i, fs.basename(shard), None, str(e), fs.basename(shard))
             i += 1
 
 
@@ -71,19 +74,17 @@ def read_records(path: str) -> Generator[RawRecord, None, None]:
     """Every record of the file in order; an unparsable one comes with `record=None` and `error`.
 
     JSONL, parquet and shards are streamed; a JSON array is parsed whole (it cannot be split)."""
-    kind, name = container_of(path), os.path.basename(path)
+    kind, name = container_of(path), fs.basename(path)
     if kind == "shards":
         yield from _read_shards(path)
     elif kind == "parquet":
-        import pyarrow.parquet as pq
-
         i = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):  # streamed, not read whole
+        for batch in fs.iter_parquet(path, batch_size=1024):  # streamed, not read whole
             for row in batch.to_pylist():
                 yield RawRecord(i, _rid(name, i, row), row)
                 i += 1
     elif kind == "jsonl":
-        with open(path, encoding="utf-8") as f:
+        with fs.open_read(path) as raw, io.TextIOWrapper(raw, encoding="utf-8") as f:
             for i, line in enumerate(f):
                 if not line.strip():
                     continue  # a blank line (e.g. the trailing one) is not a record
@@ -94,8 +95,7 @@ def read_records(path: str) -> Generator[RawRecord, None, None]:
                     continue
                 yield RawRecord(i, _rid(name, i, rec), rec)
     else:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)   # a broken JSON array cannot be split into records: fail loudly
+        data = json.loads(fs.read_bytes(path).decode("utf-8"))  # a broken array cannot be split: fail loudly
         if not isinstance(data, list):
             data = [data]
         for i, rec in enumerate(data):
@@ -192,7 +192,8 @@ def set_slots(record: Any, fmt: str, lang: str, texts: dict[Path_, str]) -> Any:
 
 # -- writing ---------------------------------------------------------------------------------------
 class RecordWriter:
-    """Streams records into one file of the input's container (json | jsonl | parquet): temp name, then rename.
+    """Streams records into one file of the input's container (json | jsonl | parquet), atomically
+    (`fs.atomic_create`: temp + rename on a disk, one upload on an object store).
 
     Memory stays bounded by one parquet batch, so a file of any length can be written. `schema` (parquet) is
     the input file's schema, so the output keeps its column types whatever values a batch happens to hold."""
@@ -202,22 +203,22 @@ class RecordWriter:
     def __init__(self, path: str, container: str, schema: Any = None):
         if container not in ("json", "jsonl", "parquet"):
             raise ValueError(f"RecordWriter: container {container!r} is not json, jsonl or parquet")
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.path, self.container, self.schema = path, container, schema
-        self.tmp = f"{path}.tmp"
         self.count = 0
         self._rows: list[Any] = []
         self._pq_writer: Any = None
-        self._f = open(self.tmp, "w", encoding="utf-8") if container != "parquet" else None  # noqa: SIM115
+        self._file = fs.atomic_create(path)
+        self._raw = self._file.__enter__()
+
+    def _text(self, text: str) -> None:
+        self._raw.write(text.encode("utf-8"))
 
     def write(self, record: Any) -> None:
         if self.container == "jsonl":
-            assert self._f is not None
-            self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._text(json.dumps(record, ensure_ascii=False) + "\n")
         elif self.container == "json":  # the bytes json.dump(records, f, indent=2) would write, one at a time
-            assert self._f is not None
             body = json.dumps(record, ensure_ascii=False, indent=2).replace("\n", "\n  ")
-            self._f.write(("[\n  " if self.count == 0 else ",\n  ") + body)
+            self._text(("[\n  " if self.count == 0 else ",\n  ") + body)
         else:
             self._rows.append(record)
             if len(self._rows) >= self.PARQUET_BATCH:
@@ -231,7 +232,7 @@ class RecordWriter:
         table = pa.Table.from_pylist(self._rows, schema=self.schema)
         if self._pq_writer is None:
             self.schema = table.schema
-            self._pq_writer = pq.ParquetWriter(self.tmp, table.schema)
+            self._pq_writer = pq.ParquetWriter(self._raw, table.schema)
         self._pq_writer.write_table(table)
         self._rows = []
 
@@ -241,20 +242,16 @@ class RecordWriter:
             if self._rows or self._pq_writer is None:
                 self._flush_parquet()
             self._pq_writer.close()
-        else:
-            assert self._f is not None
-            if self.container == "json":
-                self._f.write("\n]\n" if self.count else "[]\n")
-            self._f.close()
-        os.replace(self.tmp, self.path)
+        elif self.container == "json":
+            self._text("\n]\n" if self.count else "[]\n")
+        self._file.__exit__(None, None, None)
 
 
 def write_records(path: str, container: str, records: list[Any], schema: Any = None) -> None:
     """Write records in the input's container; written to a temp name, then renamed."""
     if container == "shards":
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        _write_tar(f"{path}.tmp", records)
-        os.replace(f"{path}.tmp", path)
+        with fs.atomic_create(path) as f:
+            _write_tar(f, records)
         return
     w = RecordWriter(path, container, schema)
     for r in records:
@@ -262,8 +259,8 @@ def write_records(path: str, container: str, records: list[Any], schema: Any = N
     w.close()
 
 
-def _write_tar(path: str, records: list[dict[str, Any]]) -> None:
-    with tarfile.open(path, "w") as tf:
+def _write_tar(fileobj: Any, records: list[dict[str, Any]]) -> None:
+    with tarfile.open(fileobj=fileobj, mode="w|") as tf:
         for r in records:
             members = [(f"{r['key']}.jpg", r["jpg"]),
                        (f"{r['key']}.json", json.dumps(r["json"], ensure_ascii=False, sort_keys=True).encode())]

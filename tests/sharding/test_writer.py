@@ -212,3 +212,91 @@ def test_decoded_sample_helper_reads_real_sizes(eval_dir):
     p = eval_dir / "photos" / "img2dataset_tests" / "123_456.jpg"
     s = decoded_sample(p.read_bytes(), str(p), "t")
     assert (s.image.width, s.image.height) == (123, 456)
+
+
+def _temp_tars(samples, shards_dir: str, run_id: str, max_samples: int = 3) -> list[dict]:
+    """What the write phase hands to the commit: temp tars + sidecars under `shards_dir`."""
+    from polycap.sharding.writer import WriteChunksFn, bucket_of, num_buckets
+
+    fn = WriteChunksFn(shards_dir, "train", max_samples, run_id)
+    fn.setup()
+    n = num_buckets(len(samples), max_samples)
+    groups: dict[int, list] = {}
+    for s in samples:
+        groups.setdefault(bucket_of(s.key, n), []).append(s)
+    return [info for b, group in sorted(groups.items()) for info in fn.process((b, group))]
+
+
+def _final_state(run_dir: str) -> dict[str, str]:
+    """Every file under the run dir -> sha256 (temps included, so leftovers show up)."""
+    from polycap.sharding import fs
+
+    return {name: hashlib.sha256(fs.read_bytes(fs.join(run_dir, name))).hexdigest()
+            for name in sorted(fs.list_dir(run_dir, recursive=True))}
+
+
+@pytest.fixture(params=["local", "s3"])
+def run_root(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path)
+    import uuid
+
+    return request.getfixturevalue("s3_server").bucket(f"commit-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.mark.parametrize("crash_after", ["rename_tars_half", "rename_tars", "delete_stale", "rename_manifest",
+                                         "delete_temps"])
+def test_commit_retried_after_a_partial_attempt_converges(photo_samples, run_root, crash_after, monkeypatch):
+    """A runner may retry the commit step: whatever the first attempt got done, the retry ends in the files
+    a clean commit writes (shards, manifest, no temps), including the removal of an earlier run's shards."""
+    from polycap.sharding import fs
+    from polycap.sharding.writer import commit_shards
+
+    def commit(run_dir: str, run_id: str) -> None:
+        shards_dir = fs.join(run_dir, "shards")
+        old = _temp_tars(photo_samples, shards_dir, "old", max_samples=1)     # an earlier run, more shards
+        commit_shards(old, run_dir, shards_dir, "train", "old")
+        infos = _temp_tars(photo_samples, shards_dir, run_id)
+        steps = {"rename_tars": 0, "delete_stale": 0, "rename_manifest": 0, "delete_temps": 0}
+        real_rename, real_delete = fs.rename_converging, fs.delete
+
+        def rename(src, dst):
+            if crash_after == "rename_tars_half" and len(src) > 1:
+                real_rename(src[: len(src) // 2], dst[: len(dst) // 2])
+                raise RuntimeError("killed mid-rename")
+            real_rename(src, dst)
+            step = "rename_manifest" if dst[-1].endswith("manifest.parquet") else "rename_tars"
+            if step == crash_after:
+                raise RuntimeError(f"killed after {step}")
+
+        def delete(paths):
+            real_delete(paths)
+            step = "delete_temps" if steps["delete_stale"] else "delete_stale"
+            steps[step] += 1
+            if step == crash_after:
+                raise RuntimeError(f"killed after {step}")
+
+        if run_id == "clean":
+            commit_shards(infos, run_dir, shards_dir, "train", run_id)
+            return
+        monkeypatch.setattr(fs, "rename_converging", rename)
+        monkeypatch.setattr(fs, "delete", delete)
+        with pytest.raises(RuntimeError):
+            commit_shards(infos, run_dir, shards_dir, "train", run_id)
+        monkeypatch.setattr(fs, "rename_converging", real_rename)
+        monkeypatch.setattr(fs, "delete", real_delete)
+        commit_shards(infos, run_dir, shards_dir, "train", run_id)           # the runner's retry
+        commit_shards(infos, run_dir, shards_dir, "train", run_id)           # and once more: still the same
+
+    from polycap.sharding import fs as _fs
+
+    clean, retried = _fs.join(run_root, "clean"), _fs.join(run_root, "retried")
+    commit(clean, "clean")
+    commit(retried, "retried")
+    want = _final_state(clean)
+    assert want == _final_state(retried)
+    assert not [n for n in want if ".tmp-" in n]
+    shards = sorted(n for n in want if n.startswith("shards/"))
+    assert shards == [f"shards/train-{i:06d}.tar" for i in range(len(shards))] and 1 < len(shards) < 12
+    assert sorted(pq.read_table(io.BytesIO(_fs.read_bytes(_fs.join(retried, "manifest.parquet"))))
+                  .column("shard").unique().to_pylist()) == [s.split("/")[1] for s in shards]
