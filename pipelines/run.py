@@ -1,12 +1,12 @@
 """The main job (`polycap run`): ingest -> decode -> filter -> dedup -> OCR -> caption -> translate -> shards."""
 from __future__ import annotations
 
-import json
 import logging
-import os
 import subprocess
 import sys
 import time
+import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from polycap.schemas import SCHEMA_VERSION
 from polycap.schemas.config import Config, to_dict
+from polycap.sharding import fs
+from polycap.sharding.run_stats import STATS_NAME, CountAll, MergeCounts, WriteJson, count_key
 from polycap.sharding.staging import clear_staging
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,13 +47,6 @@ def code_version() -> str:
         return "unknown"
 
 
-def _write_json(path: str, data: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False, sort_keys=True, default=str)
-    os.replace(tmp, path)
-
-
 def _one(_: Any) -> int:
     return 1
 
@@ -63,7 +58,29 @@ class WriteCount(beam.DoFn):
         self.path = path
 
     def process(self, n: int):
-        _write_json(self.path, {"inputs": int(n)})
+        fs.write_json(self.path, {"inputs": int(n)})
+
+
+# Partial counts per element; the combiner sums them (sharding/run_stats.py).
+def _reject_count(r: Any) -> dict[str, int]:
+    return {"rejected": 1, f"stage:{r.stage}": 1, f"reason:{r.reason}": 1}
+
+
+def _language_count(s: Any) -> dict[str, int]:
+    return {f"lang:{lang}": 1 for lang in s.captions}
+
+
+def _shard_count(info: dict[str, Any]) -> dict[str, int]:
+    return {"kept": int(info["samples"]), "shards": 1}
+
+
+def _file_count(_: Any) -> dict[str, int]:
+    return {"reject_files": 1}
+
+
+def _clear_staging_after(counts: dict[str, int], out: str) -> dict[str, int]:
+    """Runs once, after every shard is committed (its input is the commit's single count)."""
+    return {**counts, "staged_removed": clear_staging(out)}
 
 
 def caption_plan(cfg: Config) -> tuple[bool, str]:
@@ -106,7 +123,10 @@ def preflight(cfg: Config) -> list[str]:
     return notes
 
 
-def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, run_translate: bool) -> None:
+def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, run_translate: bool,
+                   run_id: str | None = None, started: float | None = None, notes: list[str] | None = None) -> None:
+    """The whole job, ending in one worker writing `<out>/_stats.json` after shards and rejects are committed
+    and staging is removed (so a job submitted without waiting still leaves complete stats)."""
     from polycap.sharding.rejects import WriteRejects
     from polycap.sharding.staging import staging_root
     from polycap.sharding.writer import WriteShards
@@ -124,12 +144,12 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, r
     # every multi-input Flatten, so a Flatten of the raw samples copied every input image into a buffer
     # just to count it (bench/pipeline.py input, 1000 photos: ~3% of the run's CPU, ~15% of its sys time).
     ones = [pc | f"One{i}" >> beam.Map(_one) for i, pc in enumerate((samples, *rejects))]
-    (ones | "AllInputs" >> beam.Flatten() | "CountInputs" >> beam.CombineGlobally(sum)
-     | "WriteInputCount" >> beam.ParDo(WriteCount(os.path.join(out, "_inputs.json"))))
+    inputs = (ones | "AllInputs" >> beam.Flatten() | "CountInputs" >> beam.CombineGlobally(sum)
+              | "InputCount" >> beam.Map(lambda n: {"inputs": int(n)}))
 
     samples = samples | "ProgressIngest" >> LogProgress("ingested")
     stages: list[tuple[str, beam.PTransform]] = [
-        ("Decode", DecodeImages(cfg.decode, staging_root(out))),  # also stages the bytes
+        ("Decode", DecodeImages(cfg.decode, staging_root(out, run_id or uuid.uuid4().hex[:12]))),  # + stages
         ("Filter", FilterSamples(cfg.filter)),
         ("Dedup", DedupImages(cfg.dedup)),
     ]
@@ -149,53 +169,58 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, r
         rejects.append(r)
         samples = samples | "BuildTranslatedRecords" >> BuildRecords(carry_source=False)
     samples = samples | "ProgressShards" >> LogProgress("written to shards")
-    _ = samples | "WriteShards" >> WriteShards(cfg.shards, out)
-    _ = rejects | "FlattenRejects" >> beam.Flatten() | "WriteRejects" >> WriteRejects(out)
+    committed = samples | "WriteShards" >> WriteShards(cfg.shards, out)
+    all_rejects = rejects | "FlattenRejects" >> beam.Flatten()
+    reject_files = all_rejects | "WriteRejects" >> WriteRejects(out)
+    # Counted where each stream flows; every count below is one dict, so the final merge is tiny. The kept
+    # count comes from what the commit step reports, so `balanced` compares independent counts.
+    counts = (
+        inputs,
+        all_rejects | "CountRejects" >> CountAll(_reject_count),
+        samples | "CountLanguages" >> CountAll(_language_count),
+        committed | "CountShards" >> CountAll(_shard_count)
+        | "ClearStaging" >> beam.Map(_clear_staging_after, out),
+        reject_files | "CountRejectFiles" >> CountAll(_file_count),
+    )
+    _ = (counts | "AllCounts" >> beam.Flatten() | "MergeCounts" >> beam.CombineGlobally(MergeCounts())
+         | "WriteStats" >> beam.ParDo(WriteJson(fs.join(out, STATS_NAME),
+                                                partial(stats_from_counts, started=started, notes=notes))))
 
 
-def collect_stats(out: str, started: float, split: str) -> dict[str, Any]:
-    """`_stats.json`: inputs (counted at ingest), kept (this split's manifest rows; other splits written into
-    the same output dir by earlier runs are not this run's), rejected (reject rows), by stage/reason."""
-    import pyarrow.parquet as pq
-
-    from polycap.sharding.rejects import read_rejects
-
-    with open(os.path.join(out, "_inputs.json"), encoding="utf-8") as f:
-        inputs = json.load(f)["inputs"]
-    manifest = pq.read_table(os.path.join(out, "manifest.parquet"), filters=[("split", "=", split)])
-    rejects = read_rejects(out).to_pylist()
-    by_stage: dict[str, int] = {}
-    by_reason: dict[str, int] = {}
-    for r in rejects:
-        by_stage[r["stage"]] = by_stage.get(r["stage"], 0) + 1
-        by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
-    langs: dict[str, int] = {}
-    for row in manifest.column("languages").to_pylist():
-        for lang in row or []:
-            langs[lang] = langs.get(lang, 0) + 1
-    kept = manifest.num_rows
+def stats_from_counts(counts: dict[str, int], started: float | None = None,
+                      notes: list[str] | None = None) -> dict[str, Any]:
+    """`_stats.json` from the pipeline's merged counts: inputs (counted at ingest), kept (samples the shard
+    commit reports for this run's split; other splits in the same output dir are not this run's), rejected
+    (reject rows), by stage, reason and language."""
+    inputs, kept, rejected = counts.get("inputs", 0), counts.get("kept", 0), counts.get("rejected", 0)
     return {
-        "inputs": inputs, "kept": kept, "rejected": len(rejects),
-        "balanced": inputs == kept + len(rejects),
-        "rejected_by_stage": dict(sorted(by_stage.items())),
-        "rejected_by_reason": dict(sorted(by_reason.items())),
-        "kept_by_language": dict(sorted(langs.items())),
-        "seconds": round(time.time() - started, 2),
+        "inputs": inputs, "kept": kept, "rejected": rejected,
+        "balanced": inputs == kept + rejected,
+        "rejected_by_stage": count_key("stage", counts),
+        "rejected_by_reason": count_key("reason", counts),
+        "kept_by_language": count_key("lang", counts),
+        "shards": counts.get("shards", 0),
+        "seconds": round(time.time() - started, 2) if started else None,
         "schema_version": SCHEMA_VERSION,
+        "notes": list(notes or []),
     }
 
 
 def run(cfg: Config, pipeline_args: list[str] | None = None, config_path: str | None = None) -> dict[str, Any]:
     started = time.time()
-    out = cfg.output
-    os.makedirs(out, exist_ok=True)
+    args = list(pipeline_args or [])
+    fs.configure(args)            # the launcher's own reads and writes use the job's filesystem options
+    out = fs.abs_path(cfg.output)
+    fs.mkdirs(out)
     notes = preflight(cfg)
     run_caption, caption_note = caption_plan(cfg)
     run_translate, translate_note = translate_plan(cfg)
     notes.extend([caption_note, translate_note])
-    args = list(pipeline_args or [])
-    _write_json(os.path.join(out, "_run.json"), {
-        "config": to_dict(cfg), "config_path": config_path, "code_version": code_version(),
+    run_id = uuid.uuid4().hex[:12]
+    stats_path = fs.join(out, STATS_NAME)
+    fs.delete([stats_path])       # a failed run must not leave the previous run's stats looking current
+    fs.write_json(fs.join(out, "_run.json"), {
+        "run_id": run_id, "config": to_dict(cfg), "config_path": config_path, "code_version": code_version(),
         "schema_version": SCHEMA_VERSION, "pipeline_args": args, "python": sys.version.split()[0],
         "runner": next((a.split("=", 1)[1] for a in args if a.startswith("--runner=")), "DirectRunner"),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "notes": notes,
@@ -204,12 +229,8 @@ def run(cfg: Config, pipeline_args: list[str] | None = None, config_path: str | 
         print(f"[polycap] {n}", file=sys.stderr, flush=True)
     options = PipelineOptions(args)
     with beam.Pipeline(options=options) as p:
-        build_pipeline(p, cfg, out, run_caption, run_translate)
-    clear_staging(out)
-    stats = collect_stats(out, started, cfg.shards.split)
-    stats["notes"] = notes
-    _write_json(os.path.join(out, "_stats.json"), stats)
-    return stats
+        build_pipeline(p, cfg, out, run_caption, run_translate, run_id, started, notes)
+    return fs.read_json(stats_path)   # written by the pipeline; the launcher reads only this small file
 
 
 def summary_lines(stats: dict[str, Any], out: str) -> list[str]:

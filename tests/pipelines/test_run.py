@@ -171,40 +171,30 @@ def test_sigkill_midway_leaves_nothing_a_reader_would_trust(tmp_path, eval_dir):
         assert not report.ok and any("manifest" in e for e in report.errors), report.errors
 
 
-def _fake_run_dir(out: Path, inputs: int, kept: list[tuple[str, str, list[str]]], n_rejects: int) -> None:
-    """The three files `collect_stats` reads, written directly: `_inputs.json`, manifest rows
-    (key, split, languages), and `n_rejects` reject rows."""
-    import pyarrow as pa
-
-    from polycap.schemas import REJECT_SCHEMA
-    from polycap.sharding.manifest import MANIFEST_SCHEMA
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "_inputs.json").write_text(json.dumps({"inputs": inputs}))
-    cols = {n: [None] * len(kept) for n in MANIFEST_SCHEMA.names}
-    cols["key"], cols["split"], cols["languages"] = ([k[i] for k in kept] for i in range(3))
-    pq.write_table(pa.table(cols, schema=MANIFEST_SCHEMA), out / "manifest.parquet")
-    (out / "rejects").mkdir(exist_ok=True)
-    rows = [{"key": f"r{i}", "source_uri": f"mem://r{i}", "stage": "decode", "reason": "corrupt_image",
-             "detail": "x"} for i in range(n_rejects)]
-    pq.write_table(pa.Table.from_pylist(rows, schema=REJECT_SCHEMA), out / "rejects" / "rejects-00000.parquet")
+def _counts(inputs: int, kept: list[tuple[str, str, list[str]]], n_rejects: int) -> dict[str, int]:
+    """What the pipeline's counters merge into (sharding/run_stats.py): inputs counted at ingest, kept as
+    the shard commit reports it, reject rows by stage and reason, caption languages of kept samples."""
+    counts = {"inputs": inputs, "kept": len(kept), "rejected": n_rejects,
+              "stage:decode": n_rejects, "reason:corrupt_image": n_rejects}
+    for _, _, langs in kept:
+        for lang in langs:
+            counts[f"lang:{lang}"] = counts.get(f"lang:{lang}", 0) + 1
+    return counts
 
 
-def test_stats_balance_compares_independent_counts(tmp_path):
-    """`balanced` compares the ingest-time input count with kept + rejected read back from the outputs,
-    so a lost record (or a double-counted one) shows up as a mismatch."""
-    from polycap.pipelines.run import collect_stats, summary_lines
+def test_stats_balance_compares_independent_counts():
+    """`balanced` compares the ingest-time input count with kept (from the shard commit) + rejected (reject
+    rows), counted in the pipeline, so a lost record (or a double-counted one) shows up as a mismatch."""
+    from polycap.pipelines.run import stats_from_counts, summary_lines
 
     kept = [("a", "train", ["en"]), ("b", "train", ["en", "ko"]), ("c", "train", [])]
-    _fake_run_dir(tmp_path / "ok", inputs=5, kept=kept, n_rejects=2)
-    st = collect_stats(str(tmp_path / "ok"), time.time(), "train")
+    st = stats_from_counts(_counts(5, kept, 2), time.time())
     assert (st["inputs"], st["kept"], st["rejected"], st["balanced"]) == (5, 3, 2, True)
     assert st["kept_by_language"] == {"en": 2, "ko": 1}
     assert st["rejected_by_stage"] == {"decode": 2} and st["rejected_by_reason"] == {"corrupt_image": 2}
     assert "MISMATCH" not in summary_lines(st, "x")[0]
     for inputs in (6, 4):                                    # one record lost / one counted twice
-        _fake_run_dir(tmp_path / f"bad{inputs}", inputs=inputs, kept=kept, n_rejects=2)
-        st = collect_stats(str(tmp_path / f"bad{inputs}"), time.time(), "train")
+        st = stats_from_counts(_counts(inputs, kept, 2), time.time())
         assert st["balanced"] is False
         assert "MISMATCH" in summary_lines(st, "x")[0]
 
