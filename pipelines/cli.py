@@ -126,41 +126,53 @@ def ocr_eval(path: str = typer.Argument(..., help="labelled JSONL (path, lang, t
     typer.echo(json.dumps(report, indent=2, ensure_ascii=False))
 
 
-@shards_app.command("validate")
-def shards_validate(path: str = typer.Argument(..., help="run dir or shard dir")):
-    """Check every tar end to end against the manifest; exit 1 on any problem."""
+def _filesystems(ctx: typer.Context) -> None:
+    """Beam filesystem options given after `--` (e.g. --s3_endpoint_url=..., --s3_access_key_id=...), for the
+    commands that read or write run artifacts in the launcher (sharding/fs.py)."""
+    from polycap.sharding import fs
+
+    fs.configure(ctx.args)
+
+
+@shards_app.command("validate", context_settings=PASSTHROUGH)
+def shards_validate(ctx: typer.Context, path: str = typer.Argument(..., help="run dir or shard dir")):
+    """Check every tar end to end against the manifest; exit 1 on any problem. Beam options after `--`."""
     from polycap.sharding.validate import validate_dir
 
+    _filesystems(ctx)
     report = validate_dir(path)
     typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     if not report.ok:
         raise typer.Exit(1)
 
 
-@shards_app.command("stats")
-def shards_stats(path: str = typer.Argument(..., help="run dir or shard dir")):
-    """Counts, languages and image sizes of a shard set."""
+@shards_app.command("stats", context_settings=PASSTHROUGH)
+def shards_stats(ctx: typer.Context, path: str = typer.Argument(..., help="run dir or shard dir")):
+    """Counts, languages and image sizes of a shard set. Beam filesystem options after `--`."""
     from polycap.sharding.stats import shard_stats
 
+    _filesystems(ctx)
     typer.echo(json.dumps(shard_stats(path), indent=2, ensure_ascii=False))
 
 
-@shards_app.command("preview")
-def shards_preview(path: str = typer.Argument(..., help="run dir or shard dir"),
+@shards_app.command("preview", context_settings=PASSTHROUGH)
+def shards_preview(ctx: typer.Context, path: str = typer.Argument(..., help="run dir or shard dir"),
                    n: int = typer.Option(5, "-n", help="how many samples")):
     """The first samples: key, size, source, OCR line count and captions per language."""
     from polycap.sharding.preview import preview
 
+    _filesystems(ctx)
     typer.echo(json.dumps(preview(path, n), indent=2, ensure_ascii=False))
 
 
-@shards_app.command("export")
-def shards_export(path: str = typer.Argument(..., help="run dir or shard dir"),
+@shards_app.command("export", context_settings=PASSTHROUGH)
+def shards_export(ctx: typer.Context, path: str = typer.Argument(..., help="run dir or shard dir"),
                   fmt: str = typer.Option("llava", "--format", help="llava|sharegpt|internvl"),
                   out: str = typer.Option(..., "--out", help="output JSON/JSONL file (images beside it)")):
     """Write the shards' conversations for other trainers (LLaVA, LLaMA-Factory, ms-swift, InternVL)."""
     from polycap.sharding.export import export
 
+    _filesystems(ctx)
     try:
         typer.echo(json.dumps(export(path, fmt, out), indent=2, ensure_ascii=False))
     except (FileNotFoundError, ValueError) as e:
