@@ -2,7 +2,8 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= ocr,local,smoke-llm,dev,demo
+# s3, gcs: Beam's S3 and GCS filesystems (the tests run the job against a local S3-protocol server)
+EXTRAS ?= ocr,local,smoke-llm,dev,demo,s3,gcs
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
 .PHONY: help install browser demo test test-fast bench lint clean
