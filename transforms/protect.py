@@ -1,4 +1,4 @@
-"""Protected spans for translation: mask tags, boxes, numbers, URLs, code and math; restore and verify them."""
+"""Protected spans for translation: mask tags, placeholders, options, paths, URLs, code, numbers; restore, verify."""
 from __future__ import annotations
 
 import re
@@ -15,31 +15,61 @@ def placeholder(i: int) -> str:
     return f"[[P{i}]]"
 
 
-# Order matters: earlier alternatives win where they overlap (a fenced block beats the numbers inside it).
-# `<ref>` / `</ref>` are masked as tags only: the referred phrase between them is translated
-# (Qwen-VL grounding format, arXiv:2308.12966, section 2.3).
+# ASCII-only character classes wherever a span can touch a word: a Korean particle glued to a path, an
+# address or an option ("/etc/passwd를", "bug@gnu.org로", "--help를") belongs to the sentence.
+_URL_CHAR = r"[A-Za-z0-9\-._~:/?#\[\]@!$&()*+,;=%]"
+_URL_END = r"[A-Za-z0-9\-_~/#@$&*+=%]"
+_PATH_SEG = r"[A-Za-z0-9_.+@-]*[A-Za-z0-9_+@-]"
+_LATIN = r"[A-Za-z0-9_\u00c0-\u024f\u1e00-\u1eff]"      # a Latin letter glued on: the span goes on
+# printf conversions as gettext's c-format check reads them (flags, width, precision, length, conversion,
+# optional `n$` position); no space flag, so "100 % of" is prose. strftime letters for date formats.
+_PRINTF = (r"%(?:\d+\$)?[-+#0']*(?:\d+|\*(?:\d+\$)?)?(?:\.(?:\d+|\*(?:\d+\$)?))?"
+           r"(?:hh|ll|[hlLqjzt])?[diouxXeEfFgGaAcspnCS%]"
+           r"|%<PRI[a-zA-Z0-9]+>|%\([A-Za-z_]\w*\)[-+#0]*\d*(?:\.\d+)?[diouxXeEfFgGcrsa]"
+           rf"|%[EO_^#-]?[aAbBcCDeFgGhHIjklmMpPrRTuUVwWyYzZ](?!{_LATIN})")
+
+# Order matters: earlier alternatives win where they start at the same place (a fenced block beats the
+# numbers inside it). `<ref>` / `</ref>` are masked as tags only: the referred phrase between them is
+# translated (Qwen-VL grounding format, arXiv:2308.12966, section 2.3).
 _PATTERNS: list[tuple[str, str]] = [
     ("placeholder", r"\[\[P\d+\]\]"),
     ("fenced_code", r"```.*?```|~~~.*?~~~"),
+    # GNU quoting, `like this': a quote style, not a code span (translators turn it into '…' or “…”)
+    ("gnu_quote", r"`[^`'\n]{1,80}'"),
     ("inline_code", r"`[^`\n]+`"),
     ("math", r"\$\$.+?\$\$|\\\[.+?\\\]|\\\(.+?\\\)|(?<![\w$])\$[^$\n]*[^\s$]\$(?![\w$])"),
     ("box", r"<box>.*?</box>"),
     ("quad", r"<quad>.*?</quad>"),
     ("img", r"<img>.*?</img>"),
     ("tag", r"<image>|<img>|</img>|<ref>|</ref>|<video>|<audio>"),
-    ("url", r"\b(?:https?|ftp)://[^\s<>\"'`“”‘’«»]+[^\s<>\"'`“”‘’«».,;:!?)\]]"
-            r"|\bwww\.[^\s<>\"'`“”‘’«»]+[^\s<>\"'`“”‘’«».,;:!?)\]]"),
-    ("email", r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b"),
+    ("url", rf"\b(?:https?|ftp)://{_URL_CHAR}*{_URL_END}|\bwww\.{_URL_CHAR}*{_URL_END}"),
+    ("email", r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
+    ("printf", _PRINTF),
+    ("brace", r"\{[A-Za-z_][A-Za-z0-9_.]*(?:![rsa])?(?::[^{}\s]*)?\}|\{\d+\}|\{\}"),
+    ("dollar", r"(?<![\w$])(?:\$\{[A-Za-z_][A-Za-z0-9_]*\}|\$[A-Za-z_][A-Za-z0-9_]*)"),
+    # `-x`, `--long-name` (the `=VALUE` after it is translated); not `-WIDTH`, `-SIGNAL`: an upper-case
+    # word after one dash is a metavariable that translators localize ("-RỘNG")
+    ("option", rf"(?<![\w/.-])(?<!\w['’\"])(?:--[A-Za-z0-9][A-Za-z0-9_-]*|-(?![A-Z]{{2}})[A-Za-z][A-Za-z0-9_-]*)"
+               rf"(?<!-)(?!{_LATIN})"),
+    ("path", rf"(?<![\w/.~:<>%$-])(?:~|\.{{1,2}})?/{_PATH_SEG}(?:/{_PATH_SEG})*/?"),
     ("coords", r"\(\s*-?\d+(?:\.\d+)?\s*,\s*-?\d+(?:\.\d+)?\s*\)(?:\s*,\s*\(\s*-?\d+(?:\.\d+)?\s*,\s*"
                r"-?\d+(?:\.\d+)?\s*\))*|\[\s*-?\d+(?:\.\d+)?(?:\s*,\s*-?\d+(?:\.\d+)?){1,7}\s*\]"),
-    # multiple-choice labels at the start of a line ("A.", "B)", "(C)") and inline "(D)"
-    ("choice", r"(?:^|(?<=\n))[ \t]*\(?[A-H][.)](?=\s)|\([A-H]\)(?=\s|$|[.,:;])"),
-    ("number", r"(?<![\d.,])[-+]?\d+(?:[.,:]\d+)*%?"),
+    # dates are localized (12/31/99 -> 31/12/99, or another example date): counted, not compared
+    ("date", r"(?<![\d.,/-])\d{1,4}(?:/\d{1,2}/|-\d{1,2}-)\d{1,4}(?![\d/-])"),
+    # multiple-choice labels at the start of a line ("A.", "B)", "(C)") and inline "(D)"; not an inline
+    # "(C)", which is also the copyright sign that translators write as ©
+    ("choice", r"(?:^|(?<=\n))[ \t]*\(?[A-H][.)](?=\s)|\([ABD-H]\)(?=\s|$|[.,:;])"),
+    ("number", r"(?<![\d.,])[-+]?\d+(?:[.,:]\d+)*(?:%(?!%))?"),       # 100%% is 100 and a printf %%
 ]
 SPAN_RE = re.compile("|".join(f"(?P<{name}>{pat})" for name, pat in _PATTERNS), re.DOTALL)
-# Kinds whose order and exact text must survive; plain numbers are compared as a multiset because
-# Korean (SOV) legitimately reorders numerals within a sentence.
-STRUCTURAL = frozenset(name for name, _ in _PATTERNS) - {"number"}
+# Kinds whose exact text must survive; plain numbers are compared up to rescaling (see `_norm_number`).
+STRUCTURAL = frozenset(name for name, _ in _PATTERNS) - {"number", "gnu_quote", "date"}
+# Kinds whose order must survive too: grounding tags pair with the phrase they follow. Everything else may
+# move: Korean is SOV and puts an option or a path where its verb wants it; printf conversions are compared
+# by the argument they read (`printf_args`), so `%1$s`/`%2$d` reordering is fine and swapping `%s`/`%d` is not.
+ORDERED = frozenset({"tag", "box", "quad", "img", "choice", "fenced_code"})
+_C_SPEC = re.compile(r"%(?:(\d+)\$)?[-+#0']*(?:\d+|\*(?:\d+\$)?)?(?:\.(?:\d+|\*(?:\d+\$)?))?"
+                     r"(hh|ll|[hlLqjzt])?([diouxXeEfFgGaAcspnCS%])")
 
 
 @dataclass(frozen=True)
@@ -54,14 +84,57 @@ class Masked:
     spans: tuple[Span, ...]         # span i is behind placeholder(i)
 
 
+def _ordered(span: Span) -> bool:
+    return span.kind in ORDERED
+
+
+def printf_args(specs: list[str]) -> list[str]:
+    """Each printf conversion as `<argument position>:<length><conversion>`: `%d in %s` and its Korean
+    `%2$s 안에 %1$d` both give ["1:d", "2:s"]. Width, precision and flags do not change which argument
+    is read or its type (`%s` vs `%.250s`); `%%`, strftime and named forms count by their exact text."""
+    out, pos = [], 0
+    for s in specs:
+        m = _C_SPEC.fullmatch(s)
+        if m is None or s == "%%":
+            out.append(s)
+            continue
+        if m.group(1):
+            n = int(m.group(1))
+        else:
+            pos += 1
+            n = pos
+        out.append(f"{n}:{m.group(2) or ''}{m.group(3)}")
+    return out
+
+
+def _metavariable(kind: str, text: str) -> bool:
+    """`/REGEXP/`, `{INTEGER}`: upper-case words that name an argument, which translators localize."""
+    if kind == "path":
+        return not re.search(r"[a-z0-9]", text)
+    return kind == "brace" and bool(re.fullmatch(r"\{[A-Z][A-Z_]+\}", text))
+
+
 def find_spans(text: str) -> list[Span]:
-    return [Span(m.lastgroup or "", m.group(0)) for m in SPAN_RE.finditer(text)]
+    """Protected spans in reading order; a GNU quote counts as the spans inside it, its quotes are style."""
+    out: list[Span] = []
+    for m in SPAN_RE.finditer(text):
+        kind = m.lastgroup or ""
+        if _metavariable(kind, m.group(0)):
+            continue
+        if kind == "gnu_quote":
+            out += find_spans(m.group(0)[1:-1])
+        else:
+            out.append(Span(kind, m.group(0)))
+    return out
 
 
 def mask(text: str) -> Masked:
+    """Every protected span behind a placeholder; a GNU quote is masked whole, so it comes back as written."""
     spans: list[Span] = []
 
     def sub(m: re.Match[str]) -> str:
+        if _metavariable(m.lastgroup or "", m.group(0)):
+            return m.group(0)
         spans.append(Span(m.lastgroup or "", m.group(0)))
         return placeholder(len(spans) - 1)
 
@@ -75,7 +148,8 @@ def placeholder_ids(text: str) -> list[int]:
 def check_placeholders(masked: Masked, output: str, expected: list[int] | None = None) -> str | None:
     """None when the model output carries every expected placeholder exactly once and no others.
 
-    `expected` is the ids present in the text that was sent (a chunk of a long text); default all."""
+    `expected` is the ids present in the text that was sent (a chunk of a long text); default all.
+    A placeholder the model altered (`[[P 1]]`, `[[P1]`) counts as missing."""
     ids = placeholder_ids(output)
     want = set(range(len(masked.spans)) if expected is None else expected)
     missing = sorted(want - set(ids))
@@ -83,9 +157,9 @@ def check_placeholders(masked: Masked, output: str, expected: list[int] | None =
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if missing or extra or dup:
         return f"placeholders missing={missing} unknown={extra} repeated={dup}"
-    structural = [i for i in ids if masked.spans[i].kind in STRUCTURAL]
-    if structural != sorted(structural):
-        return f"structural placeholders reordered: {structural}"
+    ordered = [i for i in ids if _ordered(masked.spans[i])]
+    if ordered != sorted(ordered):
+        return f"structural placeholders reordered: {ordered}"
     return None
 
 
@@ -106,26 +180,36 @@ def _norm_number(s: str) -> str:
     return digits.strip("0") or "0"
 
 
+def _diff(a: list[str], b: list[str]) -> tuple[list[str], list[str]]:
+    return list((Counter(a) - Counter(b)).elements()), list((Counter(b) - Counter(a)).elements())
+
+
 def compare_spans(source: str, output: str) -> str | None:
     """None when `output` carries the same protected spans as `source`, else a short description.
 
-    Structural spans (tags, boxes, URLs, code, math, choice labels) must match exactly and in order;
-    numbers must match as a multiset up to digit grouping (1,000 vs 1.000 in Vietnamese).
+    Structural spans (tags, boxes, placeholders, options, paths, URLs, code, math) must survive exactly,
+    each as often as in the source: a missing, duplicated or altered one fails. Tags keep their order;
+    printf conversions must read the same arguments with the same types. Numbers must match as a
+    multiset up to digit grouping and rescaling (1,000 vs 1.000 in Vietnamese, 2000만 for 20 million).
     """
     src, out = find_spans(source), find_spans(output)
-    s_struct = [s.text for s in src if s.kind in STRUCTURAL]
-    o_struct = [s.text for s in out if s.kind in STRUCTURAL]
-    if s_struct != o_struct:
-        lost = [t for t in s_struct if t not in o_struct][:3]
-        added = [t for t in o_struct if t not in s_struct][:3]
-        return f"structural spans differ: lost={lost} added={added}" if lost or added \
-            else "structural spans reordered"
-    s_num = sorted(_norm_number(s.text) for s in src if s.kind == "number")
-    o_num = sorted(_norm_number(s.text) for s in out if s.kind == "number")
+    s_struct = [s.text for s in src if s.kind in STRUCTURAL - {"printf"}]
+    o_struct = [s.text for s in out if s.kind in STRUCTURAL - {"printf"}]
+    s_struct += printf_args([s.text for s in src if s.kind == "printf"])
+    o_struct += printf_args([s.text for s in out if s.kind == "printf"])
+    lost, added = _diff(s_struct, o_struct)
+    if lost or added:
+        return f"structural spans differ: lost={lost[:3]} added={added[:3]}"
+    if [s.text for s in src if _ordered(s)] != [s.text for s in out if _ordered(s)]:
+        return "structural spans reordered"
+    # a date may be localized, or written out where the source named the month; only losing one counts
+    if sum(s.kind == "date" for s in src) > sum(s.kind == "date" for s in out):
+        return "date lost"
+    s_num = [_norm_number(s.text) for s in src if s.kind == "number"]
+    o_num = [_norm_number(s.text) for s in out if s.kind == "number"]
     # A number is "changed" when one is lost AND another appears: translators legitimately spell a
     # number out ("two") or write one for a word ("June" -> "tháng 6"), but not both at once.
-    lost = list((Counter(s_num) - Counter(o_num)).elements())
-    added = list((Counter(o_num) - Counter(s_num)).elements())
+    lost, added = _diff(s_num, o_num)
     # "7.55am" -> "오전 7시 55분" splits one number into two: same significant digits, not a change
     if lost and added and sorted("".join(lost)) != sorted("".join(added)):
         return f"numbers changed: lost={lost[:3]} added={added[:3]}"

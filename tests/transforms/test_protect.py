@@ -45,3 +45,60 @@ def test_compare_spans_numbers_rescaled_vs_changed():
 
 def test_find_spans_does_not_split_numbers_glued_to_hangul():
     assert [s.text for s in find_spans("3,000개와 1930년대")] == ["3,000", "1930"]
+
+
+def test_ui_placeholders_options_paths_are_spans_and_korean_particles_stay_outside():
+    text = ("%s: %-10s %1$s %.250s 100%% {name} {0} $HOME ${XDG_DIR} --help를 -v /etc/passwd를 "
+            "bug-coreutils@gnu.org로 https://gnu.org/software/를 `%s'")
+    got = [(s.kind, s.text) for s in find_spans(text)]
+    for want in [("printf", "%s"), ("printf", "%-10s"), ("printf", "%1$s"), ("printf", "%.250s"), ("printf", "%%"),
+                 ("brace", "{name}"), ("brace", "{0}"), ("dollar", "$HOME"), ("dollar", "${XDG_DIR}"),
+                 ("option", "--help"), ("option", "-v"), ("path", "/etc/passwd"),
+                 ("email", "bug-coreutils@gnu.org"), ("url", "https://gnu.org/software/")]:
+        assert want in got, want
+    m = mask(text)
+    assert "를" in m.text and "로" in m.text and "%" not in m.text and "{" not in m.text
+    assert restore(m, m.text) == text
+
+
+def test_metavariables_and_prose_are_not_spans():
+    assert find_spans("Usage: %s [-WIDTH] [OPTION]... /REGEXP/ {INTEGER}")[1:] == []
+    assert find_spans("100 % of people, e-mail, non-empty, and/or 24/7") == [
+        s for s in find_spans("100 % of people, e-mail, non-empty, and/or 24/7") if s.kind == "number"]
+    assert not [s for s in find_spans("%Dùng 'date'-style") if s.kind in ("printf", "option")]
+
+
+def test_compare_spans_fails_on_a_dropped_duplicated_or_altered_span():
+    src = "cannot open '%s' with --force in {dir}"
+    assert compare_spans(src, "'%s'을(를) {dir}에서 --force로 열 수 없습니다") is None    # moved: fine
+    assert "lost" in compare_spans(src, "'%s'을(를) 열 수 없습니다 --force")             # {dir} dropped
+    assert "added" in compare_spans(src, "'%s' '%s' {dir} --force")                    # duplicated
+    assert compare_spans(src, "'%s' {꺧멦} --force") is not None                         # altered
+    assert compare_spans("%s", "%똻") is not None
+
+
+def test_printf_compares_arguments_not_order_or_precision():
+    assert compare_spans("%d in %s: ", "%2$s 안에 %1$d: ") is None
+    assert compare_spans("conffile '%s' is bad", "'%.250s' 설정 파일") is None
+    assert compare_spans("%d files in %s", "%s에 %d개 파일") is not None                # types swapped
+
+
+def test_gnu_quotes_are_style_and_dates_are_localized():
+    assert compare_spans("unknown `%s' option", "알 수 없는 '%s' 옵션") is None
+    assert compare_spans("unknown `%s' option", "tùy chọn “%s” không rõ") is None
+    assert compare_spans("e.g., 12/31/99", "v.d. 22/10/07") is None
+    assert compare_spans("Saturday, September 29, 2018", "Thứ Bảy, 29/09/2018") is None
+
+
+def test_translate_stage_rejects_a_mangled_placeholder():
+    from polycap.schemas import Reason
+    from polycap.transforms.backends.base import GenResult
+    from polycap.transforms.translate import TextUnit, judge, plan_chunks
+
+    chunk = plan_chunks(TextUnit("k", "Hello {name}, you have %d new messages"), "ko", 2000)[0]
+    assert "{name}" not in chunk.sent and "%d" not in chunk.sent
+    ok = chunk.sent.replace("Hello", "안녕").replace("you have", "").replace("new messages", "개의 새 메시지")
+    text, reason, _ = judge(chunk, GenResult(key="k", text=ok))
+    assert reason is None and "{name}" in text and "%d" in text
+    bad = ok.replace("[[P0]]", "{꺧멦}")
+    assert judge(chunk, GenResult(key="k", text=bad))[1] == Reason.GATE_SPANS_CHANGED

@@ -43,3 +43,67 @@ def test_gate_eval_on_ntrex_subset_meets_targets(eval_dir):
     assert res["catch_rate_overall"] >= 0.95
     for kind in ("english_copy", "cjk", "preamble", "span_dropped"):
         assert res["per_kind"][kind]["rate"] >= 0.99, kind
+
+
+def test_korean_given_as_vietnamese_is_wrong_language_even_decomposed():
+    import unicodedata
+
+    ko = "파일을 열 수 없습니다"
+    assert g.first_failure("Cannot open file", ko, "vi")[0] == Reason.GATE_WRONG_LANGUAGE
+    assert g.first_failure("Cannot open file", unicodedata.normalize("NFD", ko), "vi")[0] \
+        == Reason.GATE_WRONG_LANGUAGE
+    assert g.first_failure("Cannot open file", "Không thể mở tập tin", "ko")[0] == Reason.GATE_WRONG_LANGUAGE
+    assert g.first_failure("Cannot open file", unicodedata.normalize("NFD", ko), "ko") is None
+
+
+def test_short_ui_strings_pass():
+    assert g.first_failure("horizontal", "ngang", "vi") is None               # one word, no diacritic
+    assert g.first_failure("#%ld\tin ", "#%ld\ttrong ", "vi") is None
+    assert g.first_failure("fdatasync failed for %s", "%s에 fdatasync 실패", "ko") is None   # copied command
+    assert g.first_failure("CPU time limit exceeded.", "CPU 시간 제한 초과", "ko") is None    # noun-final
+    assert g.first_failure("Adding '%s'...", "'%s' 추가하는 중", "ko") is None
+    assert g.first_failure("Report bugs to bug-tar@gnu.org.", "bug-tar@gnu.org로 버그를 알려주십시오.", "ko") is None
+    assert g.first_failure("unknown `%s' option", "알 수 없는 '%s' 옵션", "ko") is None
+    assert g.first_failure("Note: %s", "Ghi chú: %s", "vi") is None
+    assert g.first_failure("the whole file", "toàn bộ tập tin", "vi") is None  # "toàn" is not English "to"
+    assert g.first_failure("James Youngman", "James Youngman", "ko") is None   # a name is kept
+
+
+def test_untranslated_short_string_is_caught():
+    assert g.first_failure("Go To Line", "Go To Line", "ko")[0] == Reason.GATE_ENGLISH_LEFT    # not a name
+    assert g.first_failure("preserving permissions for %s", "preserving permissions for %s", "vi")[0] \
+        == Reason.GATE_ENGLISH_LEFT
+
+
+def test_dropped_placeholder_or_option_fails_spans():
+    assert g.first_failure("cannot stat %s", "stat 실행 불가", "ko")[0] == Reason.GATE_SPANS_CHANGED
+    assert g.first_failure("use --force to override", "dùng để ghi đè", "vi")[0] == Reason.GATE_SPANS_CHANGED
+
+
+def test_duplication_without_punctuation_is_caught():
+    assert g.first_failure("Write Selection to File", "Lưu vùng chọn vào tập tin Lưu vùng chọn vào tập tin",
+                           "vi")[0] == Reason.GATE_REPETITION
+    assert g.first_failure("Cancel", "취소\n취소", "ko")[0] == Reason.GATE_REPETITION
+    assert g.first_failure("-f progfile\t\t--file=progfile", "-f <프로그램-파일>\t\t--file=<프로그램-파일>",
+                           "ko") is None                                       # the source repeats itself too
+
+
+def test_preamble_does_not_depend_on_the_source_first_word():
+    src = "No such file or directory"
+    ref = "Không có tập tin hoặc thư mục như vậy"
+    assert g.first_failure(src, ref, "vi") is None
+    for pre in ("Sure, here is the translation:\n", "Vâng, ", "Đây là bản dịch:\n", "Vietnamese: "):
+        assert g.first_failure(src, pre + ref, "vi")[0] == Reason.GATE_PREAMBLE, pre
+    assert g.first_failure("No, thanks.", "네, 번역하면 아니요, 괜찮습니다.", "ko")[0] == Reason.GATE_PREAMBLE
+    assert g.first_failure("Yes, it is.", "네, 그렇습니다.", "ko") is None
+
+
+def test_truncation_signals():
+    assert g.first_failure("Refresh (redraw) the current screen", "Làm mới (vẽ lại", "vi")[0] \
+        == Reason.GATE_TRUNCATED                                               # unclosed bracket
+    assert g.first_failure("could not create child process", "không thể tạo tiến trình con nh", "vi")[0] \
+        == Reason.GATE_TRUNCATED                                               # word cut before its vowel
+    assert g.first_failure("Select the file to open", "열 파일을", "ko")[0] == Reason.GATE_TRUNCATED
+    long_src = "The following packages have been kept back because their dependencies have changed."
+    assert g.first_failure(long_src, "다음 패키지는 의존성이 바뀌었기 때문에 보류", "ko")[0] == Reason.GATE_TRUNCATED
+    assert g.first_failure(long_src * 3, "다음 패키지는 보류되었습니다.", "ko")[0] == Reason.GATE_LENGTH_RATIO

@@ -1,0 +1,219 @@
+"""Gate evaluation on human UI-string translations from Debian gettext catalogs (EN -> ko/vi) and corruptions.
+
+    python -m bench.translate_gates_catalogs [--refresh]  ->  bench/results/translate_gates_catalogs.json
+
+Data: the ko and vi `.mo` catalogs shipped in the Debian packages below, fetched with `apt-get download`
+and unpacked with `dpkg-deb -x` into bench/work/catalogs/ (cached; `--refresh` fetches again). The package
+versions used are recorded in the result. DEV packages are the ones the gate thresholds were tuned on;
+HELDOUT packages (other programs, other translators) are only reported.
+
+Labelled rows per (split, language), each msgid/msgstr pair giving:
+  reference           the human translation (must pass)
+  untranslated        the English msgid as output (pairs whose reference differs from the msgid)
+  dropped_placeholder one printf/brace/dollar placeholder removed from the reference
+  dropped_option      one command-line option removed from the reference
+  wrong_language      the other language's human translation of the same msgid (ko <-> vi)
+  truncated           the reference cut to 40 % of its characters
+  preamble            an LLM-style preamble ("Here is the translation:", localized) prepended
+  duplicated          the reference twice, joined by a space or a newline
+"""
+from __future__ import annotations
+
+import argparse
+import gettext
+import hashlib
+import json
+import re
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from bench.translate_gates import evaluate
+from polycap.transforms.protect import find_spans
+
+DEV = ["coreutils", "gawk", "nano", "grep", "sed", "findutils", "dpkg", "diffutils", "psmisc", "kbd"]
+HELDOUT = ["libc-l10n", "tar", "wget", "procps", "sudo", "apt", "cpio", "man-db", "gettext-base", "texinfo",
+           "util-linux-locales", "aptitude-common"]
+LANGS = ("ko", "vi")
+MAX_PER_CATALOG = 800       # per (package, language), chosen by msgid hash, so no one program dominates
+CORRUPTIONS = ("untranslated", "dropped_placeholder", "dropped_option", "wrong_language", "truncated",
+               "preamble", "duplicated")
+PREAMBLES = ["Here is the translation: ", "Here is the translation:\n", "Sure, here is the translation:\n",
+             "Sure! Here's the {name} translation:\n", "Translation: ", "Certainly. ", "Okay, ",
+             "{name}: ", "Translated text: ", "번역: ", "다음은 번역입니다:\n", "한국어 번역: ", "네, 번역하면 ",
+             "Bản dịch: ", "Đây là bản dịch:\n", "Dưới đây là bản dịch tiếng Việt: ", "Vâng, "]
+NAMES = {"ko": "Korean", "vi": "Vietnamese"}
+PLACEHOLDER_KINDS = ("printf", "brace", "dollar")
+OPTION_KINDS = ("option",)
+WORK = Path(__file__).resolve().parent / "work" / "catalogs"
+
+
+def fetch(packages: list[str], work: Path, refresh: bool = False) -> dict[str, str]:
+    """Unpack each package under work/<pkg>/; returns {package: .deb file name} (its version)."""
+    work.mkdir(parents=True, exist_ok=True)
+    versions = {}
+    for pkg in packages:
+        dest = work / pkg
+        stamp = dest / ".deb"
+        if stamp.exists() and not refresh:
+            versions[pkg] = stamp.read_text().strip()
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run(["apt-get", "download", pkg], cwd=tmp, check=True, capture_output=True)
+            deb = next(Path(tmp).glob("*.deb"))
+            dest.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], check=True)
+            stamp.write_text(deb.name)
+            versions[pkg] = deb.name
+    return versions
+
+
+def read_mo(path: Path) -> dict[str, str]:
+    """msgid -> msgstr of one .mo (context stripped; plural entries give msgid -> msgstr[0])."""
+    with path.open("rb") as f:
+        cat = gettext.GNUTranslations(f)._catalog     # type: ignore[attr-defined]
+    out: dict[str, str] = {}
+    for k, v in cat.items():
+        if isinstance(k, tuple):
+            if k[1] != 0:
+                continue
+            k = k[0]
+        k = k.split("\x04", 1)[-1]
+        if k and v.strip():
+            out.setdefault(k, v)
+    return out
+
+
+def catalog_pairs(root: Path, lang: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for mo in sorted(root.glob(f"usr/share/locale/{lang}/LC_MESSAGES/*.mo")):
+        for k, v in read_mo(mo).items():
+            pairs.setdefault(k, v)
+    keep = sorted(pairs, key=lambda k: hashlib.sha256(k.encode()).hexdigest())[:MAX_PER_CATALOG]
+    return {k: pairs[k] for k in keep}
+
+
+def _h(*parts: str) -> int:
+    return int(hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:8], 16)
+
+
+def _drop(ref: str, src: str, kinds: tuple[str, ...]) -> str | None:
+    """The reference with one span of `kinds` that also occurs in the source removed (None if it has none)."""
+    src_texts = {s.text for s in find_spans(src)}
+    cands = [m for m in _span_matches(ref) if m[0] in kinds and m[1] in src_texts]
+    if not cands:
+        return None
+    _, text, start = cands[_h(src, ref, "drop") % len(cands)]
+    out = ref[:start] + ref[start + len(text):]
+    return re.sub(r"[ \t]{2,}", " ", out)
+
+
+def _span_matches(text: str) -> list[tuple[str, str, int]]:
+    from polycap.transforms.protect import SPAN_RE
+    return [(m.lastgroup or "", m.group(0), m.start()) for m in SPAN_RE.finditer(text)]
+
+
+def _norm(s: str) -> str:
+    return " ".join(s.split())
+
+
+def build_items(pairs: dict[str, dict[str, str]], lang: str, package: str) -> list[dict[str, str]]:
+    """Labelled rows for one package and target language; `pairs[lang][msgid]` is the human msgstr."""
+    items = []
+    other = "vi" if lang == "ko" else "ko"
+    for src, ref in pairs[lang].items():
+        rows: dict[str, tuple[str, str]] = {"reference": (src, ref)}
+        if _norm(ref) != _norm(src):
+            rows["untranslated"] = (src, src)
+        for kind, kinds in (("dropped_placeholder", PLACEHOLDER_KINDS), ("dropped_option", OPTION_KINDS)):
+            dropped = _drop(ref, src, kinds)
+            if dropped is not None:
+                rows[kind] = (src, dropped)
+        alt = pairs[other].get(src)
+        if alt is not None and _norm(alt) != _norm(ref) and _norm(alt) != _norm(src) \
+                and any(c.isalpha() for c in alt):
+            rows["wrong_language"] = (src, alt)
+        core = ref.strip()
+        cut = core[: round(len(core) * 0.4)]
+        if len(core) >= 2 and cut.strip() and _norm(cut) != _norm(core):
+            rows["truncated"] = (src, cut)
+        name = NAMES[lang]
+        rows["preamble"] = (src, PREAMBLES[_h(src, lang, "pre") % len(PREAMBLES)].format(name=name) + ref)
+        rows["duplicated"] = (src, core + (" ", "\n")[_h(src, "dup") % 2] + core)
+        # the translate stage judges a chunk with its surrounding whitespace stripped (translate.judge)
+        items += [{"lang": lang, "kind": k, "package": package, "source": s.strip(), "output": o.strip()}
+                  for k, (s, o) in rows.items()]
+    return items
+
+
+def load(packages: list[str], work: Path) -> list[dict[str, str]]:
+    items = []
+    for pkg in packages:
+        pairs = {lang: catalog_pairs(work / pkg, lang) for lang in LANGS}
+        for lang in LANGS:
+            if pairs[lang]:
+                items += build_items(pairs, lang, pkg)
+    return items
+
+
+def _by_length(items: list[dict[str, str]]) -> dict[str, dict]:
+    """Catch rate of truncation by source length: short labels are where length says least."""
+    from polycap.transforms.translate_gates import first_failure
+
+    out: dict[str, dict] = {}
+    for lo, hi in ((0, 16), (16, 32), (32, 64), (64, 10**9)):
+        mine = [it for it in items if lo <= len(" ".join(it["source"].split())) < hi]
+        caught = sum(first_failure(it["source"], it["output"], it["lang"]) is not None for it in mine)
+        out[f"{lo}+" if hi > 10**8 else f"{lo}-{hi - 1}"] = {"n": len(mine), "rate": caught / max(1, len(mine))}
+    return out
+
+
+def report(items: list[dict[str, str]]) -> dict:
+    out = {}
+    for lang in LANGS:
+        mine = [it for it in items if it["lang"] == lang]
+        res = evaluate(mine)
+        res["packages"] = dict(Counter(it["package"] for it in mine if it["kind"] == "reference"))
+        res["truncated_by_source_chars"] = _by_length([it for it in mine if it["kind"] == "truncated"])
+        out[lang] = res
+    return out
+
+
+def run(work: Path = WORK, refresh: bool = False) -> dict:
+    t0 = time.time()
+    versions = fetch(DEV + HELDOUT, work, refresh)
+    res: dict = {"data": "Debian bookworm gettext catalogs (ko, vi) of the packages below; GPL/LGPL, "
+                         "translations by the Translation Project and Debian teams",
+                 "debs": versions, "dev_packages": DEV, "heldout_packages": HELDOUT,
+                 "targets": {"false_reject_rate": "<= 0.01 (each language <= 0.015)",
+                             "per_kind_rate": ">= 0.95"}}
+    for split, pkgs in (("dev", DEV), ("heldout", HELDOUT)):
+        res[split] = report(load(pkgs, work))
+    res["seconds"] = round(time.time() - t0, 1)
+    return res
+
+
+def summary(res: dict) -> list[str]:
+    lines = []
+    for split in ("dev", "heldout"):
+        for lang, r in res[split].items():
+            kinds = {k: round(v["rate"], 3) for k, v in r["per_kind"].items()}
+            lines.append(f"{split} {lang}: FR {r['false_reject_rate']:.3%} of {r['references']}  {kinds}")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--refresh", action="store_true", help="download the packages again")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" /
+                                         "translate_gates_catalogs.json"))
+    args = ap.parse_args()
+    res = run(WORK, args.refresh)
+    Path(args.out).write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print("\n".join(summary(res)))
+
+
+if __name__ == "__main__":
+    main()
