@@ -12,4 +12,7 @@ COPY prompts prompts
 COPY trainer trainer
 COPY configs configs
 ARG EXTRAS=ocr
+# Korean / Vietnamese OCR (transforms/backends/ocr_script.py): Tesseract's kor, vie and eng LSTM models
+RUN apt-get update && apt-get install -y --no-install-recommends tesseract-ocr-kor tesseract-ocr-vie \
+    tesseract-ocr-eng && rm -rf /var/lib/apt/lists/*
 RUN pip install --no-cache-dir torch==2.13.0 && pip install --no-cache-dir ".[${EXTRAS}]"

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 EXTRAS ?= ocr,local,smoke-llm,dev,demo,s3,gcs
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: help install browser demo test test-fast bench lint clean
+.PHONY: help install browser ocr-debs demo test test-fast bench lint clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -31,13 +31,20 @@ browser: ## Debian's chromium for the report's browser test: installed when miss
 	  apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; \
 	else echo "chromium: $(CHROMIUM) missing and not root; tests/pipelines/test_report_browser.py will skip"; fi
 
-test: install browser ## run the test suite (what CI runs)
+OCR_DEBS ?= tesseract-ocr-kor tesseract-ocr-vie tesseract-ocr-eng fonts-nanum fonts-noto-cjk fonts-dejavu
+ocr-debs: ## Debian's Tesseract kor/vie/eng (Korean + Vietnamese OCR) and the fonts of the OCR test cards, when root
+	@if dpkg -s $(OCR_DEBS) >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -q $(OCR_DEBS) || { apt-get update -q && apt-get install -y -q $(OCR_DEBS); }; \
+	else echo "ocr-debs: not root; Korean/Vietnamese OCR tests skip until: apt-get install $(OCR_DEBS)"; fi
+
+test: install browser ocr-debs ## run the test suite (what CI runs)
 	$(BIN)/python -m pytest -q tests
 
 test-fast: install ## tests without the slow ones
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
-bench: install ## run benchmarks; results in bench/results/*.json
+bench: install ocr-debs ## run benchmarks; results in bench/results/*.json
 	$(BIN)/python -m bench.run_all
 
 lint: install ## ruff, the import contracts (layers, no cycles) and mypy on the typed packages

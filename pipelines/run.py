@@ -116,10 +116,12 @@ def preflight(cfg: Config) -> list[str]:
     """Checks that must fail once, before any work (models present, endpoints reachable)."""
     notes = []
     if cfg.ocr.enabled:
+        from polycap.transforms.backends.ocr_models import script_notes
         from polycap.transforms.ocr import check_ocr_models
 
-        check_ocr_models(cfg.ocr)  # raises with a message naming the missing files
+        models = check_ocr_models(cfg.ocr)  # raises with a message naming the missing files
         notes.append(f"ocr: {cfg.ocr.backend} on {cfg.ocr.device}")
+        notes.extend(script_notes(models, list(cfg.ocr.langs)))  # a script read as unsupported_script: the fix
     return notes
 
 

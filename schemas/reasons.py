@@ -7,10 +7,20 @@ class Reason(StrEnum):
     DOWNLOAD_FAILED = "download_failed"        # HTTP status or network error in detail
     INVALID_URL = "invalid_url"                # empty, malformed or non-http(s) scheme
     TOO_LARGE_DOWNLOAD = "too_large_download"  # body exceeded ingest max_bytes
-    UNSAFE_PATH = "unsafe_path"                # tar member with `..` or an absolute path
+    UNSAFE_PATH = "unsafe_path"                # tar member with `..`/absolute path; a path or link leaving its root
     UNREADABLE = "unreadable"                  # file/tar member could not be read
     MISSING_IMAGE = "missing_image"            # a record (e.g. LLaVA row) names an image that is not there
     BAD_RECORD = "bad_record"                  # a JSON/CSV/parquet row that cannot be parsed
+    TOO_LARGE_INPUT = "too_large_input"        # a file, tar member, tar stream or list over its ingest byte budget
+    READ_TIMEOUT = "read_timeout"              # a file or tar shard not read within ingest.read_timeout_s
+    DOWNLOAD_TIMEOUT = "download_timeout"      # connect, headers or body past ingest.connect_timeout_s/timeout_s
+    NOT_A_FILE = "not_a_file"                  # FIFO, device, socket or dangling link: never opened
+    HIDDEN_FILE = "hidden_file"                # a dot-file or dot-folder inside an input folder: not read
+    DUPLICATE_MEMBER = "duplicate_member"      # a tar member name repeated within one sample: the first is kept
+    BLOCKED_ADDRESS = "blocked_address"        # a URL (or redirect hop) resolving to a non-public address
+    # not a reject: source.meta["caption_dropped"] names it when a source caption was not usable text
+    # (NaN/None-like, not a string, NUL, invalid UTF-8, lone surrogates, mojibake); the image is kept
+    BAD_CAPTION = "bad_caption"
     # decode
     EMPTY_FILE = "empty_file"
     NOT_AN_IMAGE = "not_an_image"
@@ -29,6 +39,9 @@ class Reason(StrEnum):
     DUPLICATE = "duplicate"                    # detail names the kept key (exact or near)
     # ocr
     OCR_FAILED = "ocr_failed"
+    # ocr.status (not a reject: the sample is kept) when lines in a script no installed recognizer reads were
+    # left out rather than stored with letters missing; OcrResult.error says how many and what to install
+    OCR_UNSUPPORTED_SCRIPT = "unsupported_script"
     # caption (model output gates)
     CAPTION_FAILED = "caption_failed"          # backend error after retries
     GATE_TOO_SHORT = "gate_too_short"

@@ -15,6 +15,7 @@ from apache_beam.ml.inference.base import PredictionResult, RunInference
 from polycap.schemas import OcrLine, OcrResult, Reason, Reject, Sample
 from polycap.transforms.backends.ocr_handler import OcrModelHandler
 from polycap.transforms.backends.ocr_models import OcrModelError, check_ocr_models
+from polycap.transforms.backends.ocr_script import unsupported_detail
 from polycap.transforms.langid import top_language
 from polycap.transforms.plumbing import RoutingDoFn, error_detail, make_reject, route_stage, samples_in
 
@@ -296,9 +297,13 @@ def to_ocr_result(raw: dict[str, Any], min_score: float) -> OcrResult:
         quad = normalize_quad(quad_px, w, h)
         lines.append(OcrLine(text=text, box=quad_box(quad), quad=quad, score=round(score, 4)))
     lines = reading_order(lines, raw.get("angle", 0) // 90, (w, h))
-    return OcrResult(engine=raw["engine"], models=dict(raw["models"]), status="ok" if lines else "empty",
+    # lines in a script no installed recognizer reads were left out by the engine (ocr_script.ScriptRouter)
+    unsupported = list(raw.get("unsupported") or [])
+    status = Reason.OCR_UNSUPPORTED_SCRIPT.value if unsupported else ("ok" if lines else "empty")
+    return OcrResult(engine=raw["engine"], models=dict(raw["models"]), status=status,
                      lines=lines, lang=dominant_lang(ln.text for ln in lines),
-                     text_area_ratio=text_area_ratio([q for _, q, _ in kept], w, h))
+                     text_area_ratio=text_area_ratio([q for _, q, _ in kept], w, h),
+                     error=unsupported_detail(unsupported) if unsupported else None)
 
 
 # ---- Beam -------------------------------------------------------------------------------------------
@@ -342,6 +347,8 @@ class _AttachOcr(_OcrDoFn):
         result = to_ocr_result(raw, self.cfg.min_score)
         if raw.get("angle") or result.status == "empty":
             self.count("rotated" if raw.get("angle") else "empty")
+        if result.status == Reason.OCR_UNSUPPORTED_SCRIPT:
+            self.count(Reason.OCR_UNSUPPORTED_SCRIPT.value)
         prov = {**sample.provenance, STAGE: _provenance(self.cfg, raw)}
         yield self.route(replace(sample, ocr=result, provenance=prov))
 

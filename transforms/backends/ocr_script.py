@@ -10,11 +10,12 @@ scores. Detection stays PP-OCRv6; each detected line's first reading decides whe
   the job reads no Chinese/Japanese) is re-read by Tesseract `kor`; its reading is kept when it is mostly
   Hangul and Tesseract is confident. A Hangul page the orientation classifier turned upside down is
   re-read turned back (the classifier was trained without Hangul).
-- Vietnamese: every line with Latin letters is re-read by the Vietnamese recognizer (about 1.5 ms a line)
-  and its reading is kept when it has letters only Vietnamese uses (ă, đ, ơ, ư, U+1EA0-1EF9).
-- Unsupported: a line whose first reading is empty or Han garbage that no recognizer claimed, or that shows
-  Vietnamese letters with no Vietnamese recognizer installed, is dropped from the lines and counted;
-  the OCR stage then stores status `unsupported_script`.
+- Vietnamese: when the job reads Vietnamese (`ocr.langs`), or a page shows Vietnamese (a letter only
+  Vietnamese uses, or langdetect), every line with Latin letters is re-read by the Vietnamese recognizer and
+  its reading is kept when it has letters only Vietnamese uses (ă, đ, ơ, ư, ĩ, ũ, U+1EA0-1EF9).
+- Unsupported: a suspect line with no Korean recognizer installed, Han garbage no recognizer claimed (when
+  the job reads no Chinese/Japanese), or a Vietnamese page's accented line with no Vietnamese recognizer, is
+  left out of the lines and counted; the OCR stage then stores status `unsupported_script`.
 
 Weights (all offline; measured in bench/results/ocr_ko_vi.json):
 
@@ -89,6 +90,16 @@ def has_latin(text: str) -> bool:
     return any(c.isascii() and c.isalpha() for c in text)
 
 
+def is_vietnamese(text: str) -> bool:
+    """langdetect is sure the text is Vietnamese (it is, from the words left after PP-OCR dropped letters)."""
+    from polycap.transforms.langid import top_language
+
+    if sum(c.isalpha() for c in text) < 12:
+        return False
+    guess = top_language(text)
+    return bool(guess and guess[0] == "vi" and guess[1] >= 0.9)
+
+
 def box_aspect(quad: list[float]) -> float:
     """Width / height of a line quad (8 floats, clockwise from top-left)."""
     p = np.asarray(quad[:8], dtype=np.float64).reshape(4, 2)
@@ -130,6 +141,13 @@ def flip_quad(quad: list[float], width: int, height: int) -> list[float]:
     return [float(v) for p in pts for v in p]
 
 
+def single_thread_openmp() -> None:
+    """Cap OpenMP at one thread (OMP_THREAD_LIMIT) before libgomp starts. Tesseract asks for up to 10
+    threads per LSTM layer; on 2 busy cores that made a line read 5x slower (48 -> 245 ms measured here),
+    and the cap is read once, when PaddleX first loads libgomp. Call before the OCR engine loads."""
+    os.environ.setdefault("OMP_THREAD_LIMIT", "1")
+
+
 # ---- recognizers ------------------------------------------------------------------------------------
 
 _RIL_WORD, _RIL_SYMBOL = 3, 4
@@ -169,7 +187,7 @@ class TesseractLines:
     PAD = 8
 
     def __init__(self, tessdata: str | Path, lang: str):
-        os.environ.setdefault("OMP_THREAD_LIMIT", "1")  # its OpenMP threads cost 5x on 2 cores (37 -> 180 ms)
+        single_thread_openmp()   # too late when PaddleX came first: OcrRunner calls it before the engine
         try:
             lib = ctypes.CDLL(ctypes.util.find_library("tesseract") or "libtesseract.so.5")
         except OSError:
@@ -345,6 +363,7 @@ class ScriptRouter:
         elif TRUEOCR_VI in found:
             self.vi = TrueOcrLines(found[TRUEOCR_VI])
         self.cjk_langs = bool({"zh", "ja"} & set(langs))
+        self.vi_always = "vi" in langs   # the job reads Vietnamese: every Latin line, even a lone word
         self.models = {}
         if self.ko:
             self.models["rec_ko"] = "tesseract kor" + (" + eng" if self.eng else "") + f" ({TESSDATA_VERSION})"
@@ -401,9 +420,10 @@ class ScriptRouter:
         return self.vi.read_many([np.ascontiguousarray(c[:, :, ::-1]) for c in crops])
 
     def route(self, rgb: np.ndarray, lines: list[tuple[str, list[float], float]]) -> Routed:
+        """Lines (text, quad px, score) of one upright image -> routed lines; see the module docstring."""
         out: list[tuple[str, list[float], float, bool]] = []   # (text, quad, score, flipped)
         res = Routed([])
-        vi_idx: list[int] = []
+        vi_page = any(has_vi_letters(t) for t, _, _ in lines) or is_vietnamese(" ".join(t for t, _, _ in lines))
         for text, quad, score in lines:
             text = text.strip()
             suspect = is_suspect(text, score, quad, self.cjk_langs)
@@ -413,16 +433,18 @@ class ScriptRouter:
                     out.append((ko[0], quad, ko[1], ko[2]))
                     res.rerouted["ko"] = res.rerouted.get("ko", 0) + 1
                     continue
-            if self.vi is None and has_vi_letters(text):
-                res.unsupported.append("vi")
-                continue
-            if suspect and (not text or (han_count(text) and not self.cjk_langs)):
-                res.unsupported.append("unknown")
-                continue
-            if self.vi is not None and (has_latin(text) or has_vi_letters(text)):
-                vi_idx.append(len(out))
-            out.append((text, quad, score, False))
-        if vi_idx and any(c in VI_HINTS for t, *_ in out for c in t):
+            if self.vi is None and vi_page and any(c in VI_HINTS for c in text):
+                res.unsupported.append("vi")       # PP-OCR dropped the letters it has no glyph for
+            elif suspect and self.ko is None and (not text or (han_count(text) and not self.cjk_langs)):
+                res.unsupported.append("ko")       # likely Hangul: PP-OCR has no glyph for it
+            elif suspect and text and han_count(text) and not self.cjk_langs:
+                res.unsupported.append("unknown")  # Han-like garbage the Korean recognizer did not read either
+            elif not text:
+                continue                           # a box with nothing readable (photo texture): dropped as before
+            else:
+                out.append((text, quad, score, False))
+        vi_idx = [i for i, (t, *_) in enumerate(out) if has_latin(t) or has_vi_letters(t)]
+        if self.vi is not None and vi_idx and (self.vi_always or any(c in VI_HINTS for t, *_ in out for c in t)):
             reads = self._read_vi(rgb, [out[i][1] for i in vi_idx])
             for i, (text, conf) in zip(vi_idx, reads):
                 if has_vi_letters(text):
@@ -433,3 +455,17 @@ class ScriptRouter:
         res.flipped = flips > 0 and flips * 2 >= len(out)
         res.lines = [(t, flip_quad(q, w, h) if res.flipped else q, s) for t, q, s, _ in out]
         return res
+
+
+_UNSUPPORTED = {"ko": ("no Korean recognizer (Hangul read as nothing or Han-like garbage)", INSTALL_KO),
+                "vi": ("no Vietnamese recognizer (letters PP-OCR has no glyph for would be lost)", INSTALL_VI),
+                "unknown": ("a script no installed recognizer reads", "")}
+
+
+def unsupported_detail(codes: list[str]) -> str:
+    """One line for OcrResult.error: how many lines were dropped, why, and what to install."""
+    parts = []
+    for code in sorted(set(codes)):
+        why, fix = _UNSUPPORTED.get(code, _UNSUPPORTED["unknown"])
+        parts.append(f"{codes.count(code)} line(s): {why}" + (f"; fix: {fix}" if fix else ""))
+    return f"{len(codes)} lines not stored, in a script no installed recognizer reads: " + " | ".join(parts)

@@ -1,0 +1,126 @@
+"""Korean / Vietnamese OCR benchmark -> bench/results/ocr_ko_vi.json.
+
+Per-language, per-condition CER and cards/s of the OCR stage's engine path (OcrRunner.read +
+to_ocr_result: PP-OCRv6 detection, script routing, reading order) on rendered text cards
+(bench/ocr_cards.py: NTREX sentences drawn with Debian fonts; the drawn text is the reference), plus the real
+ko / vi / en images of ../shared/eval/ocr/gt.jsonl. `cer` scores the lines in the stored reading order;
+`cer_line_aligned` first matches each line to the reference (isolates recognition from reading order).
+Usage: `python -m bench.ocr_ko_vi [N_PER_LANG_AND_CONDITION]` (default 8; needs the fonts and Tesseract
+packages named in bench/ocr_cards.py and transforms/backends/ocr_script.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import write_result
+from bench.ocr_cards import EVAL, make_cards
+from polycap.pipelines.ocr_eval import align_to_reference, cer_counts
+from polycap.schemas.config import OcrConfig
+from polycap.transforms.backends.ocr_handler import OcrRunner, decode_rgb
+from polycap.transforms.ocr import to_ocr_result
+
+LANGS = ["en", "ko", "vi"]
+REAL_LANGS = {"ko", "vi", "ko+en", "en"}
+TARGETS = {"ko": 0.05, "vi": 0.05, "en": 0.01, "real": 0.10, "cards_per_s": 1.0}
+
+
+def _read(runner: OcrRunner, path: str, cfg: OcrConfig) -> tuple[Any, float]:
+    with open(path, "rb") as f:
+        rgb = decode_rgb(f.read())
+    t0 = time.perf_counter()
+    res = to_ocr_result(runner.read(rgb), cfg.min_score)
+    return res, time.perf_counter() - t0
+
+
+def _score(pred_lines: list[str], gt: str) -> tuple[int, int, int]:
+    pred = "\n".join(pred_lines)
+    dist, n = cer_counts(pred, gt)
+    aligned = dist if len(pred_lines) < 2 else min(dist, cer_counts(align_to_reference(pred_lines, gt), gt)[0])
+    return dist, aligned, n
+
+
+def _add(groups: dict[str, dict[str, Any]], key: str, dist: int, aligned: int, n: int, secs: float,
+         status: str) -> None:
+    g = groups.setdefault(key, {"items": 0, "edits": 0, "aligned": 0, "chars": 0, "seconds": 0.0, "status": {}})
+    g["items"] += 1
+    g["edits"] += dist
+    g["aligned"] += aligned
+    g["chars"] += n
+    g["seconds"] += secs
+    g["status"][status] = g["status"].get(status, 0) + 1
+
+
+def _finish(groups: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {k: {"items": g["items"], "cer": round(g["edits"] / max(g["chars"], 1), 4),
+                "cer_line_aligned": round(g["aligned"] / max(g["chars"], 1), 4),
+                "items_per_s": round(g["items"] / max(g["seconds"], 1e-9), 2), "status": g["status"]}
+            for k, g in sorted(groups.items())}
+
+
+def run_cards(runner: OcrRunner, cfg: OcrConfig, per_cell: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    groups: dict[str, dict[str, Any]] = {}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for card in make_cards(tmp, per_cell):
+            res, secs = _read(runner, card.path, cfg)
+            texts = [ln.text for ln in res.lines]
+            dist, aligned, n = _score(texts, card.text)
+            for key in (card.lang, f"{card.lang}/{card.condition}", "all"):
+                _add(groups, key, dist, aligned, n, secs, res.status)
+            rows.append({"card": Path(card.path).name, "font": card.font, "status": res.status,
+                         "cer": round(dist / max(n, 1), 4), "gt": card.text, "pred": "\n".join(texts)})
+    return _finish(groups), rows
+
+
+def run_real(runner: OcrRunner, cfg: OcrConfig, eval_dir: Path = EVAL) -> tuple[dict[str, Any], list[dict]]:
+    gt_path = eval_dir / "ocr" / "gt.jsonl"
+    groups: dict[str, dict[str, Any]] = {}
+    rows = []
+    for line in gt_path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row["lang"] not in REAL_LANGS:
+            continue
+        res, secs = _read(runner, str(gt_path.parent / row["path"]), cfg)
+        texts = [ln.text for ln in res.lines]
+        gt = " ".join(row["text"].split()) if row["path"].startswith("tesseract_test/8") else row["text"]
+        dist, aligned, n = _score(texts, gt)
+        key = "ko" if row["lang"].startswith("ko") else row["lang"]
+        _add(groups, key, dist, aligned, n, secs, res.status)
+        rows.append({"path": row["path"], "lang": row["lang"], "gt_source": row["gt_source"][:40],
+                     "status": res.status, "cer": round(dist / max(n, 1), 4),
+                     "cer_line_aligned": round(aligned / max(n, 1), 4), "pred": "\n".join(texts)[:300]})
+    return _finish(groups), rows
+
+
+def main(per_cell: int = 8) -> dict[str, Any]:
+    cfg = OcrConfig(enabled=True, langs=LANGS)
+    runner = OcrRunner(cfg)
+    cards, card_rows = run_cards(runner, cfg, per_cell)
+    real, real_rows = run_real(runner, cfg)
+    results = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus (shared with other jobs: timings are noisy)",
+        "config": {"langs": LANGS, "backend": cfg.backend, "models": runner.models},
+        "cards_per_lang_and_condition": per_cell, "cards": cards, "real": real,
+        "targets": TARGETS,
+        "pass": {"ko": cards["ko"]["cer"] < TARGETS["ko"], "vi": cards["vi"]["cer"] < TARGETS["vi"],
+                 "en": cards["en"]["cer"] < TARGETS["en"],
+                 "real_ko": real.get("ko", {}).get("cer", 1) < TARGETS["real"],
+                 "cards_per_s": cards["all"]["items_per_s"] >= TARGETS["cards_per_s"]},
+        "card_rows": [r for r in card_rows if r["cer"] > 0], "real_rows": real_rows,
+    }
+    write_result("ocr_ko_vi", results)
+    for k, v in {**{f"cards/{k}": v for k, v in cards.items()}, **{f"real/{k}": v for k, v in real.items()}}.items():
+        print(f"{k:24s} cer={v['cer']:.4f} aligned={v['cer_line_aligned']:.4f} {v['items_per_s']}/s {v['status']}",
+              file=sys.stderr)
+    return results
+
+
+if __name__ == "__main__":
+    main(*(int(a) for a in sys.argv[1:]))
