@@ -38,7 +38,7 @@ def _share_s3_clients() -> None:
         from apache_beam.io.aws.clients.s3 import boto3_client
     except ImportError:
         return
-    real = getattr(boto3_client, "boto3", None)
+    real: Any = getattr(boto3_client, "boto3", None)
     if real is None or getattr(real, "_polycap_shared", False):
         return
     lock, clients = threading.Lock(), {}
@@ -186,7 +186,7 @@ def atomic_create(path: str) -> Iterator[IO[bytes]]:
     Local: a temp file beside it, fsync, rename over. Object stores: one upload, which only becomes visible
     when it completes (a killed process leaves nothing); on an exception the completed object is removed."""
     if not has_dirs(path):
-        f = FileSystems.create(path, compression_type=RAW)
+        f: IO[bytes] = FileSystems.create(path, compression_type=RAW)
         try:
             yield f
         except BaseException:
