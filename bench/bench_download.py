@@ -51,7 +51,7 @@ def main() -> None:
         total_bytes = sum(photos[i % len(photos)].stat().st_size for i in range(N))
         lst = Path("/tmp/polycap_bench_urls.parquet")
         pq.write_table(pa.table({"url": urls, "caption": [f"photo {i}" for i in range(N)]}), lst)
-        cfg = IngestConfig(timeout_s=10, retries=1, concurrency=16)
+        cfg = IngestConfig(timeout_s=10, retries=1, concurrency=16, allow_private_addresses=True)   # loopback server
         rss0 = _peak_rss_mb()
         t0 = time.perf_counter()
         with beam.Pipeline() as p:

@@ -110,7 +110,9 @@ MP2 = ["--", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 
 def run_polycap(lst: Path, out: Path, server: psutil.Process, beam_args: tuple[str, ...] = ()) -> dict:
     cfg = out.parent / f"{out.name}.yaml"
-    cfg.write_text(json.dumps({"sources": [{"kind": "urls", "path": str(lst)}], "output": str(out)}))
+    # the image server is on loopback: URL ingest refuses non-public addresses unless allowed explicitly
+    cfg.write_text(json.dumps({"sources": [{"kind": "urls", "path": str(lst)}], "output": str(out),
+                               "ingest": {"allow_private_addresses": True}}))
     res = measure([sys.executable, "-m", "polycap.pipelines.cli", "run", str(cfg), *beam_args], server)
     stats = json.loads((out / "_stats.json").read_text())
     assert stats["balanced"], stats
@@ -219,7 +221,8 @@ def build_result(n: int, inputs: dict, runs: dict, fixed: dict, have_i2d: bool, 
         "fixed_cost_10_urls": fixed, "polycap_memory_growth": memory_growth(n, half, runs["polycap"]),
         "cpus": os.cpu_count(),
         "polycap": {"command": "python -m polycap.pipelines.cli run CFG",
-                    "config": "sources: [{kind: urls, path: LIST}], everything else default (ingest "
+                    "config": "sources: [{kind: urls, path: LIST}], ingest.allow_private_addresses: true (loopback "
+                              "server), everything else default (ingest "
                               f"concurrency 16, timeout {TIMEOUT_S}s, retries {RETRIES}; decode + EXIF + RGB + "
                               f"re-encode JPEG q{QUALITY}; filters; exact + near dedup; shards of 1000), "
                               "Beam DirectRunner default (in-memory, one process); "

@@ -116,14 +116,22 @@ class SourceConfig(Section):
 
 @dataclass(frozen=True)
 class IngestConfig(Section):
-    timeout_s: float = 10.0
+    timeout_s: float = 10.0         # one download attempt, connect + headers + body (retries each get their own)
+    connect_timeout_s: float = 5.0  # TCP (+TLS) connect, within timeout_s
     retries: int = 2
-    max_bytes: int = 32 * 1024 * 1024
+    max_bytes: int = 32 * 1024 * 1024           # one image: a download, a file, a tar member
+    max_row_bytes: int = 1024 * 1024            # one list row / JSONL line, one sidecar caption or .json
+    max_list_bytes: int = 2 * 1024**3           # one URL list or LLaVA JSON file, after decompression
+    max_tar_bytes: int = 16 * 1024**3           # one webdataset tar stream, after decompression
+    read_timeout_s: float = 600.0   # one input file or tar shard, checked between reads
     concurrency: int = 16
     user_agent: str = "polycap/0.1 (+https://github.com/polycap/polycap)"
+    allow_private_addresses: bool = False   # let URL ingest reach loopback/private/link-local/... addresses
+    follow_symlinks: bool = False   # follow links and LLaVA image paths that leave their root folder
 
     def validate(self) -> None:
-        _ranges(self, positive=("timeout_s", "max_bytes", "concurrency"), non_negative=("retries",))
+        _ranges(self, positive=("timeout_s", "connect_timeout_s", "max_bytes", "max_row_bytes", "max_list_bytes",
+                                "max_tar_bytes", "read_timeout_s", "concurrency"), non_negative=("retries",))
 
 
 @dataclass(frozen=True)

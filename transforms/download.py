@@ -6,32 +6,29 @@ import csv
 import datetime as _dt
 import decimal
 import hashlib
-import io
 import json
 import math
-import socket
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 
 from polycap.schemas import Hashes, ImageInfo, Reason, Reject, Sample, Source
 from polycap.schemas.config import IngestConfig, SourceConfig
+from polycap.sharding import fs
+from polycap.transforms.fetch import FetchError, check_url, fetch, strip_userinfo
+from polycap.transforms.input_files import BudgetError, bounded_lines, open_text
 from polycap.transforms.plumbing import PooledDoFn, RoutingDoFn, format_exc, route_stage
-from polycap.transforms.retry import retry_after_s, retry_wait_s
+
+__all__ = ["FetchError", "check_url", "fetch"]   # re-exported: URL checks and fetching live in fetch.py
 
 STAGE = "ingest"
-ALLOWED_SCHEMES = ("http", "https")
 LIST_EXTS = (".parquet", ".csv", ".tsv", ".jsonl", ".json", ".txt")
 COMPRESSED_EXTS = (".gz", ".bz2", ".zst", ".deflate")
-CHUNK = 64 * 1024
+PLACEHOLDER_CAPTIONS = ("nan", "none", "null", "undefined")
 
 
 # ---- shared by every ingest source (transforms/ingest.py imports these) ----
@@ -40,19 +37,89 @@ def source_name(src: SourceConfig) -> str:
     return src.name or src.kind
 
 
-def new_sample(data: bytes, src: SourceConfig, uri: str, orig_caption: str | None = None,
+def safe_text(value: Any) -> Any:
+    """`value` with every string made encodable as UTF-8 (a lone surrogate becomes the text `\\udXXX`), so
+    one record cannot crash a writer; dict keys included."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {safe_text(k): safe_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [safe_text(v) for v in value]
+    return value
+
+
+def text_problem(text: str) -> str | None:
+    """Why `text` is not clean Unicode text: a NUL, a lone surrogate, U+FFFD from undecodable bytes."""
+    if "\x00" in text:
+        return "contains NUL characters"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains lone surrogates (not valid Unicode)"
+    if "\ufffd" in text:
+        return "contains U+FFFD (bytes that were not valid UTF-8)"
+    return None
+
+
+def is_mojibake(text: str) -> bool:
+    """UTF-8 bytes that were decoded as cp1252/Latin-1 (`cafÃ©`): re-encoding gives valid, different UTF-8."""
+    if text.isascii():
+        return False
+    for codec in ("cp1252", "latin-1"):
+        try:
+            return text.encode(codec).decode("utf-8") != text
+        except UnicodeError:
+            continue
+    return False
+
+
+def clean_caption(value: Any) -> tuple[str | None, str | None]:
+    """(caption, why it was dropped). A missing value (None, NaN, empty) is no caption and no problem; a
+    value that is not usable text (a number, a placeholder like "nan", NUL, lone surrogates, undecodable
+    bytes, mojibake, no letters at all) is dropped with the reason, and the image is still ingested."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None, None
+    if not isinstance(value, str):
+        return None, f"not text: {type(value).__name__} {str(value)[:40]!r}"
+    text = value.strip()
+    if not text:
+        return None, None
+    why = text_problem(text)
+    if why:
+        return None, why
+    if text.lower() in PLACEHOLDER_CAPTIONS:
+        return None, f"placeholder {text!r}"
+    if is_mojibake(text):
+        return None, "mojibake (UTF-8 decoded as cp1252/Latin-1)"
+    if not any(c.isalpha() for c in text):
+        return None, "no letters (a number or symbols only)"
+    return text, None
+
+
+def new_sample(data: bytes, src: SourceConfig, uri: str, orig_caption: Any = None,
                meta: dict[str, Any] | None = None,
                conversations: dict[str, list[dict[str, str]]] | None = None) -> Sample:
-    """A freshly ingested Sample: raw bytes, content key, nothing decoded yet."""
+    """A freshly ingested Sample: raw bytes, content key, nothing decoded yet. A source caption that is not
+    usable text is dropped (`source.meta["caption_dropped"]` says why; counted `ingest/caption_dropped`)."""
     sha = hashlib.sha256(data).hexdigest()
-    source = Source(name=source_name(src), uri=uri, kind=src.kind, license=src.license or None,
-                    orig_caption=orig_caption, meta=meta or {})
+    meta = safe_text(meta or {})
+    caption, why = clean_caption(orig_caption)
+    if why:
+        meta["caption_dropped"] = {"reason": str(Reason.BAD_CAPTION), "detail": safe_text(why)}
+        Metrics.counter(STAGE, "caption_dropped").inc()
+    source = Source(name=source_name(src), uri=safe_text(uri), kind=src.kind, license=src.license or None,
+                    orig_caption=caption, meta=meta)
     return Sample(key=sha[:32], source=source, image=ImageInfo(bytes=data), hashes=Hashes(sha256=sha),
                   conversations=conversations or {})
 
 
 def ingest_reject(src: SourceConfig, uri: str, reason: Reason, detail: str, key: str = "") -> Reject:
-    return Reject(key=key, source_uri=uri, stage=STAGE, reason=reason, detail=detail[:2000],
+    return Reject(key=key, source_uri=safe_text(uri), stage=STAGE, reason=reason, detail=safe_text(detail[:2000]),
                   source_name=source_name(src))
 
 
@@ -66,23 +133,10 @@ class IngestDoFn(RoutingDoFn):
 
 @dataclass(frozen=True)
 class UrlRow:
-    url: str
-    caption: str | None
+    url: str                    # without userinfo (strip_userinfo)
+    caption: Any                # raw cell: new_sample cleans it (clean_caption)
     meta: dict[str, Any] = field(default_factory=dict)
     row_uri: str = ""           # `<list file>#row=<n>`, for rejects that have no usable URL
-
-
-def check_url(url: Any) -> Reason | None:
-    """INVALID_URL for anything that is not an absolute http(s) URL with a host."""
-    if not isinstance(url, str) or not url.strip():
-        return Reason.INVALID_URL
-    try:
-        parts = urllib.parse.urlsplit(url.strip())
-    except ValueError:
-        return Reason.INVALID_URL
-    if parts.scheme.lower() not in ALLOWED_SCHEMES or not parts.hostname:
-        return Reason.INVALID_URL
-    return None
 
 
 def find_column(names: Iterable[str], wanted: str) -> str | None:
@@ -133,20 +187,20 @@ def list_format(path: str) -> str:
     return "txt"
 
 
-def iter_list_records(path: str, url_col: str = "url") -> Iterator[dict[str, Any] | str]:
-    """Yield each row of a URL list as a dict (columns -> values); a str is an unparsable row's error."""
+def iter_list_records(path: str, url_col: str = "url", cfg: IngestConfig | None = None
+                      ) -> Iterator[dict[str, Any] | str]:
+    """Yield each row of a URL list as a dict (columns -> values); a str is one bad row's error, and the rows
+    after it are still read. Compressed lists (.gz .bz2 .zst .deflate) are decompressed by suffix, a BOM is
+    dropped, and every read stays within ingest.max_list_bytes / max_row_bytes / read_timeout_s."""
+    cfg = cfg or IngestConfig()
     fmt = list_format(path)
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=4096):
-                yield from batch.to_pylist()
+        for batch in fs.iter_parquet(path, batch_size=4096):
+            yield from batch.to_pylist()
         return
-    with FileSystems.open(path) as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+    with open_text(path, cfg) as text:
         if fmt in ("csv", "tsv"):
-            yield from csv.DictReader(text, delimiter="," if fmt == "csv" else "\t")
+            yield from csv_records(bounded_lines(text, cfg.max_row_bytes), "," if fmt == "csv" else "\t", url_col)
         elif fmt == "json":
             data = json.load(text)
             if not isinstance(data, list):
@@ -154,14 +208,73 @@ def iter_list_records(path: str, url_col: str = "url") -> Iterator[dict[str, Any
                 return
             yield from (r if isinstance(r, dict) else f"row is {type(r).__name__}, not an object"
                         for r in data)
-        elif fmt == "jsonl":
-            for line in text:
-                if line.strip():
-                    yield _json_row(line)
         else:
-            for line in text:
-                if line.strip():
-                    yield {url_col: line.strip()}
+            for line in bounded_lines(text, cfg.max_row_bytes):
+                if line is None:
+                    yield f"line longer than ingest.max_row_bytes ({cfg.max_row_bytes})"
+                elif line.strip():
+                    yield _json_row(line) if fmt == "jsonl" else {url_col: line.strip()}
+
+
+class _LineFeed:
+    """The lines csv.reader pulls, with the ones taken for the current record kept (to re-read them)."""
+
+    def __init__(self, lines: Iterator[str | None]):
+        self.lines, self.pending, self.taken, self.too_long = lines, deque[str](), list[str](), False
+
+    def __iter__(self) -> _LineFeed:
+        return self
+
+    def __next__(self) -> str:
+        line = self.pending.popleft() if self.pending else next(self.lines)
+        if line is None:          # an over-long line: the record it belongs to is refused
+            self.too_long, line = True, "\n"
+        self.taken.append(line)
+        return line
+
+
+def _is_row(line: str, delimiter: str, n_fields: int, url_at: int | None) -> bool:
+    try:
+        fields = next(csv.reader([line], delimiter=delimiter), [])
+    except csv.Error:
+        return False
+    return url_at is not None and len(fields) == n_fields and check_url(fields[url_at]) is None
+
+
+def csv_records(lines: Iterator[str | None], delimiter: str, url_col: str) -> Iterator[dict[str, Any] | str]:
+    """CSV/TSV rows as dicts by the header; one bad row is one error string. A quoted field may span lines
+    (captions with newlines), but when the line after a row's first line is itself a whole row with a URL,
+    the quote was never closed: that row is refused and the lines it swallowed are read again as rows."""
+    feed = _LineFeed(lines)
+    reader = csv.reader(feed, delimiter=delimiter)
+    header: list[str] | None = None
+    url_at: int | None = None
+    while True:
+        feed.taken, feed.too_long = [], False
+        try:
+            rec = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:     # e.g. a field over csv.field_size_limit(): this row only
+            yield f"unparsable CSV row: {e}"
+            continue
+        if feed.too_long:
+            yield "row longer than ingest.max_row_bytes"
+            continue
+        if not rec:
+            continue
+        if header is None:
+            header = rec
+            url_at = next((i for i, h in enumerate(header) if h == find_column(header, url_col)), None)
+            continue
+        if len(feed.taken) > 1 and _is_row(feed.taken[1], delimiter, len(header), url_at):
+            yield "unbalanced quote: the row ran into the next line (which is read as its own row)"
+            feed.pending.extendleft(reversed(feed.taken[1:]))
+            continue
+        if len(rec) > len(header):
+            yield f"row has {len(rec)} fields, the header {len(header)}"
+            continue
+        yield dict(zip(header, rec + [None] * (len(header) - len(rec))))
 
 
 def _json_row(line: str) -> dict[str, Any] | str:
@@ -193,6 +306,9 @@ def rows_from_list(path: str, records: Iterable[dict[str, Any] | str], src: Sour
             yield ingest_reject(src, row_uri, Reason.BAD_RECORD, f"row has no {url_col!r} field")
             continue
         url = rec.get(url_col)
+        creds = False
+        if isinstance(url, str):     # `user:password@` goes before anything else sees the URL
+            url, creds = strip_userinfo(url.strip())
         reason = check_url(url)
         if reason is not None:
             yield ingest_reject(src, str(url) if url else row_uri, reason,
@@ -201,97 +317,14 @@ def rows_from_list(path: str, records: Iterable[dict[str, Any] | str], src: Sour
         cap = rec.get(cap_col) if cap_col else None
         meta = {str(k): jsonable(v) for k, v in rec.items() if k not in (url_col, cap_col)}
         meta.update(url_list=path, url_list_row=i)
-        yield UrlRow(url=str(url).strip(), caption=None if cap is None else str(cap), meta=meta,
-                     row_uri=row_uri)
+        if creds:
+            meta["url_credentials_removed"] = True
+        yield UrlRow(url=str(url), caption=cap, meta=meta, row_uri=row_uri)
 
 
-# ---- HTTP ----
-
-class FetchError(Exception):
-    def __init__(self, reason: Reason, detail: str, retry: bool = False, wait_s: float | None = None):
-        super().__init__(detail)
-        self.reason, self.detail, self.retry, self.wait_s = reason, detail, retry, wait_s
-
-
-class _SafeRedirect(urllib.request.HTTPRedirectHandler):
-    """Follow redirects only to http(s); urllib alone would also follow ftp://."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        if check_url(newurl) is not None:
-            raise FetchError(Reason.DOWNLOAD_FAILED, f"refused redirect to non-http(s) URL {newurl[:300]}")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def build_opener() -> urllib.request.OpenerDirector:
-    return urllib.request.build_opener(_SafeRedirect())
-
-
-def _read_body(resp: Any, cfg: IngestConfig, deadline: float) -> bytes:
-    length = resp.headers.get("Content-Length")
-    if length and length.strip().isdigit() and int(length) > cfg.max_bytes:
-        raise FetchError(Reason.TOO_LARGE_DOWNLOAD, f"Content-Length {length} > max_bytes {cfg.max_bytes}")
-    buf = bytearray()
-    while True:
-        chunk = resp.read1(CHUNK)  # read1: return what has arrived (read() blocks to fill CHUNK)
-        if not chunk:
-            return bytes(buf)
-        buf += chunk
-        if len(buf) > cfg.max_bytes:
-            raise FetchError(Reason.TOO_LARGE_DOWNLOAD, f"body exceeded max_bytes {cfg.max_bytes}")
-        if time.monotonic() > deadline:  # socket timeouts are per read; this bounds a slow drip
-            raise FetchError(Reason.DOWNLOAD_FAILED, f"timeout after {cfg.timeout_s:g}s", retry=True)
-
-
-def fetch_once(url: str, cfg: IngestConfig, opener: urllib.request.OpenerDirector
-               ) -> tuple[bytes, dict[str, Any]]:
-    """One GET; raises FetchError with a retry flag (5xx, 429 and network errors are retryable)."""
-    req = urllib.request.Request(url, headers={"User-Agent": cfg.user_agent, "Accept": "image/*,*/*;q=0.8"})
-    deadline = time.monotonic() + cfg.timeout_s
+def download_row(row: UrlRow, src: SourceConfig, cfg: IngestConfig) -> Sample | Reject:
     try:
-        with opener.open(req, timeout=cfg.timeout_s) as resp:
-            body = _read_body(resp, cfg, deadline)
-            info = {"status": resp.status, "content_type": resp.headers.get("Content-Type")}
-            if resp.geturl() != url:
-                info["final_url"] = resp.geturl()
-            return body, info
-    except FetchError:
-        raise
-    except urllib.error.HTTPError as e:
-        retry = e.code >= 500 or e.code == 429
-        raise FetchError(Reason.DOWNLOAD_FAILED, f"HTTP {e.code} {e.reason}".strip(), retry=retry,
-                         wait_s=retry_after_s(e.headers)) from None
-    except TimeoutError:
-        raise FetchError(Reason.DOWNLOAD_FAILED, f"timeout after {cfg.timeout_s:g}s", retry=True) from None
-    except urllib.error.URLError as e:
-        if isinstance(e.reason, (socket.timeout, TimeoutError)):
-            raise FetchError(Reason.DOWNLOAD_FAILED, f"timeout after {cfg.timeout_s:g}s", retry=True) from None
-        raise FetchError(Reason.DOWNLOAD_FAILED, f"network error: {e.reason}", retry=True) from None
-    except (OSError, ValueError) as e:  # ConnectionReset, IncompleteRead, bad URL parts ...
-        raise FetchError(Reason.DOWNLOAD_FAILED, format_exc(e), retry=isinstance(e, OSError)) from None
-
-
-def fetch(url: str, cfg: IngestConfig, opener: urllib.request.OpenerDirector
-          ) -> tuple[bytes, dict[str, Any]]:
-    """GET with up to `cfg.retries` retries, exponential backoff with jitter, honoring Retry-After; no wait
-    is longer than `ingest.timeout_s`."""
-    for attempt in range(cfg.retries + 1):
-        try:
-            body, info = fetch_once(url, cfg, opener)
-            info["attempts"] = attempt + 1
-            return body, info
-        except FetchError as e:
-            if not e.retry or attempt == cfg.retries:
-                if attempt:
-                    e.detail = f"{e.detail} (after {attempt + 1} attempts)"
-                raise
-            time.sleep(retry_wait_s(attempt, e.wait_s, cfg.timeout_s))
-    raise AssertionError("unreachable")
-
-
-def download_row(row: UrlRow, src: SourceConfig, cfg: IngestConfig,
-                 opener: urllib.request.OpenerDirector) -> Sample | Reject:
-    try:
-        body, info = fetch(row.url, cfg, opener)
+        body, info = fetch(row.url, cfg)
     except FetchError as e:
         return ingest_reject(src, row.url, e.reason, e.detail)
     except Exception as e:  # never let one URL take the worker down
@@ -302,14 +335,16 @@ def download_row(row: UrlRow, src: SourceConfig, cfg: IngestConfig,
 # ---- Beam ----
 
 class _ReadUrlListDoFn(IngestDoFn):
-    def __init__(self, src: SourceConfig):
-        self.src = src
+    def __init__(self, src: SourceConfig, cfg: IngestConfig):
+        self.src, self.cfg = src, cfg
 
     def process(self, path: str):
         try:
-            records = iter_list_records(path, self.src.url_col or "url")
+            records = iter_list_records(path, self.src.url_col or "url", self.cfg)
             for item in rows_from_list(path, records, self.src):
                 yield self.route(item)
+        except BudgetError as e:  # over a budget: rows read so far were already emitted
+            yield self.route(ingest_reject(self.src, path, e.reason, e.detail))
         except Exception as e:  # unreadable / corrupt list file: rows read so far were already emitted
             yield self.route(ingest_reject(self.src, path, Reason.UNREADABLE, format_exc(e)))
 
@@ -323,12 +358,8 @@ class _DownloadDoFn(PooledDoFn, IngestDoFn):
         self.src, self.cfg = src, cfg
         self.threads = cfg.concurrency
 
-    def setup(self):
-        super().setup()
-        self._opener = build_opener()
-
     def work(self, row: UrlRow) -> Sample | Reject:
-        return download_row(row, self.src, self.cfg, self._opener)  # never raises
+        return download_row(row, self.src, self.cfg)  # never raises
 
     def emit(self, result: Sample | Reject) -> Any:
         return self.route(result)
@@ -342,7 +373,7 @@ class DownloadUrls(beam.PTransform):
         self.src, self.cfg = src, cfg
 
     def expand(self, paths):
-        rows, list_rejects = route_stage(paths, "ReadLists", _ReadUrlListDoFn(self.src), STAGE, partial=True)
+        rows, list_rejects = route_stage(paths, "ReadLists", _ReadUrlListDoFn(self.src, self.cfg), STAGE, partial=True)
         fetched, fetch_rejects = route_stage(rows | "Spread" >> beam.Reshuffle(), "Download",
                                              _DownloadDoFn(self.src, self.cfg), STAGE)
         return fetched, (list_rejects, fetch_rejects) | "Rejects" >> beam.Flatten()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 import tarfile
 from collections.abc import Iterable, Iterator
@@ -10,17 +9,35 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, ClassVar
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from polycap.schemas import Reason, Reject, Sample
 from polycap.schemas.config import IngestConfig, SourceConfig
 from polycap.schemas.conversations import IMAGE_TOKEN
 from polycap.schemas.conversations import SHAREGPT_ROLE as ROLES
-from polycap.transforms.download import LIST_EXTS, STAGE, DownloadUrls, IngestDoFn, ingest_reject, new_sample
+from polycap.sharding import fs
+from polycap.transforms.download import (
+    LIST_EXTS,
+    STAGE,
+    DownloadUrls,
+    IngestDoFn,
+    ingest_reject,
+    new_sample,
+    text_problem,
+)
+from polycap.transforms.input_files import (
+    BudgetError,
+    LimitedReader,
+    Refused,
+    deadline_of,
+    entry_problem,
+    inside,
+    list_inputs,
+    missing,
+    read_limited,
+)
 from polycap.transforms.plumbing import format_exc, route_stage
 
-GLOB_CHARS = "*?["
 SIDECAR_EXTS = (".txt", ".json")          # img2dataset layout: <stem>.jpg + <stem>.txt caption + <stem>.json
 TAR_EXTS = (".tar", ".tgz", ".tar.gz")
 LLAVA_EXTS = (".json", ".jsonl")
@@ -30,47 +47,11 @@ WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "jx
 MAX_META_FIELD = 1024                      # small text members (.cls, .id ...) are copied into meta
 
 
-# ---- paths ----
+# ---- dir ----
 
-def match_pattern(path: str) -> str:
-    """A directory becomes `<dir>/**` (recursive); a glob or a file is used as is."""
-    if any(c in path for c in GLOB_CHARS):
-        return path
-    if path.endswith("/"):
-        return path + "**"
-    if "://" not in path and os.path.isdir(path):
-        return os.path.join(path, "**")
-    return path
-
-
-def pattern_root(pattern: str) -> str:
-    """The literal folder prefix of a pattern (for telling hidden files below it apart)."""
-    cut = min([pattern.index(c) for c in GLOB_CHARS if c in pattern] or [len(pattern)])
-    return pattern[: pattern.rfind("/", 0, cut) + 1]
-
-
-def is_hidden(path: str, root: str) -> bool:
-    rel = path[len(root):] if path.startswith(root) else posixpath.basename(path)
-    return any(part.startswith(".") for part in rel.split("/") if part)
-
-
-def list_files(path: str, exts: tuple[str, ...] | None) -> list[str]:
-    """Files under a dir / glob (hidden ones skipped, filtered by extension), or the file itself."""
-    pattern = match_pattern(path)
-    found = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-    if not found and pattern == path and "://" in path:  # an object-store "folder" without a slash
-        pattern = path.rstrip("/") + "/**"
-        found = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-    if pattern == path and found == [path]:
-        return found                                    # a file named explicitly is always taken
-    root = pattern_root(pattern)
-    return sorted(p for p in found if not is_hidden(p, root) and (exts is None or p.lower().endswith(exts)))
-
-
-def read_bytes(path: str) -> bytes:
-    # UNCOMPRESSED: Beam would otherwise gunzip `x.gz` inputs behind our back
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return f.read()
+def read_bytes(path: str, limit: int, cfg: IngestConfig, what: str = "file (ingest.max_bytes)") -> bytes:
+    """A whole input file within its byte and time budget (raw bytes: `x.gz` is not gunzipped)."""
+    return read_limited(path, limit, cfg, what)
 
 
 def split_sidecars(paths: Iterable[str]) -> tuple[list[str], str | None, str | None]:
@@ -91,22 +72,30 @@ def _stem_of(path: str) -> tuple[str, str]:
     return posixpath.splitext(path)[0], path
 
 
-def read_dir_group(paths: Iterable[str], src: SourceConfig) -> Iterator[Sample | Reject]:
+def read_dir_group(paths: Iterable[str], src: SourceConfig, cfg: IngestConfig | None = None
+                   ) -> Iterator[Sample | Reject]:
+    """Files sharing a stem: each non-sidecar file is a sample (or a reject), with the stem's caption and
+    meta sidecars (each within ingest.max_row_bytes; an unreadable one is noted in meta, not fatal)."""
+    cfg = cfg or IngestConfig()
     inputs, txt, js = split_sidecars(paths)
     caption, meta = None, {}
     if txt and inputs:
         try:
-            caption = read_bytes(txt).decode("utf-8", errors="replace").strip()
+            caption = read_bytes(txt, cfg.max_row_bytes, cfg, "caption file (ingest.max_row_bytes)"
+                                 ).decode("utf-8", errors="replace")
         except Exception as e:
             meta["txt_error"] = format_exc(e)
     if js and inputs:
         try:
-            meta["json"] = json.loads(read_bytes(js))
+            meta["json"] = json.loads(read_bytes(js, cfg.max_row_bytes, cfg, "sidecar .json (ingest.max_row_bytes)"))
         except Exception as e:
             meta["json_error"] = format_exc(e)
     for p in inputs:
         try:
-            data = read_bytes(p)
+            data = read_bytes(p, cfg.max_bytes, cfg)
+        except BudgetError as e:
+            yield ingest_reject(src, p, e.reason, e.detail)
+            continue
         except Exception as e:
             yield ingest_reject(src, p, Reason.UNREADABLE, format_exc(e))
             continue
@@ -156,37 +145,74 @@ def group_to_sample(shard: str, key: str, members: dict[str, tuple[str, bytes]],
     return new_sample(data, src, f"tar://{shard}#{name}", orig_caption=caption, meta=meta)
 
 
-def read_shard(f: BinaryIO, shard: str, src: SourceConfig) -> Iterator[Sample | Reject]:
-    """Stream a (possibly gzipped) tar; adjacent members with one key form a sample. A read error
-    ends the shard with an UNREADABLE reject after everything read before it was emitted."""
+def _member_refusal(m: tarfile.TarInfo, field_: str, shard: str, seen: dict[str, int], cfg: IngestConfig,
+                    src: SourceConfig) -> Reject | None:
+    """A reject for a member that is not read: unsafe name or type, over ingest.max_bytes, or a name already
+    seen in this sample (webdataset readers would keep only one of them; we keep the first)."""
+    uri = f"tar://{shard}#{m.name}"
+    if check_member(m) is not None:
+        kind = "unsafe member name" if m.isfile() else "link/special member"
+        return ingest_reject(src, uri, Reason.UNSAFE_PATH, f"{kind} {m.name!r} (type {m.type!r}); not read")
+    if m.size > cfg.max_bytes:
+        return ingest_reject(src, uri, Reason.TOO_LARGE_INPUT,
+                             f"member of {m.size} bytes > ingest.max_bytes {cfg.max_bytes}; not read")
+    if field_ in seen:              # same key and field (`a.jpg` twice, or `a.jpg` + `a.JPG`)
+        seen[field_] += 1
+        return ingest_reject(src, f"{uri}@{seen[field_]}", Reason.DUPLICATE_MEMBER,
+                             f"field {field_!r} repeated in one sample (occurrence {seen[field_]}, member "
+                             f"{m.name!r}); the first was kept")
+    seen[field_] = 1
+    return None
+
+
+def _group(shard: str, key: str, members: dict[str, tuple[str, bytes]], src: SourceConfig,
+           refused_any: bool) -> list[Sample | Reject]:
+    """The sample of one key's members; nothing when there are none, or when the group has no image
+    because its member was refused (that refusal already counted the sample)."""
+    if not members:
+        return []
+    out = group_to_sample(shard, key, members, src)
+    return [] if isinstance(out, Reject) and refused_any else [out]
+
+
+def read_shard(f: BinaryIO, shard: str, src: SourceConfig, cfg: IngestConfig | None = None
+               ) -> Iterator[Sample | Reject]:
+    """Stream a (possibly gzipped) tar; adjacent members with one key form a sample. The stream is read within
+    ingest.max_tar_bytes (compressed and unpacked) and read_timeout_s, each member within max_bytes. A read
+    error or a spent budget ends the shard with one reject after everything read before it was emitted."""
+    cfg = cfg or IngestConfig()
     key, members, n = "", {}, 0  # type: tuple[str, dict[str, tuple[str, bytes]], int]
+    seen: dict[str, int] = {}
+    refused_any = False
+    stream = LimitedReader(f, cfg.max_tar_bytes, deadline_of(cfg), "tar shard (ingest.max_tar_bytes)")
     try:
-        with tarfile.open(fileobj=f, mode="r|*") as tf:
+        with tarfile.open(fileobj=stream, mode="r|*") as tf:  # type: ignore[call-overload]
             for m in tf:
+                if m.offset_data + max(m.size, 0) > cfg.max_tar_bytes:   # unpacked size, before skipping it
+                    raise BudgetError(Reason.TOO_LARGE_INPUT, f"tar stream over ingest.max_tar_bytes "
+                                                              f"{cfg.max_tar_bytes} at member {m.name!r}")
                 if m.isdir():
                     continue
-                if check_member(m) is not None:
-                    kind = "unsafe member name" if m.isfile() else "link/special member"
-                    yield ingest_reject(src, f"tar://{shard}#{m.name}", Reason.UNSAFE_PATH,
-                                        f"{kind} {m.name!r} (type {m.type!r}); not read")
-                    continue
                 k, ext = wds_split(m.name)
-                if k != key and members:
-                    yield group_to_sample(shard, key, members, src)
-                    members = {}
-                key = k
+                if k != key:
+                    yield from _group(shard, key, members, src, refused_any)
+                    key, members, seen, refused_any = k, {}, {}, False
+                refused = _member_refusal(m, ext, shard, seen, cfg, src)
+                if refused is not None:
+                    refused_any = True   # this sample is already counted: no second reject for its group
+                    yield refused
+                    continue
                 members[ext] = (m.name, tf.extractfile(m).read())  # type: ignore[union-attr]  # isfile()
                 n += 1
     except Exception as e:
-        partial = group_to_sample(shard, key, members, src) if members else None
+        partial = next(iter(_group(shard, key, members, src, refused_any)), None)
         if isinstance(partial, Sample):  # its image member was read whole before the error
             yield partial
         lost = f"; incomplete sample {key!r} has no image" if isinstance(partial, Reject) else ""
-        yield ingest_reject(src, f"tar://{shard}", Reason.UNREADABLE,
-                            f"{format_exc(e)} (after {n} members{lost})")
+        reason, detail = (e.reason, e.detail) if isinstance(e, BudgetError) else (Reason.UNREADABLE, format_exc(e))
+        yield ingest_reject(src, f"tar://{shard}", reason, f"{detail} (after {n} members{lost})")
         return
-    if members:
-        yield group_to_sample(shard, key, members, src)
+    yield from _group(shard, key, members, src, refused_any)
 
 
 # ---- LLaVA / ShareGPT / LLaMA-Factory ----
@@ -254,13 +280,30 @@ def resolve_image(root: str, ref: str) -> str:
     return joined if "://" in joined else posixpath.normpath(joined)
 
 
-def parse_llava_record(rec: Any, file: str, idx: int, root: str) -> LlavaRecord | tuple[Reason, str]:
+def _turns_problem(turns: list[dict[str, str]], system: str | None) -> str | None:
+    """NUL or lone surrogates (also undecodable bytes, read as surrogates) in the conversation text."""
+    for i, text in enumerate([t["value"] for t in turns] + [system or ""]):
+        why = text_problem(text.replace("\ufffd", ""))   # U+FFFD itself may be genuine text here
+        if why:
+            return f"turn {i} {why}" if i < len(turns) else f"system prompt {why}"
+    return None
+
+
+def parse_llava_record(rec: Any, file: str, idx: int, root: str, cfg: IngestConfig | None = None
+                       ) -> LlavaRecord | tuple[Reason, str]:
+    """A record -> LlavaRecord, or (reason, detail): BAD_RECORD for malformed records or text that is not
+    clean Unicode, UNSAFE_PATH for an image path outside `root` (`..`, absolute, a URL, a link leading out)
+    unless ingest.follow_symlinks."""
+    cfg = cfg or IngestConfig()
     if not isinstance(rec, dict):
         return Reason.BAD_RECORD, f"record is {type(rec).__name__}, not an object"
     norm = normalize_turns(rec)
     if isinstance(norm, str):
         return Reason.BAD_RECORD, norm
     turns, part_images, system = norm
+    why = _turns_problem(turns, system)
+    if why:
+        return Reason.BAD_RECORD, why
     named = rec.get("image", rec.get("images"))
     named = [] if named is None else [named] if isinstance(named, str) else named
     if not isinstance(named, list) or not all(isinstance(x, str) for x in named + part_images):
@@ -271,7 +314,11 @@ def parse_llava_record(rec: Any, file: str, idx: int, root: str) -> LlavaRecord 
     if len(images) > 1:
         return Reason.BAD_RECORD, f"multi-image record ({len(images)} distinct images): out of scope"
     rid = str(rec.get("id", f"{posixpath.basename(file)}:{idx}"))
-    return LlavaRecord((file, idx), rid, resolve_image(root, images[0]), turns, rec, system)
+    image = resolve_image(root, images[0])
+    if not cfg.follow_symlinks and not (root and inside(image, root)):
+        return Reason.UNSAFE_PATH, (f"image {images[0]!r} resolves outside image_root {root!r} "
+                                    "(ingest.follow_symlinks is false)")
+    return LlavaRecord((file, idx), rid, image, turns, rec, system)
 
 
 def iter_json_records(text: str) -> Iterator[tuple[str, Any, str | None]]:
@@ -309,13 +356,17 @@ def merge_conversations(records: list[LlavaRecord]) -> list[dict[str, str]]:
     return merged
 
 
-def build_llava_sample(image: str, records: list[LlavaRecord], src: SourceConfig) -> Sample | Reject:
+def build_llava_sample(image: str, records: list[LlavaRecord], src: SourceConfig,
+                       cfg: IngestConfig | None = None) -> Sample | Reject:
+    cfg = cfg or IngestConfig()
     records = sorted(records, key=lambda r: r.order)
     ids = [r.rid for r in records]
     try:
-        if not FileSystems.exists(image):
+        if missing(image):
             return ingest_reject(src, image, Reason.MISSING_IMAGE, f"image file not found (records {ids[:20]})")
-        data = read_bytes(image)
+        data = read_bytes(image, cfg.max_bytes, cfg)
+    except BudgetError as e:
+        return ingest_reject(src, image, e.reason, f"{e.detail} (records {ids[:20]})")
     except Exception as e:
         return ingest_reject(src, image, Reason.UNREADABLE, f"{format_exc(e)} (records {ids[:20]})")
     meta: dict[str, Any] = {"ids": ids, "records": [r.record for r in records],
@@ -328,71 +379,76 @@ def build_llava_sample(image: str, records: list[LlavaRecord], src: SourceConfig
 
 # ---- Beam ----
 
-class _ListFilesDoFn(IngestDoFn):
-    def __init__(self, src: SourceConfig, exts: tuple[str, ...] | None):
-        self.src, self.exts = src, exts
+class _SourceDoFn(IngestDoFn):
+    def __init__(self, src: SourceConfig, cfg: IngestConfig):
+        self.src, self.cfg = src, cfg
+
+
+class _ListFilesDoFn(_SourceDoFn):
+    def __init__(self, src: SourceConfig, cfg: IngestConfig, exts: tuple[str, ...] | None):
+        super().__init__(src, cfg)
+        self.exts = exts
 
     def process(self, path: str):
         try:
-            files = list_files(path, self.exts)
+            found = list_inputs(path, self.exts, self.cfg)
         except Exception as e:
             yield self.route(ingest_reject(self.src, path, Reason.UNREADABLE, f"cannot list: {format_exc(e)}"))
             return
-        if not files:
+        if not found:
             wanted = f" ({', '.join(self.exts)})" if self.exts else ""
             yield self.route(ingest_reject(self.src, path, Reason.UNREADABLE, f"no input files{wanted} match"))
-        yield from files
+        for f in found:
+            yield self.route(ingest_reject(self.src, f.path, f.reason, f.detail)) if isinstance(f, Refused) else f
 
 
-class _ReadDirDoFn(IngestDoFn):
-    def __init__(self, src: SourceConfig):
-        self.src = src
-
+class _ReadDirDoFn(_SourceDoFn):
     def process(self, stem_paths: tuple[str, Iterable[str]]):
-        for item in read_dir_group(stem_paths[1], self.src):
+        for item in read_dir_group(stem_paths[1], self.src, self.cfg):
             yield self.route(item)
 
 
-class _ReadShardDoFn(IngestDoFn):
-    def __init__(self, src: SourceConfig):
-        self.src = src
-
+class _ReadShardDoFn(_SourceDoFn):
     def process(self, shard: str):
         try:
-            f = FileSystems.open(shard, compression_type=CompressionTypes.UNCOMPRESSED)
+            problem = entry_problem(shard, None, self.cfg)
+            if problem:
+                raise BudgetError(*problem)
+            f = fs.open_read(shard)
+        except BudgetError as e:
+            yield self.route(ingest_reject(self.src, f"tar://{shard}", e.reason, e.detail))
+            return
         except Exception as e:
             yield self.route(ingest_reject(self.src, f"tar://{shard}", Reason.UNREADABLE, format_exc(e)))
             return
         with f:
-            for item in read_shard(f, shard, self.src):
+            for item in read_shard(f, shard, self.src, self.cfg):
                 yield self.route(item)
 
 
-class _ReadLlavaFileDoFn(IngestDoFn):
-    def __init__(self, src: SourceConfig):
-        self.src = src
-
+class _ReadLlavaFileDoFn(_SourceDoFn):
     def process(self, path: str):
         root = self.src.image_root or posixpath.dirname(path)
-        try:
-            records = list(iter_json_records(read_bytes(path).decode("utf-8-sig")))
+        try:   # undecodable bytes become surrogates: only the records holding them are refused
+            text = read_bytes(path, self.cfg.max_list_bytes, self.cfg, "LLaVA file (ingest.max_list_bytes)")
+            records = list(iter_json_records(text.decode("utf-8-sig", errors="surrogateescape")))
+        except BudgetError as e:
+            yield self.route(ingest_reject(self.src, path, e.reason, e.detail))
+            return
         except Exception as e:
             yield self.route(ingest_reject(self.src, path, Reason.BAD_RECORD, f"not JSON/JSONL: {format_exc(e)}"))
             return
         for idx, (where, rec, error) in enumerate(records):
-            parsed = (Reason.BAD_RECORD, error) if error else parse_llava_record(rec, path, idx, root)
+            parsed = (Reason.BAD_RECORD, error) if error else parse_llava_record(rec, path, idx, root, self.cfg)
             if isinstance(parsed, LlavaRecord):
                 yield parsed.image, parsed
             else:
                 yield self.route(ingest_reject(self.src, f"{path}#{where}", parsed[0], parsed[1]))
 
 
-class _BuildLlavaDoFn(IngestDoFn):
-    def __init__(self, src: SourceConfig):
-        self.src = src
-
+class _BuildLlavaDoFn(_SourceDoFn):
     def process(self, image_records: tuple[str, Iterable[LlavaRecord]]):
-        yield self.route(build_llava_sample(image_records[0], list(image_records[1]), self.src))
+        yield self.route(build_llava_sample(image_records[0], list(image_records[1]), self.src, self.cfg))
 
 
 def _routed(pcoll: beam.PCollection, label: str, dofn: beam.DoFn, rejects: list) -> beam.PCollection:
@@ -413,20 +469,20 @@ class ReadSource(beam.PTransform):
         self.src, self.ingest = src, ingest     # src.kind is one of EXTS: SourceConfig checks it
 
     def expand(self, pbegin):
-        src, rejects = self.src, []
+        src, cfg, rejects = self.src, self.ingest, []
         files = _routed(pbegin | "Path" >> beam.Create([src.path]), "List",
-                        _ListFilesDoFn(src, self.EXTS[src.kind]), rejects)
+                        _ListFilesDoFn(src, cfg, self.EXTS[src.kind]), rejects)
         if src.kind == "dir":
             samples = _routed(files | "ByStem" >> beam.Map(_stem_of) | "GroupStems" >> beam.GroupByKey(),
-                              "ReadFiles", _ReadDirDoFn(src), rejects)
+                              "ReadFiles", _ReadDirDoFn(src, cfg), rejects)
         elif src.kind == "webdataset":
-            samples = _routed(files | "SpreadShards" >> beam.Reshuffle(), "ReadShards", _ReadShardDoFn(src),
+            samples = _routed(files | "SpreadShards" >> beam.Reshuffle(), "ReadShards", _ReadShardDoFn(src, cfg),
                               rejects)
         elif src.kind == "llava":
             records = _routed(files | "SpreadFiles" >> beam.Reshuffle(), "ReadRecords",
-                              _ReadLlavaFileDoFn(src), rejects)
+                              _ReadLlavaFileDoFn(src, cfg), rejects)
             samples = _routed(records | "GroupByImage" >> beam.GroupByKey(), "ReadImages",
-                              _BuildLlavaDoFn(src), rejects)
+                              _BuildLlavaDoFn(src, cfg), rejects)
         else:
             samples, download_rejects = files | "Download" >> DownloadUrls(src, self.ingest)
             rejects.append(download_rejects)

@@ -19,7 +19,6 @@ from polycap.schemas.config import IngestConfig, SourceConfig
 from polycap.transforms.download import (
     FetchError,
     UrlRow,
-    build_opener,
     check_url,
     download_row,
     fetch,
@@ -33,7 +32,8 @@ from polycap.transforms.ingest import ReadSource
 from tests.transforms.image_server import ImageServer
 
 SRC = SourceConfig(kind="urls", path="list.parquet", name="web")
-FAST = IngestConfig(timeout_s=2.0, retries=2, max_bytes=1_000_000, concurrency=4)
+# the image server is on loopback, which URL ingest refuses unless allowed explicitly
+FAST = IngestConfig(timeout_s=2.0, retries=2, max_bytes=1_000_000, concurrency=4, allow_private_addresses=True)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_csv_jsonl_txt_lists(tmp_path):
 
 
 def _get(server, path, cfg=FAST):
-    return fetch(server.url(path), cfg, build_opener())
+    return fetch(server.url(path), cfg)
 
 
 def test_fetch_returns_exact_bytes(server, eval_dir):
@@ -145,7 +145,7 @@ def test_500_then_200_is_retried(server, eval_dir):
 
 def test_persistent_500_fails_after_all_retries(server):
     with pytest.raises(FetchError) as e:
-        _get(server, "_/status/503", IngestConfig(timeout_s=2, retries=1))
+        _get(server, "_/status/503", IngestConfig(timeout_s=2, retries=1, allow_private_addresses=True))
     assert "HTTP 503" in e.value.detail and "after 2 attempts" in e.value.detail
     assert server.hits["_/status/503"] == 2
 
@@ -157,20 +157,20 @@ def test_429_honors_retry_after(server):
 
 def test_timeout(server):
     with pytest.raises(FetchError) as e:
-        _get(server, "_/slow/3", IngestConfig(timeout_s=0.3, retries=0))
-    assert e.value.reason == Reason.DOWNLOAD_FAILED and e.value.detail == "timeout after 0.3s"
+        _get(server, "_/slow/3", IngestConfig(timeout_s=0.3, retries=0, allow_private_addresses=True))
+    assert e.value.reason == Reason.DOWNLOAD_TIMEOUT and e.value.detail == "timeout after 0.3s"
 
 
 def test_slow_drip_hits_the_total_deadline(server):
     with pytest.raises(FetchError) as e:
-        _get(server, "_/drip/3", IngestConfig(timeout_s=0.7, retries=0))
-    assert e.value.detail == "timeout after 0.7s"
+        _get(server, "_/drip/3", IngestConfig(timeout_s=0.7, retries=0, allow_private_addresses=True))
+    assert e.value.reason == Reason.DOWNLOAD_TIMEOUT and e.value.detail == "timeout after 0.7s"
 
 
 @pytest.mark.parametrize("route", ["_/huge/3000000", "_/huge-cl/3000000"])
 def test_body_over_max_bytes_is_aborted(server, route):
     with pytest.raises(FetchError) as e:
-        _get(server, route, IngestConfig(max_bytes=1_000_000, retries=2))
+        _get(server, route, IngestConfig(max_bytes=1_000_000, retries=2, allow_private_addresses=True))
     assert e.value.reason == Reason.TOO_LARGE_DOWNLOAD
     assert server.hits[route] == 1
 
@@ -191,7 +191,7 @@ def test_connection_refused_is_a_reject():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = download_row(UrlRow(f"http://127.0.0.1:{port}/a.jpg", None), SRC,
-                       IngestConfig(timeout_s=1, retries=0), build_opener())
+                       IngestConfig(timeout_s=1, retries=0, allow_private_addresses=True))
     assert isinstance(out, Reject) and out.reason == Reason.DOWNLOAD_FAILED and "network error" in out.detail
 
 
@@ -212,7 +212,7 @@ def _write_list(tmp_path, server, eval_dir):
 def _check_urls_run(options, tmp_path, server, eval_dir):
     path, files = _write_list(tmp_path, server, eval_dir)
     src = SourceConfig(kind="urls", path=path, name="web", license="cc-by")
-    cfg = IngestConfig(timeout_s=2.0, retries=2, max_bytes=1_000_000, concurrency=3)
+    cfg = IngestConfig(timeout_s=2.0, retries=2, max_bytes=1_000_000, concurrency=3, allow_private_addresses=True)
     want = sorted((hashlib.sha256(b).hexdigest()[:32], c) for c, b in files.items())
     with TestPipeline(options=options) as p:
         samples, rejects = p | ReadSource(src, cfg)
@@ -251,7 +251,8 @@ def test_img2dataset_input_list(tmp_path, server, eval_dir):
     exist = sum(server.file(u.split("/", 3)[3]) is not None for u in urls)
     assert 10 < exist < len(urls)
     with TestPipeline() as p:
-        samples, rejects = p | ReadSource(SourceConfig(kind="urls", path=str(path)), IngestConfig(timeout_s=5))
+        samples, rejects = p | ReadSource(SourceConfig(kind="urls", path=str(path)),
+                                    IngestConfig(timeout_s=5, allow_private_addresses=True))
         assert_that(samples | beam.combiners.Count.Globally(), equal_to([exist]))
         assert_that(samples | "Src" >> beam.Map(lambda s: s.source.meta["source"]) | "Distinct" >> beam.Distinct(),
                     equal_to(["imageio EXAMPLE_IMAGES description", "LLaMA-Factory mllm_demo first assistant turn",

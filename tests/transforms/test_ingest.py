@@ -19,17 +19,15 @@ from polycap.transforms.ingest import (
     IMAGE_TOKEN,
     ReadSource,
     check_member,
-    is_hidden,
     iter_json_records,
-    match_pattern,
     merge_conversations,
     normalize_turns,
     parse_llava_record,
-    pattern_root,
     read_dir_group,
     split_sidecars,
     wds_split,
 )
+from polycap.transforms.input_files import Refused, list_inputs
 
 CFG = IngestConfig()
 
@@ -63,13 +61,20 @@ def run(src: SourceConfig) -> tuple[list[Sample], list[Reject]]:
 
 # ---- pure helpers ----
 
-def test_match_pattern_and_hidden(tmp_path):
-    assert match_pattern(str(tmp_path)) == f"{tmp_path}/**"
-    assert match_pattern("gs://b/dir/") == "gs://b/dir/**"
-    assert match_pattern("/x/*.jpg") == "/x/*.jpg" and match_pattern("/x/a.jpg") == "/x/a.jpg"
-    assert pattern_root("/data/imgs/**") == "/data/imgs/" and pattern_root("/a/b*/c.jpg") == "/a/"
-    assert is_hidden("/data/.x/a/.DS_Store", "/data/") and is_hidden("/data/.cache/a.jpg", "/data/")
-    assert not is_hidden("/home/.me/data/a.jpg", "/home/.me/data/")
+def test_list_inputs_folder_glob_and_hidden(tmp_path):
+    root = tmp_path / ".me" / "data"          # a hidden folder above the root does not hide anything
+    (root / ".cache").mkdir(parents=True)
+    (root / ".cache/a.jpg").write_bytes(b"x")
+    (root / "sub").mkdir()
+    for name in ("sub/b.jpg", "c.png", ".DS_Store"):
+        (root / name).write_bytes(b"x")
+    got = list_inputs(str(root), None, CFG)
+    assert sorted(x for x in got if isinstance(x, str)) == [str(root / "c.png"), str(root / "sub/b.jpg")]
+    assert sorted((os.path.basename(r.path), r.reason) for r in got if isinstance(r, Refused)) == [
+        (".DS_Store", Reason.HIDDEN_FILE), (".cache", Reason.HIDDEN_FILE)]
+    assert list_inputs(str(root / "*.png"), None, CFG) == [str(root / "c.png")]
+    assert list_inputs(str(root), (".jpg",), CFG) == [str(root / "sub/b.jpg")]   # other kinds: by extension
+    assert list_inputs(str(root / "nope"), None, CFG) == []
 
 
 def test_split_sidecars_img2dataset_layout():
@@ -175,7 +180,7 @@ def test_dir_sidecars_empty_hidden_and_glob(tmp_path, eval_dir):
     (tmp_path / "orphan.txt").write_text("caption without image")
     src = SourceConfig(kind="dir", path=str(tmp_path), license="cc0")
     samples, rejects = run(src)
-    assert rejects == []
+    assert [(os.path.basename(r.source_uri), r.reason) for r in rejects] == [(".DS_Store", Reason.HIDDEN_FILE)]
     by_name = {os.path.basename(s.source.uri): s for s in samples}
     assert sorted(by_name) == ["0001.jpg", "bad.gif", "empty.png", "notes.md"]
     s = by_name["0001.jpg"]
@@ -305,8 +310,8 @@ def test_llava_content_parts_multi_processing(tmp_path, eval_dir):
     n_records = sum(1 for ln in (eval_dir / "text/llamafactory/v1_multimodal_demo.jsonl").open() if ln.strip())
     want = sorted((k, json.dumps(c[:4]), 1) for k, c in _convs(ref).items())
     opts = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
-    with TestPipeline(options=opts) as p:
-        samples, rejects = p | ReadSource(src, CFG)
+    with TestPipeline(options=opts) as p:   # image_root holds a link leading out of it: allowed explicitly
+        samples, rejects = p | ReadSource(src, IngestConfig(follow_symlinks=True))
         assert_that(samples | beam.Map(lambda s: (s.key, json.dumps(s.conversations["en"][:4]),
                                                   sum(t["value"].count(IMAGE_TOKEN) for t in s.conversations["en"]))),
                     equal_to(want))
