@@ -8,9 +8,11 @@ proxies are not used: a proxy would resolve the name itself and the policy could
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import http.client
 import ipaddress
+import os
 import re
 import socket
 import ssl
@@ -70,10 +72,30 @@ def blocked_address(ip: str) -> str | None:
     return None
 
 
-def resolve(host: str, port: int, cfg: IngestConfig) -> list[str]:
+_DNS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}    # per process: a forked worker makes its own
+
+
+def _lookup(host: str, port: int, deadline: float) -> list[Any]:
+    """getaddrinfo within the download's deadline (the call itself has no timeout: a dead resolver would park
+    the worker for its own retries); an IP literal is answered without a lookup."""
+    try:
+        ipaddress.ip_address(host)
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except ValueError:
+        pass
+    pool = _DNS.get(os.getpid()) or _DNS.setdefault(
+        os.getpid(), concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="polycap-dns"))
+    future = pool.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    try:
+        return future.result(timeout=max(0.0, deadline - time.monotonic()))
+    except concurrent.futures.TimeoutError:
+        raise FetchError(Reason.DOWNLOAD_TIMEOUT, f"DNS lookup of {host!r} not answered in time", retry=True) from None
+
+
+def resolve(host: str, port: int, cfg: IngestConfig, deadline: float | None = None) -> list[str]:
     """Addresses of `host` that the network policy allows, in resolver order; FetchError when none."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = _lookup(host, port, time.monotonic() + cfg.timeout_s if deadline is None else deadline)
     except (socket.gaierror, UnicodeError) as e:
         raise FetchError(Reason.DOWNLOAD_FAILED, f"cannot resolve {host!r}: {e}", retry=False) from None
     addrs = list(dict.fromkeys(str(i[4][0]) for i in infos))
@@ -168,7 +190,7 @@ def _hop(url: str, cfg: IngestConfig, deadline: float) -> tuple[int, str, Any, b
     remaining = deadline - time.monotonic()
     kw: dict[str, Any] = {"context": _tls_context()} if https else {}
     conn = (_PinnedHTTPS if https else _PinnedHTTP)(host, port, timeout=remaining, **kw)
-    conn.addrs, conn.connect_timeout = resolve(host, port, cfg), min(cfg.connect_timeout_s, remaining)
+    conn.addrs, conn.connect_timeout = resolve(host, port, cfg, deadline), min(cfg.connect_timeout_s, remaining)
     watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _abort, (conn,))
     watchdog.daemon = True
     watchdog.start()

@@ -171,3 +171,14 @@ def test_credentials_never_reach_the_server_or_the_reject(serve):
     assert isinstance(out, Reject) and out.reason == Reason.DOWNLOAD_FAILED
     assert "hunter2" not in out.source_uri + out.detail and b"hunter2" not in srv.requests[0]
     assert b"Authorization" not in srv.requests[0]
+
+
+@pytest.mark.timeout(10)
+def test_a_resolver_that_never_answers_ends_at_the_deadline(monkeypatch):
+    stuck = threading.Event()
+    monkeypatch.setattr(fetch_mod.socket, "getaddrinfo", lambda *a, **k: stuck.wait(5))
+    start = time.monotonic()
+    with pytest.raises(FetchError) as e:
+        fetch("http://slow-dns.example/a.jpg", IngestConfig(timeout_s=0.5, retries=0))
+    stuck.set()
+    assert e.value.reason == Reason.DOWNLOAD_TIMEOUT and "DNS" in e.value.detail and time.monotonic() - start < 2
