@@ -1,4 +1,4 @@
-"""Caption-stage client throughput and per-request client overhead against FakeOpenAIServer (issue 4).
+"""Caption-stage client throughput and per-request client overhead against FakeOpenAIServer.
 
 The fake server (instant, scripted answers) runs in its own process so this process's CPU time is the
 client's alone: building the request (base64 of a real JPEG), the OpenAI SDK, our retry loop, asyncio.

