@@ -2,12 +2,37 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import typer
+from typer.core import TyperGroup
 
 HELP = {"help_option_names": ["-h", "--help"]}
-app = typer.Typer(add_completion=False, no_args_is_help=True, context_settings=HELP,
+# Exit codes, the same for every command (tests/pipelines/test_cli_exit_codes.py).
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_MISMATCH = 0, 1, 2, 3
+EPILOG = ("Exit codes: 0 ok; 1 failure (a stage, shard, backend or missing optional dependency: the message "
+          "names the extra to install); 2 usage or config error (bad option, missing or invalid config file, "
+          "an input path that does not exist), nothing was started; 3 conservation mismatch (inputs != kept + "
+          "rejected: records were lost). Start from a bundled config: polycap init.")
+
+
+class _Group(TyperGroup):
+    """Maps errors that reach the top to the exit codes above: a missing optional dependency names its extra."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ImportError as e:
+            from polycap.pipelines.doctor import missing_dependency_message
+
+            msg = missing_dependency_message(e)
+            if msg is None:
+                raise
+            _fail(msg, EXIT_FAILURE)
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, context_settings=HELP, epilog=EPILOG,
                   help="Multilingual caption and instruction corpora for VLM training, on Apache Beam.")
 shards_app = typer.Typer(no_args_is_help=True, context_settings=HELP,
                          help="Inspect, validate and export webdataset shards.")
@@ -49,6 +74,14 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _existing(path: str | None) -> str | None:
+    """Option callback: a local input path that does not exist is a usage error (exit 2), not an empty result.
+    URLs and globs are left to the command (checking them needs the filesystem options)."""
+    if path and "://" not in path and not any(c in path for c in "*?[{") and not os.path.exists(path):
+        _fail(f"{path} does not exist")
+    return path
+
+
 def _load(config: str | None, overrides: list[str], **extra):
     from polycap.schemas.config import ConfigError, load_config
 
@@ -61,7 +94,7 @@ def _load(config: str | None, overrides: list[str], **extra):
 
 @app.command(context_settings=PASSTHROUGH)
 def run(ctx: typer.Context,
-        config: str = typer.Argument(..., help="job config YAML"),
+        config: str = typer.Argument(..., help="job config YAML (write a starter one with `polycap init`)"),
         output: str | None = typer.Option(None, "--output", "-o", help="output dir (overrides `output`)"),
         set_: list[str] = typer.Option([], "--set", help="override a config value: a.b=c (repeatable)")):
     """Run the main job. Extra arguments after `--` go to Beam (e.g. --runner, --direct_num_workers)."""
@@ -99,12 +132,15 @@ def translate(ctx: typer.Context,
     try:
         tcfg = load_section(TranslateConfig, "translate", config, [*set_, f"to={json.dumps(langs)}"],
                             defaults={"enabled": True})
+        _existing(inp)     # after the config, so a bad config is reported first
         stats = run_translate(inp, langs, out, tcfg, fmt=fmt, field=field, pipeline_args=ctx.args)
     except ConfigError as e:
         _fail(f"config: {e}")
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e), 1)
     typer.echo(json.dumps(stats, indent=2, ensure_ascii=False))
+    if not stats.get("balanced", True):
+        raise typer.Exit(EXIT_MISMATCH)
 
 
 @app.command("ocr-eval")
@@ -135,7 +171,8 @@ def _filesystems(ctx: typer.Context) -> None:
 
 
 @shards_app.command("validate", context_settings=PASSTHROUGH)
-def shards_validate(ctx: typer.Context, path: str = typer.Argument(..., help="run dir or shard dir")):
+def shards_validate(ctx: typer.Context,
+                    path: str = typer.Argument(..., callback=_existing, help="run dir or shard dir")):
     """Check every tar end to end against the manifest; exit 1 on any problem. Beam options after `--`."""
     from polycap.sharding.validate import validate_dir
 
@@ -147,7 +184,8 @@ def shards_validate(ctx: typer.Context, path: str = typer.Argument(..., help="ru
 
 
 @shards_app.command("stats", context_settings=PASSTHROUGH)
-def shards_stats(ctx: typer.Context, path: str = typer.Argument(..., help="run dir or shard dir")):
+def shards_stats(ctx: typer.Context,
+                 path: str = typer.Argument(..., callback=_existing, help="run dir or shard dir")):
     """Counts, languages and image sizes of a shard set. Beam filesystem options after `--`."""
     from polycap.sharding.stats import shard_stats
 
@@ -156,7 +194,8 @@ def shards_stats(ctx: typer.Context, path: str = typer.Argument(..., help="run d
 
 
 @shards_app.command("preview", context_settings=PASSTHROUGH)
-def shards_preview(ctx: typer.Context, path: str = typer.Argument(..., help="run dir or shard dir"),
+def shards_preview(ctx: typer.Context,
+                   path: str = typer.Argument(..., callback=_existing, help="run dir or shard dir"),
                    n: int = typer.Option(5, "-n", help="how many samples")):
     """The first samples: key, size, source, OCR line count and captions per language."""
     from polycap.sharding.preview import preview
@@ -166,7 +205,8 @@ def shards_preview(ctx: typer.Context, path: str = typer.Argument(..., help="run
 
 
 @shards_app.command("export", context_settings=PASSTHROUGH)
-def shards_export(ctx: typer.Context, path: str = typer.Argument(..., help="run dir or shard dir"),
+def shards_export(ctx: typer.Context,
+                  path: str = typer.Argument(..., callback=_existing, help="run dir or shard dir"),
                   fmt: str = typer.Option("llava", "--format", help="llava|sharegpt|internvl"),
                   out: str = typer.Option(..., "--out", help="output JSON/JSONL file (images beside it)")):
     """Write the shards' conversations for other trainers (LLaVA, LLaMA-Factory, ms-swift, InternVL)."""
@@ -193,19 +233,64 @@ def _train(stage: str, config: str, shards: str | None, set_: list[str]) -> None
 
 
 @train_app.command("pretrain")
-def train_pretrain(config: str = typer.Argument(..., help="trainer YAML, e.g. configs/train-tiny.yaml"),
-                   shards: str | None = typer.Option(None, "--shards", help="run dir or shard dir"),
+def train_pretrain(config: str = typer.Argument(..., help="trainer YAML (`polycap init --example train-tiny`)"),
+                   shards: str | None = typer.Option(None, "--shards", callback=_existing, help="run dir or shard dir"),
                    set_: list[str] = typer.Option([], "--set", help="override a trainer value: a.b=c")):
     """Pretraining on (image, caption) pairs."""
     _train("pretrain", config, shards, set_)
 
 
 @train_app.command("sft")
-def train_sft(config: str = typer.Argument(..., help="trainer YAML"),
-              shards: str | None = typer.Option(None, "--shards", help="run dir or shard dir"),
+def train_sft(config: str = typer.Argument(..., help="trainer YAML (`polycap init --example train-tiny`)"),
+              shards: str | None = typer.Option(None, "--shards", callback=_existing, help="run dir or shard dir"),
               set_: list[str] = typer.Option([], "--set", help="override a trainer value: a.b=c")):
     """Supervised fine-tuning on conversations (loss on assistant turns only)."""
     _train("sft", config, shards, set_)
+
+
+@app.command()
+def report(run_dir: str = typer.Argument(..., metavar="OUT", callback=_existing, help="run output dir"),
+           out: str | None = typer.Option(None, "--out", help="HTML file to write (default OUT/report.html)"),
+           gallery: int = typer.Option(48, "--gallery", help="kept samples shown with OCR boxes and captions"),
+           per_shard: int = typer.Option(4, "--per-shard", help="gallery samples taken from each shard"),
+           scan: int = typer.Option(64, "--scan", help="shards read for caption and translation lengths")):
+    """One self-contained HTML page of a run: stats and charts, a gallery of samples, the rejects."""
+    from polycap.pipelines.report import write_report
+
+    try:
+        path = write_report(run_dir, out, gallery_size=gallery, per_shard=per_shard, scan_limit=scan)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    typer.echo(path)
+
+
+@app.command()
+def doctor(config: str | None = typer.Option(None, "--config", help="YAML whose caption/translate endpoints "
+                                             "and ocr.model_dir to check"),
+           as_json: bool = typer.Option(False, "--json", help="print as JSON")):
+    """The environment, for bug reports: versions, extras, OCR models, endpoints. Never fails."""
+    from polycap.pipelines.doctor import collect, lines
+
+    info = collect(config)
+    typer.echo(json.dumps(info, indent=2, ensure_ascii=False) if as_json else "\n".join(lines(info)))
+
+
+@app.command("init")
+def init(path: str = typer.Argument("polycap.yaml", help="where to write the config"),
+         example: str = typer.Option("starter", "--example", "-e", help="which bundled config (--list shows them)"),
+         list_: bool = typer.Option(False, "--list", help="list the bundled configs and exit"),
+         force: bool = typer.Option(False, "--force", help="overwrite an existing file")):
+    """Write a starter job config (or one of the bundled examples) to edit and pass to `polycap run`."""
+    from polycap.pipelines.starter import bundled_configs, write_config
+
+    if list_:
+        for name, summary in bundled_configs().items():
+            typer.echo(f"{name:22s} {summary}")
+        return
+    try:
+        typer.echo(write_config(path, example, force))
+    except (FileExistsError, KeyError) as e:
+        _fail(str(e.args[0]) if e.args else str(e))
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from polycap.schemas import SCHEMA_VERSION
-from polycap.schemas.config import Config, to_dict
+from polycap.schemas.config import Config, ConfigError, to_dict
 from polycap.sharding import fs
 from polycap.sharding.run_stats import STATS_NAME, CountAll, MergeCounts, WriteJson, count_key
 from polycap.sharding.staging import clear_staging
@@ -112,8 +113,25 @@ def translate_plan(cfg: Config) -> tuple[bool, str]:
     return True, f"translate: {t.backend} {t.model} -> {', '.join(t.to)}"
 
 
+def check_sources(cfg: Config) -> None:
+    """A local source path that does not exist (or a glob that matches nothing) is a config error, not a run
+    whose one input is a reject. Object-store paths are listed by the job itself (it has their options)."""
+    import glob
+
+    for i, src in enumerate(cfg.sources):
+        path = src.path
+        if "://" in path or os.path.lexists(path):    # a folder named `photos[2024]` is read literally
+            continue
+        if any(c in path for c in "*?["):
+            if next(glob.iglob(path, recursive=True), None) is None:
+                raise ConfigError(f"sources[{i}].path: {path} matches no file")
+        else:
+            raise ConfigError(f"sources[{i}].path: {path} does not exist")
+
+
 def preflight(cfg: Config) -> list[str]:
-    """Checks that must fail once, before any work (models present, endpoints reachable)."""
+    """Checks that must fail once, before any work (inputs exist, models present, endpoints reachable)."""
+    check_sources(cfg)
     notes = []
     if cfg.ocr.enabled:
         from polycap.transforms.backends.ocr_models import script_notes
