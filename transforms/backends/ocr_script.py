@@ -443,11 +443,15 @@ class ScriptRouter:
                 continue                           # a box with nothing readable (photo texture): dropped as before
             else:
                 out.append((text, quad, score, False))
-        vi_idx = [i for i, (t, *_) in enumerate(out) if has_latin(t) or has_vi_letters(t)]
-        if self.vi is not None and vi_idx and (self.vi_always or any(c in VI_HINTS for t, *_ in out for c in t)):
+        vi_idx = [i for i, (t, *_) in enumerate(out)
+                  if (has_latin(t) or has_vi_letters(t)) and not hangul_share(t)]   # not lines read as Korean
+        hinted = vi_page or any(c in VI_HINTS for t, *_ in out for c in t)
+        if self.vi is not None and vi_idx and (self.vi_always or hinted):
             reads = self._read_vi(rgb, [out[i][1] for i in vi_idx])
             for i, (text, conf) in zip(vi_idx, reads):
-                if has_vi_letters(text):
+                words = text.split()
+                # without Vietnamese on the page, a stray tone mark on an English line is not enough
+                if has_vi_letters(text) and (hinted or sum(map(has_vi_letters, words)) >= 0.3 * len(words)):
                     out[i] = (text, out[i][1], conf, False)
                     res.rerouted["vi"] = res.rerouted.get("vi", 0) + 1
         h, w = rgb.shape[:2]
