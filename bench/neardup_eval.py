@@ -1,12 +1,22 @@
-"""Near-dup evaluation: precision/recall of `Hamming(pHash) <= t` on ../shared/eval/neardup, t = 0..20.
+"""Near-dup evaluation: what DedupImages decides on two sets, the pHash threshold sweep, and the cost.
 
-Run: `.venv/bin/python -m bench.neardup_eval` -> bench/results/neardup.json.
-Hashes are computed twice: as the eval set's own check_hashes.py does (exif_transpose + RGB + phash on
-the file) and through the pipeline's decode path (transforms.decode.decode_bytes, default DecodeConfig
-and a max_side=512 variant), so the numbers describe what DedupImages actually sees.
-Positives are the pairs labelled `dup` in pairs.csv. The file has only 6 labelled `distinct` pairs, so
-negatives also include every cross-group pair among all images in the set plus the real photos under
-eval/photos (groups = files linked by a dup/maybe pair, identical bytes, or the same upstream name).
+Run: `.venv/bin/python -m bench.neardup_eval` -> bench/results/neardup.json (builds bench/work/neardup_set
+with bench.neardup_data first when it is missing).
+ * `dedup_images`: the real stage (decode_sample -> DedupImages, in-memory Beam, default config) on
+   - `generated_set` (bench/neardup_data.py): 140 en/ko/vi text cards, 40 documents, 40 screenshots of one
+     layout each and 28 distinct photos, 76 of them with border / letterbox / 5 % crop / watermark /
+     recompress / resize variants. False merges = two groups in one cluster (target 0, per family); recall
+     per variant = variant and original in one cluster (target >= 0.9); original kept per group (>= 90 %);
+   - `shared_eval` (../shared/eval/neardup + photos): pairs labelled dup merged, by category; false merges
+     among files of different groups (see `groups`).
+ * `signature_ms`: CPU ms/image of transforms/signature.signature (what decode now adds) on the decoded
+   photos and rendered images of the generated set.
+ * `dedup_stage`: bench/results/dedup_stage.json (bench/dedup_stage.py, before/after) copied in, with ratios.
+ * `results`/`chosen_default`: the whole-image pHash threshold sweep, as before: hashes computed as the
+   eval set's own check_hashes.py does and through decode_bytes (default and max_side=512). Positives are
+   the pairs labelled `dup` in pairs.csv; negatives every cross-group pair among all images in the set plus
+   the real photos under eval/photos (groups = files linked by a dup/maybe pair, identical bytes, or the
+   same upstream name).
 """
 from __future__ import annotations
 
@@ -18,17 +28,23 @@ import os
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from itertools import combinations
 from pathlib import Path
 
+import apache_beam as beam
 from PIL import Image, ImageOps
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench import write_result
-from polycap.schemas.config import DecodeConfig
-from polycap.transforms.decode import DecodeFailure, decode_bytes, phash_hex
+from polycap.schemas import Reject, Sample
+from polycap.schemas.config import DecodeConfig, DedupConfig
+from polycap.transforms.decode import DecodeFailure, decode_bytes, decode_sample, phash_hex
+from polycap.transforms.dedup import DedupImages
+from polycap.transforms.signature import encoding_quality, signature
+from tests.conftest import make_sample
 
 EVAL = Path(os.environ.get("POLYCAP_EVAL_DIR", REPO.parent / "shared" / "eval"))
 T_RANGE = range(21)
@@ -182,12 +198,173 @@ def largest_safe(result: dict, t_chosen: int) -> dict:
     safe = [r for r in result["sweep"] if r["fp"] == 0]
     row = max(safe, key=lambda r: r["t"])
     at = next(r for r in result["sweep"] if r["t"] == t_chosen)
-    bands = row["t"] + 1                                  # pigeonhole: t + 1 bands (transforms/dedup.py)
     return {"t": row["t"], "recall": row["recall"], "recall_by_category": row["recall_by_category"],
             "margin_to_nearest_distinct": result["min_distinct_distance"] - row["t"],
             "chance_collision_vs_chosen": round(row["uniform_hash_p_false_pair"] / at["uniform_hash_p_false_pair"]),
-            "lsh_bands": bands, "bits_per_band": round(64 / bands, 1),
             "note": "crops, borders, flips and rotations are a policy decision ('maybe' in the eval set)"}
+
+
+# ---- the real stage -------------------------------------------------------------------------------
+
+_SAMPLES: list[Sample] = []
+_OUT: list[Sample | Reject] = []
+
+
+def _sample_at(i: int) -> Sample:
+    return _SAMPLES[i]
+
+
+def _collect(x: Sample | Reject) -> None:
+    _OUT.append(x)   # the in-memory runner runs in this process
+
+
+def clusters(files: dict[str, bytes]) -> tuple[dict[str, str], dict[str, str]]:
+    """file -> its cluster (the kept file it was dropped for, else itself), and file -> reject detail.
+    Runs decode_sample then DedupImages(DedupConfig()) in memory; undecodable files are left out."""
+    by_key: dict[str, list[str]] = defaultdict(list)
+    samples = []
+    for name, data in sorted(files.items()):
+        s = decode_sample(make_sample(data, uri=name), DecodeConfig())
+        if isinstance(s, Sample):
+            samples.append(replace(s, image=replace(s.image, bytes=b"")))
+            by_key[s.key].append(name)
+    _SAMPLES[:] = samples
+    _OUT.clear()
+    with beam.Pipeline() as p:
+        kept, rejects = (p | beam.Create(range(len(samples))) | beam.Map(_sample_at)
+                         | DedupImages(DedupConfig()))
+        (kept, rejects) | beam.Flatten() | beam.Map(_collect)
+    out = list(_OUT)
+    kept_file = {s.key: s.source.uri for s in out if isinstance(s, Sample)}
+    cluster, why = {}, {}
+    for r in out:
+        if isinstance(r, Sample):
+            cluster[r.source.uri] = r.source.uri
+        else:
+            kept_key = r.detail.split()[3] if r.detail.startswith("near duplicate of") else r.key
+            cluster[r.source_uri], why[r.source_uri] = kept_file[kept_key], r.detail
+    return cluster, why
+
+
+def generated_set_eval() -> dict:
+    """DedupImages on bench/neardup_data.py's set: false merges, recall per variant, original kept."""
+    from bench import neardup_data
+
+    labels_path = neardup_data.OUT / "labels.json"
+    if not labels_path.exists():
+        neardup_data.build()
+    labels = json.loads(labels_path.read_text())
+    files = {r["file"]: (neardup_data.OUT / r["file"]).read_bytes() for r in labels}
+    t0 = time.process_time()
+    cluster, why = clusters(files)
+    cpu = time.process_time() - t0
+    info = {r["file"]: r for r in labels}
+    members: dict[str, list[str]] = defaultdict(list)
+    for f, c in cluster.items():
+        members[c].append(f)
+    false_merges: dict[str, int] = defaultdict(int)
+    examples = []
+    for c, fs in members.items():
+        groups_in = sorted({info[f]["group"] for f in fs})
+        if len(groups_in) > 1:
+            for f in fs:
+                if info[f]["group"] != info[c]["group"]:
+                    false_merges[info[f]["family"]] += 1
+                    examples.append({"dropped": f, "kept": c, "detail": why.get(f, "")})
+    recall: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    recall_fam: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    orig_of = {r["group"]: r["file"] for r in labels if r["role"] == "original"}
+    missed = []
+    for r in labels:
+        if r["role"] == "original":
+            continue
+        ok = cluster[r["file"]] == cluster[orig_of[r["group"]]]
+        recall[r["role"]][0] += ok
+        recall[r["role"]][1] += 1
+        recall_fam[f"{r['family']}/{r['role']}"][0] += ok
+        recall_fam[f"{r['family']}/{r['role']}"][1] += 1
+        if not ok:
+            missed.append(r["file"])
+    with_variants = {r["group"] for r in labels if r["role"] != "original"}
+    orig_kept = [g for g in with_variants if cluster[orig_of[g]] == orig_of[g]]
+    kept_instead = sorted(cluster[orig_of[g]] for g in with_variants if cluster[orig_of[g]] != orig_of[g])
+    distinct = {fam: sum(1 for r in labels if r["role"] == "original" and r["family"] == fam)
+                for fam in ("text", "doc", "screen", "photo")}
+    return {
+        "files": len(labels), "decoded": len(cluster), "distinct_originals_by_family": distinct,
+        "false_merges_by_family": {fam: false_merges.get(fam, 0) for fam in distinct},
+        "false_merge_examples": examples[:10],
+        "recall_by_variant": {k: round(a / n, 3) for k, (a, n) in sorted(recall.items())},
+        "recall_by_family_variant": {k: f"{a}/{n}" for k, (a, n) in sorted(recall_fam.items())},
+        "recall_all_variants": round(sum(a for a, _ in recall.values()) / sum(n for _, n in recall.values()), 4),
+        "missed_variants": missed,
+        "groups_with_variants": len(with_variants),
+        "original_kept_share": round(len(orig_kept) / len(with_variants), 4),
+        "kept_instead_of_original": kept_instead,
+        "decode_plus_dedup_cpu_s": round(cpu, 1),
+    }
+
+
+def shared_eval(pairs, files, grp, data) -> dict:
+    """DedupImages on ../shared/eval/neardup's files (+ eval photos): dup pairs merged, false merges."""
+    cluster, why = clusters(data)
+    merged: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r in pairs:
+        if r["label"] == "dup" and r["a"] in cluster and r["b"] in cluster:
+            merged[category(r)][0] += cluster[r["a"]] == cluster[r["b"]]
+            merged[category(r)][1] += 1
+    maybe = {f"{r['note']}: {Path(r['a']).name} ~ {Path(r['b']).name}": cluster[r["a"]] == cluster[r["b"]]
+             for r in pairs if r["label"] == "maybe" and r["a"] in cluster and r["b"] in cluster}
+    false = [{"dropped": f, "kept": c, "detail": why.get(f, "")} for f, c in cluster.items()
+             if grp[f] != grp[c]]
+    return {"files": len(files), "decoded": len(cluster),
+            "dup_pairs_merged_by_category": {k: f"{a}/{n}" for k, (a, n) in sorted(merged.items())},
+            "must_merge_recall": round(sum(merged[c][0] for c in MUST_MERGE) /
+                                       max(1, sum(merged[c][1] for c in MUST_MERGE)), 4),
+            "false_merges": len(false), "false_merge_examples": false[:10],
+            "maybe_pairs_merged": maybe}
+
+
+def signature_ms() -> dict:
+    """CPU ms/image that decode's signature adds, on decoded images of the generated set (every file)."""
+    from bench import neardup_data
+
+    ims = []
+    for p in sorted(neardup_data.OUT.glob("*.*")):
+        if p.suffix in (".png", ".jpg"):
+            im = Image.open(p)
+            q = encoding_quality(im)
+            ims.append((ImageOps.exif_transpose(im).convert("RGB"), q))
+    best = None
+    for _ in range(3):
+        t0 = time.process_time()
+        for im, q in ims:
+            signature(im, q)
+        ms = 1000 * (time.process_time() - t0) / len(ims)
+        best = ms if best is None else min(best, ms)
+    t0 = time.process_time()
+    for im, _ in ims:
+        phash_hex(im)
+    return {"images": len(ims), "mean_megapixels": round(sum(i.width * i.height for i, _ in ims) / len(ims) / 1e6, 3),
+            "signature_ms_per_image_cpu_best_of_3": round(best or 0.0, 2),
+            "whole_image_phash_ms_per_image_cpu": round(1000 * (time.process_time() - t0) / len(ims), 2)}
+
+
+def dedup_stage() -> dict:
+    path = REPO / "bench" / "results" / "dedup_stage.json"
+    if not path.exists():
+        return {"note": "run bench/dedup_stage.py before/after first"}
+    d = json.loads(path.read_text())
+    if "before" in d and "after" in d:
+        b, a = d["before"], d["after"]
+        d["ratio_after_over_before"] = {
+            "dedup_cpu_s": round(a["dedup_cpu_s_best"] / b["dedup_cpu_s_best"], 2),
+            "dedup_minus_floor_cpu_s": round(a["dedup_minus_floor_cpu_s"] / max(0.01, b["dedup_minus_floor_cpu_s"]), 2)}
+        if "pipeline" in a and "pipeline" in b:
+            d["ratio_after_over_before"]["pipeline_cpu_s_min"] = {
+                m: round(min(a["pipeline"][m]["cpu_s"]) / min(b["pipeline"][m]["cpu_s"]), 2)
+                for m in ("in_memory", "multi_processing_x2")}
+    return d
 
 
 def main() -> dict:
@@ -213,7 +390,13 @@ def main() -> dict:
     chosen = choose(results["pipeline_decode_default"])
     if chosen["t"] is not None:
         chosen["largest_safe_t"] = largest_safe(results["pipeline_decode_default"], chosen["t"])
+    generated = generated_set_eval()
+    shared = shared_eval(pairs, files, grp, data)
     out = {
+        "dedup_images": {"config": "DedupConfig() defaults: max_hamming 8, pixel check neardup.MIN_DETAIL_CORR",
+                         "generated_set": generated, "shared_eval": shared},
+        "signature_ms": signature_ms(),
+        "dedup_stage": dedup_stage(),
         "data": {"pairs_csv_rows": len(pairs), "images": len(files), "groups": len(set(grp.values())),
                  "independent_group_pairs": math.comb(len(set(grp.values())), 2),
                  "eval_dir": str(EVAL), "hash_report_rows_reproduced": len(ref_report) - len(mismatch),
@@ -232,7 +415,7 @@ def main() -> dict:
 
 if __name__ == "__main__":
     res = main()
-    print(json.dumps({k: res[k] for k in ("data", "decode_vs_reference_phash_bits", "chosen_default")}, indent=1))
+    print(json.dumps({k: res[k] for k in ("dedup_images", "signature_ms", "data", "chosen_default")}, indent=1))
     for name, r in res["results"].items():
         print(name, "min distinct", r["min_distinct_distance"], "max must-merge", r["max_must_merge_distance"],
               "pos", r["n_pos"], "neg", r["n_neg"])

@@ -18,7 +18,11 @@ IMAGE_TYPE = pa.struct([
     ("bytes", pa.binary()), ("format", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
     ("orig_format", pa.string()), ("orig_width", pa.int32()), ("orig_height", pa.int32()), ("ref", pa.string()),
 ])
-HASHES_TYPE = pa.struct([("sha256", pa.string()), ("phash", pa.string())])
+HASHES_TYPE = pa.struct([
+    ("sha256", pa.string()), ("phash", pa.string()), ("content_phash", pa.string()),
+    ("content_box", pa.list_(pa.int32())), ("thumb", pa.string()), ("bordered", pa.bool_()),
+    ("solid", pa.string()), ("quality", pa.int16()),
+])
 OCR_LINE_TYPE = pa.struct([
     ("text", pa.string()), ("box", pa.list_(pa.int16())), ("quad", pa.list_(pa.int16())),
     ("score", pa.float32()),

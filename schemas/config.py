@@ -172,7 +172,6 @@ class DedupConfig(Section):
     exact: bool = True
     near: bool = True
     max_hamming: int = 8
-    bands: int = 0                  # 0 = max_hamming + 1 (pigeonhole: a pair within t bits shares a band)
     max_key_items: int = 2048       # no near-dup key holds more items: bigger ones are split into blocks
     center_rounds: int = 4          # clustering rounds; nodes still undecided after them are kept
 
@@ -183,8 +182,6 @@ class DedupConfig(Section):
             raise ConfigError(f"center_rounds: must be in 1..16, got {self.center_rounds}")
         if not 0 <= self.max_hamming <= 32:
             raise ConfigError(f"max_hamming: must be in 0..32, got {self.max_hamming}")
-        if not 0 <= self.bands <= 64:
-            raise ConfigError(f"bands: must be in 0..64 (bands of a 64-bit pHash), got {self.bands}")
 
 
 @dataclass(frozen=True)

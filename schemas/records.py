@@ -8,7 +8,7 @@ from typing import Any
 from polycap.schemas.reasons import Reason
 
 # Bump on any change to the dataclasses below or to schemas/arrow.py.
-SCHEMA_VERSION = "1.1.0"   # 1.1.0: ImageInfo.ref (staged image bytes)
+SCHEMA_VERSION = "1.2.0"   # 1.1.0: ImageInfo.ref (staged image bytes); 1.2.0: near-dup signature in Hashes
 
 
 def now_iso() -> str:
@@ -40,7 +40,14 @@ class ImageInfo:
 @dataclass(frozen=True)
 class Hashes:
     sha256: str                    # of the input bytes (the content address)
-    phash: str | None = None       # 64-bit perceptual hash, 16 hex chars
+    phash: str | None = None       # 64-bit perceptual hash of the whole decoded image, 16 hex chars
+    # near-dup signature (transforms/signature.py), of the content box: the image minus flat borders
+    content_phash: str | None = None   # pHash of the content box, 16 hex chars
+    content_box: list[int] = field(default_factory=list)  # [x0, y0, x1, y1] in the original image's pixels
+    thumb: str = ""                # 32x32 gray thumbnail of the content box, base64 of 1024 row-major bytes
+    bordered: bool = False         # flat bands (an added border, letterbox bars, margins) were peeled off
+    solid: str = ""                # "rrggbb" (4-bit steps) when the whole image is one flat colour, else ""
+    quality: int = 0               # input encoding quality: 100 lossless, JPEG estimate, 75 other lossy; 0 unknown
 
 
 @dataclass(frozen=True)

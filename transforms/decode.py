@@ -1,6 +1,8 @@
-"""Decode and validate images once: bomb guard, EXIF transpose, RGB, optional resize, JPEG re-encode, pHash."""
+"""Decode and validate images once: bomb guard, EXIF transpose, RGB, optional resize, JPEG re-encode, pHash and
+the near-dup signature (transforms/signature.py) from the same decoded pixels."""
 from __future__ import annotations
 
+import base64
 import io
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -14,6 +16,7 @@ from polycap.schemas.config import DecodeConfig
 from polycap.sharding.image_format import sniff_format
 from polycap.sharding.staging import stage_bytes
 from polycap.transforms.plumbing import auto_threads, make_reject, route_stage, stage_dofn
+from polycap.transforms.signature import Signature, encoding_quality, signature
 
 STAGE = "decode"
 
@@ -47,6 +50,7 @@ class Decoded:
     orig_height: int
     phash: str
     info: dict[str, Any] = field(default_factory=dict)   # -> provenance["decode"]
+    sig: Signature | None = None    # near-dup signature; `box` in the pixels of the decoded image
 
 
 def describe_non_image(data: bytes) -> str:
@@ -231,6 +235,7 @@ def decode_bytes(data: bytes, cfg: DecodeConfig) -> Decoded:
         info["resized"] = list(rgb.size)
     info.update(transposed=orientation, converted_from=converted_from)
     phash = phash_hex(rgb)
+    sig = signature(rgb, encoding_quality(im))
     untouched = (not orientation and converted_from is None and "resized" not in info
                  and "draft" not in info and info["frames"] == 1
                  and orig_format == "JPEG")  # shards store `.jpg` members
@@ -241,7 +246,21 @@ def decode_bytes(data: bytes, cfg: DecodeConfig) -> Decoded:
         out, fmt = data, orig_format.lower()
         info["reencoded"] = False
     return Decoded(data=out, format=fmt, width=rgb.width, height=rgb.height, orig_format=orig_format,
-                   orig_width=ow, orig_height=oh, phash=phash, info=info)
+                   orig_width=ow, orig_height=oh, phash=phash, info=info, sig=sig)
+
+
+def signature_hashes(sha256: str, d: Decoded) -> Hashes:
+    """The record's hashes: the whole-image pHash and the signature, its box scaled to original pixels."""
+    if d.sig is None:
+        return Hashes(sha256=sha256, phash=d.phash)
+    sig = d.sig
+    # the original as decoded and turned upright (an EXIF 5..8 rotation swaps its sides)
+    ow, oh = (d.orig_height, d.orig_width) if d.info.get("transposed", 0) >= 5 else (d.orig_width, d.orig_height)
+    sx, sy = ow / d.width, oh / d.height
+    box = [round(sig.box[0] * sx), round(sig.box[1] * sy), round(sig.box[2] * sx), round(sig.box[3] * sy)]
+    return Hashes(sha256=sha256, phash=d.phash, content_phash=sig.phash, content_box=box,
+                  thumb=base64.b64encode(sig.thumb).decode("ascii"), bordered=sig.bordered, solid=sig.solid,
+                  quality=sig.quality)
 
 
 def decode_sample(sample: Sample, cfg: DecodeConfig) -> Sample | Reject:
@@ -251,7 +270,7 @@ def decode_sample(sample: Sample, cfg: DecodeConfig) -> Sample | Reject:
         return make_reject(sample, STAGE, f.reason, f.detail)
     image = ImageInfo(bytes=d.data, format=d.format, width=d.width, height=d.height,
                       orig_format=d.orig_format, orig_width=d.orig_width, orig_height=d.orig_height)
-    hashes = Hashes(sha256=sample.hashes.sha256, phash=d.phash)
+    hashes = signature_hashes(sample.hashes.sha256, d)
     return replace(sample, image=image, hashes=hashes, provenance={**sample.provenance, STAGE: d.info})
 
 

@@ -1,208 +1,234 @@
-"""Drop exact (same content key) and near (pHash Hamming <= t, found by LSH banding) duplicate images."""
+"""Drop exact (same content key) and near duplicate images (content pHash within t and the same fine detail),
+keeping the best copy of each cluster."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
+import base64
+import math
+from collections.abc import Iterable
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.typehints import KV, Tuple
 
 from polycap.schemas import Reason, Reject, Sample
 from polycap.schemas.config import DedupConfig
 from polycap.transforms.decode import phash_hex
+from polycap.transforms.neardup import (
+    CENTRE,
+    JOINED,
+    KeySizes,
+    NearMember,
+    block_keys,
+    first_status,
+    key_pairs,
+    n_blocks,
+    next_status,
+    own_values,
+    same_picture,
+    stable_hash,
+)
 from polycap.transforms.plumbing import RoutingDoFn, make_reject, route_stage
 
 STAGE = "dedup"
-HASH_BITS = 64
-VERIFY_BLOCK = 1024   # rows per numpy block when verifying a bucket: memory ~ 8 * VERIFY_BLOCK * bucket bytes
+# Areas count as equal within one step of 2**(1/AREA_STEPS) (~19 %): borders are peeled on a reduced copy
+# (transforms/signature.py), so the content box of a framed or letterboxed copy is off by a pixel or two, which
+# on the small text box of a card is a few percent; within a step, border, quality and caption decide. Finer
+# steps (32, 16) kept more letterboxed and framed copies instead of their originals (original_kept_share in
+# bench/results/neardup.json: 0.82 and 0.79 against 0.86 with 4).
+AREA_STEPS = 4
+MASK64 = (1 << 64) - 1
 
 # phash_hex lives with the decode that computes it; re-exported here, where the dedup contract names it.
 __all__ = ["DedupImages", "phash_hex"]
 
-# Data flow and memory model (nothing ever holds the whole dataset in one place):
-#  1. Each sample is projected to a small Member(key, phash, area, uri), ~100 bytes, no image bytes.
-#  2. Each Member is emitted under `bands` keys (band index, band value). By pigeonhole, two 64-bit
-#     hashes within t bits agree exactly on at least one of t+1 bands, so grouping by band key finds
-#     every pair within t. A bucket holds the Members whose band value collides: about
-#     N / 2**(64/bands) of them for uniform hashes (N=1e6, t=8: ~7.8k per bucket), verified in numpy
-#     blocks (O(bucket^2) popcounts, but only within a bucket). Fewer, wider bands shrink buckets
-#     exponentially at the price of the pigeonhole guarantee (recall becomes probabilistic).
-#  3. Each bucket emits a spanning forest of its verified pairs (member -> smallest key of its local
-#     component), and each pair only from the first band it agrees on, so edges are O(near-dup members).
-#  4. One final group holds only those edges (members with at least one near duplicate, not the
-#     dataset), runs union-find, and picks one kept image per component.
-#  5. A CoGroupByKey on the content key joins the drop decisions back to the samples; a key's group
-#     holds that key's exact copies only (the one shuffle that carries image bytes).
+# Data flow (no step holds the dataset in one place, nothing is keyed by None, no image bytes in a shuffle):
+#  1. Each sample -> a NearMember (key, content pHash, rank, uri, 1 KB thumbnail, flat-colour class); one
+#     per content key (the best of its exact copies).
+#  2. Flat-colour members: grouped per colour class, the best kept, the rest dropped (pHash says nothing
+#     about a flat image).
+#  3. Others: (key, pHash) under the multi-index-hashing keys (transforms/neardup.py: 67 keys for t = 8).
+#     Keys are counted; those over dedup.max_key_items (a side input) are split into hash-block pairs.
+#     Each key group emits the candidate pairs it owns (every pair within t exactly once).
+#  4. Two joins on the content key bring both members' thumbnails to a pair; `same_picture` verifies it:
+#     an edge from the better copy to the worse.
+#  5. dedup.center_rounds rounds of clustering around centres over the edges (two joins a round): a node
+#     joins the best centre among its verified better neighbours, so a dropped copy always names a kept one
+#     it was checked against (no chains). Nodes still undecided after the rounds are kept.
+#  6. A CoGroupByKey on the content key joins the drop decisions back to the samples (the one shuffle that
+#     carries samples; their bytes are staged out of the record by then).
 
 
-@dataclass(frozen=True, order=True)
-class Member:
-    key: str
-    phash: int
-    area: int       # of the original image (largest wins)
-    uri: str
-    width: int = 0
-    height: int = 0
+def rank(sample: Sample) -> tuple:
+    """Sort key of the best copy: largest content area (borders peeled), then no added border, then the
+    highest input quality, then carrying a caption, then the key."""
+    h, im = sample.hashes, sample.image
+    if len(h.content_box) == 4:
+        area = (h.content_box[2] - h.content_box[0]) * (h.content_box[3] - h.content_box[1])
+    else:
+        area = (im.orig_width * im.orig_height) or (im.width * im.height)
+    step = round(math.log2(area) * AREA_STEPS) if area > 0 else 0
+    return (-step, int(h.bordered), -h.quality, int(not sample.source.orig_caption), sample.key)
 
 
-def band_widths(bands: int) -> list[int]:
-    """Split 64 bits into `bands` contiguous bands whose widths differ by at most one bit."""
-    bands = max(1, min(HASH_BITS, bands))
-    base, extra = divmod(HASH_BITS, bands)
-    return [base + 1 if i < extra else base for i in range(bands)]
-
-
-def band_keys(h: int, widths: list[int]) -> list[tuple[int, int]]:
-    """[(band index, band value)] of a 64-bit hash, high bits first."""
-    out, shift = [], HASH_BITS
-    for i, w in enumerate(widths):
-        shift -= w
-        out.append((i, (h >> shift) & ((1 << w) - 1)))
-    return out
-
-
-def hamming(a: int, b: int) -> int:
-    return (a ^ b).bit_count()
-
-
-def n_bands(cfg: DedupConfig) -> int:
-    return cfg.bands if cfg.bands > 0 else cfg.max_hamming + 1
-
-
-def choose_kept(members: Iterable[Member]) -> Member:
-    """Deterministic representative: largest original area, then smallest key."""
-    return min(members, key=lambda m: (-m.area, m.key))
-
-
-def to_member(sample: Sample) -> Member | None:
-    """The near-dup projection of a sample, or None when it carries no (valid) pHash."""
+def to_member(sample: Sample) -> NearMember | None:
+    """The near-dup projection of a sample (content pHash, else whole-image pHash), or None without one."""
     try:
-        h = int(sample.hashes.phash or "", 16)
+        h = int(sample.hashes.content_phash or sample.hashes.phash or "", 16)
     except ValueError:
         return None
-    im = sample.image
-    w, ht = (im.orig_width, im.orig_height) if im.orig_width and im.orig_height else (im.width, im.height)
-    return Member(sample.key, h, w * ht, sample.source.uri, im.width, im.height)
+    thumb = base64.b64decode(sample.hashes.thumb) if sample.hashes.thumb else b""
+    return NearMember(key=sample.key, phash=h, rank=rank(sample), uri=sample.source.uri, thumb=thumb,
+                      solid=sample.hashes.solid)
 
 
-def verified_pairs(members: list[Member], max_hamming: int) -> Iterator[tuple[int, int, int]]:
-    """(i, j, distance) for i < j with Hamming(members[i], members[j]) <= max_hamming, numpy-blocked."""
-    import numpy as np
-
-    hashes = np.array([m.phash for m in members], dtype=np.uint64)
-    n = len(members)
-    for start in range(0, n, VERIFY_BLOCK):
-        block = hashes[start:start + VERIFY_BLOCK]
-        dist = np.bitwise_count(block[:, None] ^ hashes[None, :])
-        rows, cols = np.nonzero(dist <= max_hamming)
-        for r, c in zip(rows.tolist(), cols.tolist()):
-            i = start + r
-            if i < c:
-                yield i, c, int(dist[r, c])
+def member_order(m: NearMember) -> tuple:
+    return (m.rank, m.uri)
 
 
-class UnionFind:
-    """Disjoint sets over hashable items with path halving; the root of a set is its smallest item."""
-
-    def __init__(self) -> None:
-        self.parent: dict[Any, Any] = {}
-
-    def find(self, x: Any) -> Any:
-        self.parent.setdefault(x, x)
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a: Any, b: Any) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            lo, hi = (ra, rb) if ra < rb else (rb, ra)
-            self.parent[hi] = lo
+def best_member(members: Iterable[NearMember]) -> NearMember:
+    """One member per content key: the copy that `decide` keeps (a caption first, then the smallest uri)."""
+    return min(members, key=member_order)
 
 
-def bucket_edges(band: int, members: Iterable[Member], cfg: DedupConfig) -> Iterator[tuple[Member, Member]]:
-    """Spanning-forest edges (member, local root) among the verified near pairs of one LSH bucket."""
-    # one Member per key (exact copies collide in every band); the copy with the smallest uri represents it
-    uniq = sorted({m.key: m for m in sorted(members, key=lambda m: m.uri, reverse=True)}.values())
-    if len(uniq) < 2:
+def solid_drops(kv: tuple[str, Iterable[NearMember]]) -> list[tuple[str, tuple[str, str, str]]]:
+    """One flat-colour class: every content key but the best dropped, naming it."""
+    colour, members = kv
+    best: dict[str, NearMember] = {}
+    for m in members:
+        if m.key not in best or member_order(m) < member_order(best[m.key]):
+            best[m.key] = m
+    ordered = sorted(best.values(), key=member_order)
+    kept = ordered[0]
+    return [(m.key, (kept.key, kept.uri, f"the same flat colour #{colour}")) for m in ordered[1:]]
+
+
+class _KeysFn(beam.DoFn):
+    """Member -> (group key, (content key, pHash)) per multi-index key; a key that may hold more than
+    dedup.max_key_items (neardup.KeySizes over the side input of heavy substring values) becomes the item's
+    hash-block pairs (neardup.block_keys). Group key: (j << 32 | meeting value, blocks, lo, hi)."""
+
+    def __init__(self, t: int, bound: int):
+        self.t, self.bound = t, bound
+
+    def process(self, kv, heavy):
+        key, m = kv
+        item = (key, m.phash - (1 << 64) if m.phash >> 63 else m.phash)   # signed: a VarInt coder's range
+        if getattr(self, "_heavy", None) is not heavy:     # one KeySizes per side-input value
+            self._heavy, self._sizes = heavy, KeySizes(heavy, self.t, self.bound)
+        for mk, count in self._sizes.keys(m.phash):
+            if not count:
+                yield (mk, 1, 0, 0), item
+            else:
+                nb = n_blocks(count, self.bound)
+                for lo, hi in block_keys(key, nb):
+                    yield (mk, nb, lo, hi), item
+
+
+class _PairsFn(beam.DoFn):
+    """One key group -> the candidate pairs (key_a, key_b) it owns."""
+
+    def __init__(self, t: int):
+        self.t = t
+        self.size = Metrics.distribution(STAGE, "mih_key_items")
+        self.candidates = Metrics.counter(STAGE, "candidate_pairs")
+
+    def process(self, kv):
+        (mk, nb, lo, hi), items = kv
+        items = list(items)
+        if len(items) < 2:                         # most keys: nothing to pair
+            return
+        items = sorted(set(items))                 # exact copies of one content key: one item
+        if len(items) < 2:
+            return
+        self.size.update(len(items))
+        blocks = [stable_hash(k) % nb for k, _ in items] if lo != hi else None
+        pairs = key_pairs([h & MASK64 for _, h in items], mk >> 32, mk & 0xFFFFFFFF, self.t, blocks)
+        self.candidates.inc(len(pairs))
+        for i, k in pairs:
+            yield items[i][0], items[k][0]
+
+
+def first_of_pair(kv: tuple[str, dict[str, list]]) -> Iterable[tuple[str, NearMember]]:
+    """Join 1: the first member of each candidate pair travels to the second's key."""
+    _, grouped = kv
+    pairs, ms = list(grouped["pairs"]), list(grouped["m"])
+    if pairs and ms:
+        a = best_member(ms)
+        for b in pairs:
+            yield b, a
+
+
+class _VerifyFn(beam.DoFn):
+    """Join 2: both members of a pair meet; a verified pair becomes an edge better -> worse, sent to both
+    nodes: the better one learns its out-edge, the worse one that it has a better neighbour."""
+
+    def __init__(self, t: int):
+        self.t = t
+        self.failed = Metrics.counter(STAGE, "pairs_failed_pixel_check")
+        self.verified = Metrics.counter(STAGE, "pairs_verified")
+
+    def process(self, kv):
+        _, grouped = kv
+        firsts, ms = list(grouped["firsts"]), list(grouped["m"])
+        if not firsts or not ms:
+            return
+        b = best_member(ms)
+        for a in firsts:
+            ok, how = same_picture(a, b, self.t)
+            if not ok:
+                self.failed.inc()
+                continue
+            self.verified.inc()
+            better, worse = sorted((a, b), key=member_order)
+            yield better.key, ("out", (worse.key, how), better.rank, better.uri)
+            yield worse.key, ("in",)
+
+
+def node_round(kv: tuple[str, Iterable[tuple]], last: bool) -> Iterable[tuple[str, tuple]]:
+    """One clustering round of one node (neardup.first_status / next_status). Its group holds its edges
+    (round 1: "out" per worse neighbour, "in" per better one) or its state from the previous round
+    ("self": status, out-edges, rank, uri) and a "msg" per better neighbour. Emits the new state and, to
+    each worse neighbour, a message with the new status; the last round emits the drop, if any."""
+    node, values = kv
+    values = list(values)
+    selfs = [v for v in values if v[0] == "self"]
+    if selfs:
+        _, status, outs, rnk, uri = selfs[0]
+        status = next_status(status, [v[1] for v in values if v[0] == "msg"])
+    else:
+        outs = sorted(v[1] for v in values if v[0] == "out")
+        ranked = [v for v in values if v[0] == "out"]
+        rnk, uri = (ranked[0][2], ranked[0][3]) if ranked else ((), "")
+        status = first_status(any(v[0] == "in" for v in values))
+    if last:
+        if status[0] == JOINED:
+            yield node, status[1:]
+        elif status[0] != CENTRE:
+            Metrics.counter(STAGE, "undecided_kept").inc()
         return
-    widths = band_widths(n_bands(cfg))
-    uf = UnionFind()
-    for i, j, _ in verified_pairs(uniq, cfg.max_hamming):
-        a, b = band_keys(uniq[i].phash, widths), band_keys(uniq[j].phash, widths)
-        first_shared = next(k for k in range(len(widths)) if a[k] == b[k])
-        if first_shared == band:   # the same pair is verified in the first band it shares only
-            uf.union(i, j)
-    for i in sorted(uf.parent):
-        root = uf.find(i)
-        if root != i:
-            yield uniq[i], uniq[root]
+    yield node, ("self", status, outs, rnk, uri)
+    for worse, how in outs:
+        yield worse, ("msg", (rnk, node, uri, status[0], how))
 
 
-def components(edges: Iterable[tuple[Member, Member]]) -> Iterator[tuple[str, tuple[str, str, int]]]:
-    """Union-find over edges -> (dropped key, (kept key, kept uri, Hamming to kept)) per non-kept member."""
-    uf = UnionFind()
-    by_key: dict[str, Member] = {}
-    for a, b in edges:
-        for m in (a, b):
-            if m.key not in by_key or m.uri < by_key[m.key].uri:
-                by_key[m.key] = m
-        uf.union(a.key, b.key)
-    groups: dict[str, list[Member]] = {}
-    for key in sorted(by_key):
-        groups.setdefault(uf.find(key), []).append(by_key[key])
-    for members in groups.values():
-        kept = choose_kept(members)
-        for m in members:
-            if m.key != kept.key:
-                yield m.key, (kept.key, kept.uri, hamming(m.phash, kept.phash))
-
-
-def decide(key: str, samples: Iterable[Sample], drops: list[tuple[str, str, int]],
+def decide(key: str, samples: Iterable[Sample], drops: list[tuple[str, str, str]],
            cfg: DedupConfig) -> list[Sample | Reject]:
     """One content key's outcomes: every copy rejected when the key is a near duplicate of another key
-    (`drops` names the kept one), else the copy with the smallest source uri kept (and the other exact
-    copies rejected when `cfg.exact`)."""
+    (`drops` names the kept one), else the copy `best_member` chose kept (and the other exact copies
+    rejected when `cfg.exact`)."""
     if drops:
-        kept_key, kept_uri, dist = min(drops)
-        t = cfg.max_hamming
-        how = (f"pHash Hamming {dist} <= dedup.max_hamming {t}" if dist <= t else
-               f"pHash Hamming {dist} to the kept image, linked by a chain of pairs each <= {t}")
+        kept_key, kept_uri, how = min(drops)
         return [make_reject(s, STAGE, Reason.DUPLICATE, f"near duplicate of {kept_key} ({how}; kept {kept_uri})")
                 for s in samples]
     samples = list(samples)
     if not samples:
         return []
-    first = min(range(len(samples)), key=lambda i: (samples[i].source.uri, samples[i].source.name, i))
+    first = min(range(len(samples)), key=lambda i: (not samples[i].source.orig_caption, samples[i].source.uri,
+                                                     samples[i].source.name, i))
     kept_uri = samples[first].source.uri
     return [s if i == first or not cfg.exact else
             make_reject(s, STAGE, Reason.DUPLICATE, f"exact duplicate of {key} (same content sha256; kept {kept_uri})")
             for i, s in enumerate(samples)]
-
-
-class _BandFn(beam.DoFn):
-    def __init__(self, cfg: DedupConfig):
-        self.widths = band_widths(n_bands(cfg))
-
-    def process(self, sample: Sample):
-        m = to_member(sample)
-        if m is not None:
-            for bk in band_keys(m.phash, self.widths):
-                yield bk, m
-
-
-class _BucketFn(beam.DoFn):
-    def __init__(self, cfg: DedupConfig):
-        self.cfg = cfg
-        self.bucket_size = Metrics.distribution(STAGE, "lsh_bucket_size")
-
-    def process(self, kv):
-        (band, _value), members = kv
-        members = list(members)
-        self.bucket_size.update(len(members))
-        yield from bucket_edges(band, members, self.cfg)
 
 
 class _DecideFn(RoutingDoFn):
@@ -226,6 +252,45 @@ def _key_by_content(s: Sample) -> tuple[str, Sample]:
     return s.key, s
 
 
+def _member_kv(s: Sample) -> list[tuple[str, NearMember]]:
+    m = to_member(s)
+    return [(m.key, m)] if m is not None else []
+
+
+class NearDuplicates(beam.PTransform):
+    """Decoded Samples -> (dropped key, (kept key, kept uri, how they were matched)) per near duplicate."""
+
+    def __init__(self, cfg: DedupConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, pcoll):
+        t, bound = self.cfg.max_hamming, self.cfg.max_key_items
+        members = pcoll | "Members" >> beam.FlatMap(_member_kv)
+        flat = (members | "FlatColour" >> beam.Filter(lambda kv: bool(kv[1].solid))
+                | "ByColour" >> beam.Map(lambda kv: (kv[1].solid, kv[1]))
+                | "GroupColour" >> beam.GroupByKey()
+                | "ColourDrops" >> beam.FlatMap(solid_drops))
+        rest = members | "Textured" >> beam.Filter(lambda kv: not kv[1].solid)
+        q = KeySizes({}, t, bound).q
+        heavy = (rest | "OwnValues" >> beam.FlatMap(lambda kv: own_values(kv[1].phash, t))
+                 | "CountValues" >> beam.combiners.Count.PerElement().with_output_types(KV[int, int])
+                 | "Heavy" >> beam.Filter(lambda kv: kv[1] > q))
+        pairs = (rest | "MihKeys" >> beam.ParDo(_KeysFn(t, bound), beam.pvalue.AsDict(heavy))
+                 .with_output_types(KV[Tuple[int, int, int, int], Tuple[str, int]])
+                 | "GroupKeys" >> beam.GroupByKey()
+                 | "OwnedPairs" >> beam.ParDo(_PairsFn(t)).with_output_types(KV[str, str]))
+        firsts = ({"m": rest, "pairs": pairs} | "JoinFirst" >> beam.CoGroupByKey()
+                  | "FirstOfPair" >> beam.FlatMap(first_of_pair))
+        nodes = ({"m": rest, "firsts": firsts} | "JoinSecond" >> beam.CoGroupByKey()
+                 | "Verify" >> beam.ParDo(_VerifyFn(t)))
+        rounds = self.cfg.center_rounds
+        for r in range(1, rounds + 1):
+            nodes = (nodes | f"GroupRound{r}" >> beam.GroupByKey()
+                     | f"Round{r}" >> beam.FlatMap(node_round, r == rounds))
+        return (flat, nodes) | "AllDrops" >> beam.Flatten()
+
+
 class DedupImages(beam.PTransform):
     """Decoded Samples -> (one Sample per duplicate group, Rejects of stage "dedup", reason duplicate)."""
 
@@ -236,14 +301,9 @@ class DedupImages(beam.PTransform):
     def expand(self, pcoll):
         keyed = pcoll | "KeyByContent" >> beam.Map(_key_by_content)
         if self.cfg.near:
-            drops = (pcoll
-                     | "LshBands" >> beam.ParDo(_BandFn(self.cfg))
-                     | "GroupBuckets" >> beam.GroupByKey()
-                     | "VerifyBuckets" >> beam.ParDo(_BucketFn(self.cfg))
-                     | "OneEdgeGroup" >> beam.Map(lambda e: (None, e))
-                     | "GroupEdges" >> beam.GroupByKey()
-                     | "Components" >> beam.FlatMap(lambda kv: components(kv[1])))
+            drops = pcoll | "Near" >> NearDuplicates(self.cfg)
         else:
             drops = pcoll.pipeline | "NoNearDups" >> beam.Create([])
         joined = {"samples": keyed, "drop": drops} | "JoinDecisions" >> beam.CoGroupByKey()
         return route_stage(joined, "Decide", _DecideFn(self.cfg), STAGE)
+

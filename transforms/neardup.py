@@ -1,6 +1,6 @@
 """Near-duplicate search at scale: multi-index hashing over pHash substrings (complete within the radius),
-a pixel check of each candidate pair, and clustering around the best copy (numpy cores; the Beam steps
-that run them per key are not wired into transforms/dedup.py yet).
+a pixel check of each candidate pair, and clustering around the best copy (numpy cores and the per-key
+steps that transforms/dedup.py runs in Beam).
 
 Candidates (Norouzi et al., "Fast Search in Hamming Space with Multi-Index Hashing", CVPR 2012): the 64
 bits are cut into m = ceil((t + 1) / 3) substrings, so two hashes within t bits agree on some substring
@@ -88,6 +88,73 @@ def pair_filter(ha: np.ndarray, hb: np.ndarray, j: int, meet: np.ndarray, t: int
     first = np.argmax(np.stack(close), axis=0)
     return ((np.bitwise_count(ha ^ hb) <= t) & (first == j)
             & (canonical_meet(subs_a[j], subs_b[j]) == meet))
+
+
+def item_keys(h: int, t: int) -> list[tuple[int, int]]:
+    """The (substring index, meeting value) keys one hash is grouped under: 1 + width per substring."""
+    widths = mih_widths(t)
+    r = meet_radius(t, widths)
+    subs = substrings(np.array([h], dtype=np.uint64), widths)
+    return [(j, int(v)) for j, sub in enumerate(subs) for v in meet_values(sub, widths[j], r)[0].tolist()]
+
+
+def own_values(h: int, t: int) -> list[int]:
+    """The hash's substring values, each packed with its index as j << 32 | value (what is counted)."""
+    subs = substrings(np.array([h], dtype=np.uint64), mih_widths(t))
+    return [j << 32 | int(sub[0]) for j, sub in enumerate(subs)]
+
+
+class KeySizes:
+    """Upper bounds on the items under an item's meeting keys, from the counts of substring values.
+
+    A meeting key v holds the items whose own value lies within the meeting radius r of v, so its count is
+    the sum of those values' counts. Only values counted more than q = bound // (width + 1) times are known
+    (`heavy`, a side input: few values). A key without a heavy value in reach holds at most (width + 1) * q
+    <= bound items; for one with, the unknown values count q each: an upper bound, so a key is split a
+    little early (never late) and the split stays complete whatever the block count."""
+
+    def __init__(self, heavy: dict[int, int], t: int, bound: int):
+        self.t, self.bound = t, bound
+        self.widths = mih_widths(t)
+        self.r = meet_radius(t, self.widths)
+        self.q = bound // (max(self.widths) + 1)
+        self.heavy: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for packed, count in heavy.items():
+            self.heavy.setdefault(packed >> 32, ([], []))[0].append(packed & 0xFFFFFFFF)  # type: ignore[union-attr]
+            self.heavy[packed >> 32][1].append(count)  # type: ignore[union-attr]
+        self.heavy = {j: (np.array(v, dtype=np.uint64), np.array(c, dtype=np.int64))
+                      for j, (v, c) in self.heavy.items()}
+
+    def keys(self, h: int) -> list[tuple[int, int]]:
+        """(packed key j << 32 | v, upper bound on its items, or 0 when it cannot exceed the bound)."""
+        out = []
+        for j, v in item_keys(h, self.t):
+            hv = self.heavy.get(j)
+            n = 0
+            if hv is not None:
+                near = np.bitwise_count(hv[0] ^ np.uint64(v)) <= self.r
+                if near.any():
+                    reach = 1 + self.widths[j] * self.r
+                    n = int(hv[1][near].sum()) + (reach - int(near.sum())) * self.q
+            out.append((j << 32 | v, n if n > self.bound else 0))
+        return out
+
+
+def key_pairs(hashes: list[int], j: int, meet: int, t: int,
+              blocks: list[int] | None = None) -> list[tuple[int, int]]:
+    """Index pairs (i < k) of one key's items that this key owns (within t, first close substring j,
+    canonical meeting value). `blocks`: the items' blocks in a split key's (lo, hi) group with lo != hi,
+    which owns only the pairs across its two blocks (pairs inside one block belong to (b, b))."""
+    if len(hashes) < 2:
+        return []
+    h = np.array(hashes, dtype=np.uint64)
+    i, k = np.nonzero(np.triu(np.bitwise_count(h[:, None] ^ h[None, :]) <= t, 1))
+    if blocks is not None:
+        b = np.asarray(blocks)
+        across = b[i] != b[k]
+        i, k = i[across], k[across]
+    ok = pair_filter(h[i], h[k], j, np.uint64(meet), t, mih_widths(t))
+    return list(zip(i[ok].tolist(), k[ok].tolist()))
 
 
 CHUNK = 1 << 21    # sorted key records handled at a time (cut at group boundaries): bounds temporaries
@@ -223,3 +290,26 @@ def centre_rounds(better: np.ndarray, worse: np.ndarray, n: int, rounds: int) ->
         become = undecided & ~join & ~pending
         centre[become] = np.arange(n)[become]
     return centre, int((centre < 0).sum())
+
+
+# The same rounds one node at a time, as the Beam graph runs them (transforms/dedup.py): a node's status is
+# CENTRE, JOINED (with the centre's key and the pair check that links them) or UNDECIDED; each round a node
+# reads the previous round's status of its better neighbours.
+CENTRE, JOINED, UNDECIDED = "centre", "joined", "undecided"
+
+
+def first_status(has_better: bool) -> tuple:
+    """Round 1: a node with no better neighbour is a centre."""
+    return (UNDECIDED,) if has_better else (CENTRE,)
+
+
+def next_status(status: tuple, better: list[tuple]) -> tuple:
+    """One later round for one node. `better`: (rank, key, uri, status kind, pair detail) per better
+    neighbour. Joins the best centre among them, or becomes a centre once none of them is undecided."""
+    if status[0] != UNDECIDED:
+        return status
+    centres = [m for m in better if m[3] == CENTRE]
+    if centres:
+        _, key, uri, _, how = min(centres)
+        return (JOINED, key, uri, how)
+    return status if any(m[3] == UNDECIDED for m in better) else (CENTRE,)

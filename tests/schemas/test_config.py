@@ -59,7 +59,7 @@ def test_set_overrides_parse_yaml_values():
     ("decode.jpeg_quality=101", "decode.jpeg_quality"),
     ("decode.max_side=-1", "decode.max_side"),
     ("dedup.max_hamming=33", "dedup.max_hamming"),
-    ("dedup.bands=65", "dedup.bands"),
+    ("dedup.max_key_items=8", "dedup.max_key_items"),
     ("sources=[{kind: ftp, path: x}]", "sources[0].kind"),
     ("sources=[{kind: dir, path: ''}]", "sources[0].path"),
     ("filter.min_side=[", "filter.min_side"),          # not YAML

@@ -1,35 +1,32 @@
-"""Dedup stage: LSH banding against brute force, kept-image choice, real near-dups, determinism, and the
-inputs == kept + rejected invariant over decode -> filter -> dedup on the real photos."""
+"""Dedup stage: the Beam graph against brute force + numpy centre rounds (with split keys), no chains, flat
+colours as an exact class, the best copy kept, text cards of one layout kept apart, real near-dups,
+determinism, and the inputs == kept + rejected invariant over decode -> filter -> dedup on the real photos."""
 from __future__ import annotations
 
+import io
 import random
-from collections import defaultdict
+from dataclasses import replace
 from itertools import combinations
 from pathlib import Path
 
 import apache_beam as beam
+import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from polycap.schemas import Reason, Sample
+from polycap.schemas import Hashes, Reason, Sample
 from polycap.schemas.config import DecodeConfig, DedupConfig, FilterConfig
 from polycap.transforms.decode import DecodeImages, decode_sample
-from polycap.transforms.dedup import (
-    DedupImages,
-    Member,
-    UnionFind,
-    band_keys,
-    band_widths,
-    bucket_edges,
-    choose_kept,
-    components,
-    hamming,
-    n_bands,
-)
+from polycap.transforms.dedup import DedupImages, rank
 from polycap.transforms.filters import FilterSamples
+from polycap.transforms.neardup import centre_rounds
 from tests.conftest import jpeg_bytes, make_sample
+
+FONTS = {"en": "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+         "ko": "/usr/share/fonts/truetype/nanum/NanumGothic.ttf"}
 
 
 def flip_bits(h: int, k: int, rng: random.Random) -> int:
@@ -38,62 +35,137 @@ def flip_bits(h: int, k: int, rng: random.Random) -> int:
     return h
 
 
-def lsh_groups(members: list[Member], cfg: DedupConfig) -> dict[str, tuple[str, str, int]]:
-    """The Beam graph of DedupImages, run with plain dicts: bands -> buckets -> edges -> components."""
-    buckets = defaultdict(list)
-    for m in members:
-        for bk in band_keys(m.phash, band_widths(n_bands(cfg))):
-            buckets[bk].append(m)
-    edges = [e for (band, _), ms in sorted(buckets.items()) for e in bucket_edges(band, ms, cfg)]
-    return dict(components(edges))
+def hashed(i: int, h: int, area: int = 10_000) -> Sample:
+    """A sample that carries only a content pHash (no thumbnail: the pHash decides) and a content area."""
+    s = make_sample(f"sample {i}".encode(), uri=f"u{i:04d}")
+    return replace(s, hashes=Hashes(sha256=s.hashes.sha256, content_phash=f"{h:016x}",
+                                    content_box=[0, 0, area, 1], quality=90))
 
 
-def brute_force(members: list[Member], t: int) -> dict[str, tuple[str, str, int]]:
-    uf = UnionFind()
-    for a, b in combinations(members, 2):
-        if hamming(a.phash, b.phash) <= t:
-            uf.union(a.key, b.key)
-    comp = defaultdict(list)
-    for m in members:
-        comp[uf.find(m.key)].append(m)
-    out = {}
-    for ms in comp.values():
-        kept = choose_kept(ms)
-        out.update({m.key: (kept.key, kept.uri, hamming(m.phash, kept.phash)) for m in ms if m is not kept})
+def run_dedup(samples: list[Sample], cfg: DedupConfig, check_kept, check_rejects) -> None:
+    with TestPipeline() as p:
+        kept, rejects = p | beam.Create(samples) | DedupImages(cfg)
+        assert_that(kept | "KeptKeys" >> beam.Map(lambda s: s.key), check_kept, label="kept")
+        assert_that(rejects, check_rejects, label="rejects")
+
+
+def test_beam_graph_drops_what_brute_force_pairs_and_centre_rounds_drop():
+    """Multi-index keys (some split into blocks: max_key_items=16 with a 60-copy hot cluster), verified
+    pairs and clustering rounds in Beam give exactly the numpy centre rounds over brute-force pairs."""
+    rng = random.Random(1)
+    hashes = []
+    for _ in range(120):                      # unrelated hashes, some with planted near copies
+        h = rng.getrandbits(64)
+        hashes += [h] + [flip_bits(h, rng.randint(0, 10), rng) for _ in range(rng.choice([0, 0, 1, 3]))]
+    hot = rng.getrandbits(64)
+    hashes += [flip_bits(hot, rng.randint(0, 6), rng) for _ in range(60)]
+    samples = [hashed(i, h, area=rng.randint(1, 9) * 1000) for i, h in enumerate(hashes)]
+    order = sorted(range(len(samples)), key=lambda i: rank(samples[i]))     # node id = rank position
+    pos = {i: n for n, i in enumerate(order)}
+    t = 8
+    better, worse = [], []
+    for i, k in combinations(range(len(samples)), 2):
+        if (hashes[i] ^ hashes[k]).bit_count() <= t:
+            better.append(min(pos[i], pos[k]))
+            worse.append(max(pos[i], pos[k]))
+    centre, _ = centre_rounds(np.array(better), np.array(worse), len(samples), rounds=4)
+    want_dropped = {samples[order[n]].key: samples[order[c]].key for n, c in enumerate(centre) if c not in (n, -1)}
+    assert len(want_dropped) > 60
+
+    def check_rejects(rows):
+        got = {r.key: r.detail.split()[3] for r in rows}
+        assert got == want_dropped
+        assert all(r.reason == Reason.DUPLICATE for r in rows)
+
+    run_dedup(samples, DedupConfig(max_hamming=t, max_key_items=16), lambda keys: None, check_rejects)
+
+
+def test_no_chain_merge_beyond_the_radius():
+    """a ~ b and b ~ c within t, a and c 10 bits apart: b joins a, c stays (it is never dropped via b)."""
+    a = 0x0F0F_F0F0_3C3C_C3C3
+    b = a ^ 0b11111                           # 5 bits from a
+    c = b ^ (0b11111 << 20)                   # 5 bits from b, 10 from a
+    samples = [hashed(0, a, area=3000), hashed(1, b, area=2000), hashed(2, c, area=1000)]
+
+    def check_rejects(rows):
+        assert [(r.key, r.detail.split()[3]) for r in rows] == [(samples[1].key, samples[0].key)]
+
+    run_dedup(samples, DedupConfig(max_hamming=8), equal_to([samples[0].key, samples[2].key]), check_rejects)
+
+
+def png_bytes(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def jpeg_of(im: Image.Image, q: int) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=q)
+    return buf.getvalue()
+
+
+def decoded(data: bytes, uri: str, **kw) -> Sample:
+    out = decode_sample(make_sample(data, uri=uri, **kw), DecodeConfig())
+    assert isinstance(out, Sample)
     return out
 
 
-def test_bands_cover_64_bits_and_pigeonhole_holds():
-    rng = random.Random(0)
-    for t in (0, 3, 8, 12):
-        widths = band_widths(t + 1)
-        assert sum(widths) == 64 and max(widths) - min(widths) <= 1
-        for _ in range(300):
-            a = rng.getrandbits(64)
-            b = flip_bits(a, rng.randint(0, t), rng)
-            assert any(x == y for x, y in zip(band_keys(a, widths), band_keys(b, widths)))
+def test_flat_colours_are_one_exact_class_each():
+    red_big = decoded(png_bytes(Image.new("RGB", (400, 300), (200, 30, 30))), "red_big")
+    red_small = decoded(jpeg_bytes(120, 90, (201, 31, 29)), "red_small")
+    blue = decoded(png_bytes(Image.new("RGB", (400, 300), (30, 30, 200))), "blue")
+    assert red_big.hashes.solid == red_small.hashes.solid != blue.hashes.solid
+
+    def check_rejects(rows):
+        assert [(r.source_uri, r.detail.split()[3]) for r in rows] == [("red_small", red_big.key)]
+        assert "flat colour" in rows[0].detail
+
+    run_dedup([red_big, red_small, blue], DedupConfig(), equal_to([red_big.key, blue.key]), check_rejects)
 
 
-def test_lsh_finds_exactly_the_brute_force_components():
-    rng = random.Random(1)
-    members = []
-    for i in range(150):                      # 150 unrelated hashes, some with planted near copies
-        h = rng.getrandbits(64)
-        members.append(Member(f"k{i:04d}", h, rng.randint(1, 9) * 100, f"u{i}"))
-        for j in range(rng.choice([0, 0, 1, 3])):
-            members.append(Member(f"k{i:04d}_{j}", flip_bits(h, rng.randint(0, 10), rng), rng.randint(1, 9) * 100,
-                                  f"u{i}_{j}"))
-    for t in (4, 8):
-        cfg = DedupConfig(max_hamming=t)
-        got = lsh_groups(members, cfg)
-        assert got == brute_force(members, t)
-        assert got                            # planted pairs within t exist, so something merged
+def card(text: str, lang: str = "en", size: tuple[int, int] = (800, 450)) -> Image.Image:
+    """One layout for every card: plain background, the text in two lines at the same place."""
+    im = Image.new("RGB", size, (246, 244, 238))
+    d = ImageDraw.Draw(im)
+    f = ImageFont.truetype(FONTS[lang], 34)
+    words = text.split()
+    for n, line in enumerate((" ".join(words[:len(words) // 2]), " ".join(words[len(words) // 2:]))):
+        d.text((60, 170 + 60 * n), line, fill=(30, 30, 40), font=f)
+    return im
 
 
-def test_kept_is_largest_area_then_smallest_key():
-    a, b, c = Member("b", 1, 100, "u1"), Member("a", 1, 100, "u2"), Member("c", 1, 50, "u3")
-    assert choose_kept([a, b, c]).key == "a"
-    assert choose_kept([c, Member("z", 3, 900, "u")]).key == "z"
+def test_best_copy_is_kept_and_border_crop_recompress_variants_merge(eval_dir):
+    """A lossless original beats a framed copy (same content area, an added border), a q30 recompression
+    (lower quality, though it carries a caption) and a 5 % crop (smaller); all three name it as kept."""
+    im = Image.open(eval_dir / "photos/skimage/coffee.png").convert("RGB")      # 600x400
+    orig = decoded(png_bytes(im), "z_original.png")
+    framed = decoded(jpeg_of(ImageOps.expand(im, 24, fill=(0, 0, 0)), 95), "a_framed.jpg")
+    q30 = decoded(jpeg_of(im, 30), "b_q30.jpg", orig_caption="a caption")
+    cw, ch = round(600 * 0.975), round(400 * 0.975)
+    crop = decoded(jpeg_of(im.crop((8, 4, 8 + cw, 4 + ch)), 92), "c_crop5.jpg")
+    assert framed.hashes.bordered and not orig.hashes.bordered
+    assert framed.hashes.content_box == [24, 24, 624, 424] and orig.hashes.content_box == [0, 0, 600, 400]
+    assert orig.hashes.quality == 100 and q30.hashes.quality == 30
+
+    def check_rejects(rows):
+        assert sorted(r.source_uri for r in rows) == ["a_framed.jpg", "b_q30.jpg", "c_crop5.jpg"]
+        for r in rows:
+            assert r.detail.startswith(f"near duplicate of {orig.key} (pHash Hamming"), r.detail
+            assert "detail correlation" in r.detail and "kept z_original.png" in r.detail
+
+    run_dedup([framed, q30, crop, orig], DedupConfig(), equal_to([orig.key]), check_rejects)
+
+
+def test_distinct_text_cards_of_one_layout_are_not_merged():
+    texts = [("Welsh AMs worried about looking like muppets", "en"),
+             ("Plans to change the name of the assembly", "en"),
+             ("The assembly will change its name soon", "en"),
+             ("Members of the assembly are worried", "en"),
+             ("웨일스 의회 의원들은 바보처럼 보일까 걱정한다", "ko"),
+             ("의회의 이름을 바꾸려는 계획이 있다", "ko")]
+    samples = [decoded(png_bytes(card(t, lang)), f"card{i}") for i, (t, lang) in enumerate(texts)]
+    run_dedup(samples, DedupConfig(), equal_to([s.key for s in samples]), equal_to([]))
 
 
 def near_dup_samples(eval_dir: Path) -> list[Sample]:
@@ -110,8 +182,8 @@ def near_dup_samples(eval_dir: Path) -> list[Sample]:
 def test_dedup_images_on_real_near_duplicates(eval_dir):
     samples = near_dup_samples(eval_dir)
     china_keys = {s.key for s in samples if "china" in s.source.uri}
-    # china.jpg (640x427) and its q30/watermark copies have the same area: smallest key wins
-    kept_china = min(s.key for s in samples if "china" in s.source.uri and s.image.width == 640)
+    # china.jpg (640x427) and its q30/watermark copies have the same content area: the highest quality wins
+    kept_china = next(s.key for s in samples if s.source.uri == "photos/sklearn/china.jpg")
     with TestPipeline() as p:
         kept, rejects = p | beam.Create(samples) | DedupImages(DedupConfig())
         assert_that(kept | "K" >> beam.Map(lambda s: s.source.uri), equal_to(sorted(
@@ -177,7 +249,7 @@ def photo_inputs(eval_dir: Path) -> list[tuple[str, str]]:
 
 def test_chain_on_real_photos_conserves_inputs(eval_dir, tmp_path):
     samples = photo_inputs(eval_dir)
-    samples.append(samples[3])                          # the same input listed twice
+    samples.append(next(x for x in samples if x[1] == "photos/skimage/coffee.png"))   # listed twice
     lines = run_chain_to_text(samples, tmp_path / "a.txt", [])
     assert len(lines) == len(samples)                   # inputs == kept + rejected
     kept = [ln for ln in lines if ln.startswith("kept")]
@@ -190,7 +262,8 @@ def test_chain_on_real_photos_conserves_inputs(eval_dir, tmp_path):
         assert [v for k, v in reasons.items() if k.endswith(name)] == [want], name
     for name in ("newtonscradle.gif", "Nikon_uncompressed.nef"):
         assert any(ln.split("\t")[2].endswith(name) for ln in kept), name
-    assert sum(r[4] == "duplicate" for r in rejected) >= 1   # the repeated input at least
+    dups = [r for r in rejected if r[4] == "duplicate"]
+    assert [r[2] for r in dups if "exact duplicate" in r[5]] == ["photos/skimage/coffee.png"]
 
 
 @pytest.mark.slow
