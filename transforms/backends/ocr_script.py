@@ -437,8 +437,10 @@ class ScriptRouter:
                 res.unsupported.append("vi")       # PP-OCR dropped the letters it has no glyph for
             elif suspect and self.ko is None and (not text or (han_count(text) and not self.cjk_langs)):
                 res.unsupported.append("ko")       # likely Hangul: PP-OCR has no glyph for it
-            elif suspect and text and han_count(text) and not self.cjk_langs:
-                res.unsupported.append("unknown")  # Han-like garbage the Korean recognizer did not read either
+            elif suspect and text and han_count(text) and not self.cjk_langs and box_aspect(quad) >= 2:
+                # Han-like garbage on a text line the Korean recognizer did not read either (a square box is
+                # more often an emblem: ger_1.jpg's coat of arms reads as one Han character)
+                res.unsupported.append("unknown")
             elif not text:
                 continue                           # a box with nothing readable (photo texture): dropped as before
             else:
