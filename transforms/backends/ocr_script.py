@@ -103,9 +103,9 @@ def is_vietnamese(text: str) -> bool:
 def box_aspect(quad: list[float]) -> float:
     """Width / height of a line quad (8 floats, clockwise from top-left)."""
     p = np.asarray(quad[:8], dtype=np.float64).reshape(4, 2)
-    w = (np.linalg.norm(p[1] - p[0]) + np.linalg.norm(p[2] - p[3])) / 2
-    h = (np.linalg.norm(p[3] - p[0]) + np.linalg.norm(p[2] - p[1])) / 2
-    return float(w / max(h, 1.0))
+    w = float(np.linalg.norm(p[1] - p[0]) + np.linalg.norm(p[2] - p[3])) / 2
+    h = float(np.linalg.norm(p[3] - p[0]) + np.linalg.norm(p[2] - p[1])) / 2
+    return w / max(h, 1.0)
 
 
 def is_suspect(text: str, score: float, quad: list[float], cjk_langs: bool) -> bool:
@@ -126,7 +126,8 @@ def crop_quad(rgb: np.ndarray, quad: list[float], min_height: int = 32) -> np.nd
     w = int(round(max(np.linalg.norm(pts[0] - pts[1]), np.linalg.norm(pts[2] - pts[3]))))
     h = int(round(max(np.linalg.norm(pts[0] - pts[3]), np.linalg.norm(pts[1] - pts[2]))))
     w, h = max(w, 1), max(h, 1)
-    m = cv2.getPerspectiveTransform(pts, np.float32([[0, 0], [w, 0], [w, h], [0, h]]))
+    dst = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)
+    m = cv2.getPerspectiveTransform(pts, dst)
     out = cv2.warpPerspective(rgb, m, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
     if h < min_height:
         s = min_height / h
@@ -353,8 +354,8 @@ class ScriptRouter:
     """Re-reads lines by script with the installed recognizers. One per worker (see OcrRunner)."""
 
     def __init__(self, found: dict[str, Path], langs: list[str]):
-        tessdata = found.get(TESS) and found[TESS] / "tessdata"
-        have = {p.name.split(".")[0] for p in tessdata.glob("*.traineddata")} if tessdata else set()
+        tessdata = found[TESS] / "tessdata" if TESS in found else Path()
+        have = {p.name.split(".")[0] for p in tessdata.glob("*.traineddata")} if TESS in found else set()
         self.ko = TesseractLines(tessdata, "kor") if "kor" in have else None
         self.eng = TesseractLines(tessdata, "eng") if "eng" in have and self.ko else None
         self.vi: TesseractLines | TrueOcrLines | None = None
