@@ -85,32 +85,42 @@ def _clear_staging_after(counts: dict[str, int], out: str) -> dict[str, int]:
 
 
 def caption_plan(cfg: Config) -> tuple[bool, str]:
-    """Whether the caption stage runs, and the line the run summary prints about it."""
-    if not cfg.caption.enabled or cfg.caption.backend == "none":
+    """Whether the caption stage runs, and the line the run summary prints about it: decided from the config
+    alone. Whether vLLM, the checkpoint or the endpoint is there is checked by each worker in `load_model`
+    (the launcher may have no GPU, no vLLM and no route to the model), and a worker without it fails the job
+    naming the fix. Only an openai backend with no endpoint at all (nor $POLYCAP_CAPTION_ENDPOINT) is
+    decided here: captioning is not configured, and the source alt-text is carried forward."""
+    c = cfg.caption
+    if not c.enabled or c.backend == "none":
         return False, "caption: disabled; source captions (alt-text) carried forward as English text"
-    from polycap.transforms.caption import caption_endpoint_status
+    from polycap.transforms.caption import ENDPOINT_ENV, resolve_endpoint
 
-    usable, msg = caption_endpoint_status(cfg.caption)
-    if not usable:
-        return False, f"caption: NOT RUN — {msg}; source captions (alt-text) carried forward, none invented"
-    return True, f"caption: {cfg.caption.backend} {cfg.caption.model} ({msg})"
+    if c.backend == "openai" and not resolve_endpoint(c):
+        return False, (f"caption: NOT RUN — captioning is not configured (no caption.endpoint nor ${ENDPOINT_ENV}); "
+                       "source captions (alt-text) carried forward, none invented")
+    where = f" at {resolve_endpoint(c)}" if c.backend == "openai" else ""
+    return True, f"caption: {c.backend} {c.model or '(served model)'}{where} (model checked on each worker)"
 
 
 def translate_plan(cfg: Config) -> tuple[bool, str]:
-    """Whether the translate stage runs; an OpenAI-compatible endpoint must be configured and answer."""
+    """Whether the translate stage runs, from the config alone (as `caption_plan`): an openai backend needs
+    an endpoint; the workers check that it answers."""
     t = cfg.translate
     if not t.enabled or t.backend == "none":
         return False, "translate: disabled"
-    if t.backend == "openai":
-        from polycap.transforms.caption import served_models
+    if t.backend == "openai" and not t.endpoint:
+        return False, "translate: NOT RUN — no translate.endpoint configured; no translation invented"
+    return True, f"translate: {t.backend} {t.model} -> {', '.join(t.to)} (model checked on each worker)"
 
-        if not t.endpoint:
-            return False, "translate: NOT RUN — no translate.endpoint configured; no translation invented"
-        try:
-            served_models(t.endpoint.rstrip("/"), t.api_key_env)
-        except (OSError, ValueError) as e:
-            return False, f"translate: NOT RUN — GET {t.endpoint}/models failed ({getattr(e, 'reason', e)})"
-    return True, f"translate: {t.backend} {t.model} -> {', '.join(t.to)}"
+
+def runner_name(args: list[str]) -> str:
+    """The Beam runner named in the pipeline args (`--runner=X` or `--runner X`), DirectRunner by default."""
+    for i, a in enumerate(args):
+        if a.startswith("--runner="):
+            return a.split("=", 1)[1]
+        if a == "--runner" and i + 1 < len(args):
+            return args[i + 1]
+    return "DirectRunner"
 
 
 def check_sources(cfg: Config) -> None:
@@ -129,15 +139,24 @@ def check_sources(cfg: Config) -> None:
             raise ConfigError(f"sources[{i}].path: {path} does not exist")
 
 
-def preflight(cfg: Config) -> list[str]:
-    """Checks that must fail once, before any work (inputs exist, models present, endpoints reachable)."""
+def preflight(cfg: Config, remote: bool = False) -> list[str]:
+    """Checks that must fail once, before any work (local inputs exist; OCR models present when the launcher
+    is also the worker). With a `remote` runner the workers hold the models: OCR models missing here are a
+    note, and each worker checks its own in `load_model` (failing the job with the fix if they are missing)."""
     check_sources(cfg)
     notes = []
     if cfg.ocr.enabled:
-        from polycap.transforms.backends.ocr_models import script_notes
+        from polycap.transforms.backends.ocr_models import OcrModelError, script_notes
         from polycap.transforms.ocr import check_ocr_models
 
-        models = check_ocr_models(cfg.ocr)  # raises with a message naming the missing files
+        try:
+            models = check_ocr_models(cfg.ocr)  # raises with a message naming the missing files
+        except OcrModelError as e:
+            if not remote:
+                raise
+            notes.append(f"ocr: {cfg.ocr.backend} on {cfg.ocr.device}; models not on this launcher "
+                         f"({str(e).splitlines()[0][:160]}): each worker checks its own")
+            return notes
         notes.append(f"ocr: {cfg.ocr.backend} on {cfg.ocr.device}")
         notes.extend(script_notes(models, list(cfg.ocr.langs)))  # a script read as unsupported_script: the fix
     return notes
@@ -232,7 +251,8 @@ def run(cfg: Config, pipeline_args: list[str] | None = None, config_path: str | 
     fs.configure(args)            # the launcher's own reads and writes use the job's filesystem options
     out = fs.abs_path(cfg.output)
     fs.mkdirs(out)
-    notes = preflight(cfg)
+    runner = runner_name(args)
+    notes = preflight(cfg, remote=runner not in ("DirectRunner", "direct", "PrismRunner", "prism"))
     run_caption, caption_note = caption_plan(cfg)
     run_translate, translate_note = translate_plan(cfg)
     notes.extend([caption_note, translate_note])
@@ -242,7 +262,7 @@ def run(cfg: Config, pipeline_args: list[str] | None = None, config_path: str | 
     fs.write_json(fs.join(out, "_run.json"), {
         "run_id": run_id, "config": to_dict(cfg), "config_path": config_path, "code_version": code_version(),
         "schema_version": SCHEMA_VERSION, "pipeline_args": args, "python": sys.version.split()[0],
-        "runner": next((a.split("=", 1)[1] for a in args if a.startswith("--runner=")), "DirectRunner"),
+        "runner": runner,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "notes": notes,
     })
     for n in notes:

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
-import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from polycap.schemas import Caption, OcrResult, Reason, Reject, Sample, now_iso
 from polycap.schemas.config import CaptionConfig, CaptionRoute, EndpointConfig, endpoint_of
 from polycap.sharding.staging import image_bytes
 from polycap.transforms.backends.base import GenBackend, GenModelHandler, GenRequest
+from polycap.transforms.backends.gen_openai import served_models  # noqa: F401 - re-exported
 from polycap.transforms.cache import ResultCache, cache_key
 from polycap.transforms.caption_gates import GateConfig, run_gates
 from polycap.transforms.langid import language_name
@@ -218,17 +217,6 @@ def finish_outcome(outcome: tuple[CaptionJob, list[Attempt], str]) -> Sample | R
 # ---- backend spec and endpoint checks -------------------------------------------------------------------
 def resolve_endpoint(cfg: CaptionConfig) -> str:
     return (cfg.endpoint or os.environ.get(ENDPOINT_ENV, "")).rstrip("/")
-
-
-def served_models(endpoint: str, api_key_env: str = "", timeout_s: float = 5.0) -> list[str]:
-    """GET <endpoint>/models (OpenAI protocol); raises OSError/ValueError when it does not answer."""
-    req = urllib.request.Request(f"{endpoint}/models")
-    key = os.environ.get(api_key_env, "") if api_key_env else ""
-    if key:
-        req.add_header("Authorization", f"Bearer {key}")
-    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-        data = json.loads(resp.read().decode("utf-8"))
-    return [str(m.get("id", "")) for m in data.get("data", [])]
 
 
 def caption_endpoint_status(cfg: CaptionConfig) -> tuple[bool, str]:

@@ -366,14 +366,17 @@ class _DownloadDoFn(PooledDoFn, IngestDoFn):
 
 
 class DownloadUrls(beam.PTransform):
-    """PCollection of URL-list file paths -> (samples, rejects): rows read, shuffled, downloaded."""
+    """PCollection of URL-list file paths -> (samples, rejects): list files spread (the listing is one
+    element's work, so without a shuffle every list would be parsed in that one bundle), each parsed on its
+    own worker, rows shuffled, downloaded."""
 
     def __init__(self, src: SourceConfig, cfg: IngestConfig):
         super().__init__()
         self.src, self.cfg = src, cfg
 
     def expand(self, paths):
-        rows, list_rejects = route_stage(paths, "ReadLists", _ReadUrlListDoFn(self.src, self.cfg), STAGE, partial=True)
+        lists = paths | "SpreadLists" >> beam.Reshuffle()
+        rows, list_rejects = route_stage(lists, "ReadLists", _ReadUrlListDoFn(self.src, self.cfg), STAGE, partial=True)
         fetched, fetch_rejects = route_stage(rows | "Spread" >> beam.Reshuffle(), "Download",
                                              _DownloadDoFn(self.src, self.cfg), STAGE)
         return fetched, (list_rejects, fetch_rejects) | "Rejects" >> beam.Flatten()

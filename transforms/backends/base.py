@@ -87,6 +87,16 @@ class GenBackend(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         pass
 
+    @classmethod
+    def check_available(cls, spec: EndpointConfig) -> None:
+        """Raise (with the fix in the message) when this worker cannot use the model; run in `load_model`,
+        where the model runs, never on the launcher (which may lack vLLM, the GPU or the network path)."""
+        return None
+
+
+class ModelUnavailableError(RuntimeError):
+    """A worker cannot load or reach its model: the job fails with this one message, never a silent skip."""
+
 
 def map_image_parts(messages: Sequence[dict[str, Any]], images: Sequence[bytes],
                     convert: Callable[[bytes], dict[str, Any]]) -> list[dict[str, Any]]:
@@ -121,10 +131,22 @@ class GenModelHandler(ModelHandler[GenRequest, PredictionResult, GenBackend]):
                  where: str = "backend"):
         self.spec = spec
         self.backend_cls = backend_class(spec.backend, where)   # resolved on the launcher, pickled by reference
+        self.where = where
         self._batch = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
 
     def load_model(self) -> GenBackend:
-        return self.backend_cls(self.spec)
+        """Checks on the worker that the model is there (vLLM installed, checkpoint present, endpoint
+        answering and serving the model) and fails the job with one message naming the fix if not."""
+        field = self.where.rsplit(".", 1)[0]
+        try:
+            self.backend_cls.check_available(self.spec)
+            return self.backend_cls(self.spec)
+        except ModelUnavailableError as e:
+            raise ModelUnavailableError(f"{field}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - ImportError, missing checkpoint, bad option: say which and how
+            raise ModelUnavailableError(
+                f"{field}: backend {self.spec.backend!r} (model {self.spec.model!r}) cannot load on this worker: "
+                f"{type(e).__name__}: {e}") from e
 
     def run_inference(self, batch: Sequence[GenRequest], model: GenBackend,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:

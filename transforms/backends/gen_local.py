@@ -225,7 +225,8 @@ class LocalBackend(GenBackend):
             model_dir, gguf = find_gemma_gguf()
             opts.setdefault("quality", "smoke")
         if not model_dir or not os.path.isdir(model_dir):
-            raise ValueError(f"backend 'local' needs `model` to be a checkpoint directory, got {spec.model!r}")
+            raise ValueError(f"backend 'local' needs `model` to be a checkpoint directory on this worker, got "
+                             f"{spec.model!r}: bake it into the worker image or mount it at that path")
         self.quality: str | None = "smoke" if opts.get("quality") == "smoke" else None
         self.model_id = opts.get("model_name") or (f"{model_dir}/{gguf}" if gguf else model_dir)
         self.device = resolve_device(spec.device, torch.cuda.is_available())

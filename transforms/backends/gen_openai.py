@@ -88,6 +88,20 @@ def parse_completion(resp: Any, fallback_model: str) -> tuple[str, str, str]:
     return text, choice.finish_reason or "stop", getattr(resp, "model", None) or fallback_model
 
 
+def served_models(endpoint: str, api_key_env: str = "", timeout_s: float = 5.0) -> list[str]:
+    """GET <endpoint>/models (OpenAI protocol); raises OSError/ValueError when it does not answer."""
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(f"{endpoint.rstrip('/')}/models")
+    key = os.environ.get(api_key_env, "") if api_key_env else ""
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        data = json.loads(resp.read().decode("utf-8"))
+    return [str(m.get("id", "")) for m in data.get("data", [])]
+
+
 # -- the backend -----------------------------------------------------------------------------------
 class OpenAIBackend(GenBackend):
     """AsyncOpenAI client on one event loop per worker; our own retries (the SDK's are disabled).
@@ -98,6 +112,30 @@ class OpenAIBackend(GenBackend):
     """
 
     name = "openai"
+
+    @classmethod
+    def check_available(cls, spec: EndpointConfig) -> None:
+        """On the worker: the endpoint answers GET /models (3 tries) and serves `spec.model` if it lists any."""
+        import time
+
+        from polycap.transforms.backends.base import ModelUnavailableError
+
+        if not spec.endpoint:
+            raise ModelUnavailableError("backend 'openai' needs `endpoint` (e.g. http://127.0.0.1:8000/v1)")
+        for attempt in range(3):
+            try:
+                models = served_models(spec.endpoint, spec.api_key_env, timeout_s=min(spec.timeout_s, 10.0))
+                break
+            except (OSError, ValueError) as e:
+                if attempt == 2:
+                    raise ModelUnavailableError(
+                        f"endpoint {spec.endpoint} does not answer from this worker: GET /models failed "
+                        f"({getattr(e, 'reason', None) or e}); start the server, or set the endpoint to an address "
+                        "the workers can reach (not the launcher's localhost on a cluster)") from None
+                time.sleep(1.0 + attempt)
+        if spec.model and models and spec.model not in models:
+            raise ModelUnavailableError(f"endpoint {spec.endpoint} does not serve {spec.model!r} (it serves "
+                                        f"{', '.join(models)}): set the model to one it serves")
 
     def __init__(self, spec: EndpointConfig):
         super().__init__(spec)

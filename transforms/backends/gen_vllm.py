@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -20,7 +21,8 @@ _SAMPLING_KEYS = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "seed"
 _LLM_KEYS = ("max_model_len", "gpu_memory_utilization", "dtype", "limit_mm_per_prompt", "trust_remote_code",
              "tensor_parallel_size", "enforce_eager", "max_num_seqs", "mm_processor_kwargs", "seed",
              "quantization", "tokenizer", "kv_cache_dtype")
-VLLM_MISSING = "backend 'vllm' needs vLLM on a GPU worker: `pip install polycap[vllm]` (pulls CUDA torch)"
+VLLM_MISSING = ("backend 'vllm' needs vLLM on a GPU worker: run the workers on the image built from "
+                "Dockerfile.gpu (`--sdk_container_image`), or `pip install polycap[vllm]` there (pulls CUDA torch)")
 
 
 # -- pure request building (tested without vLLM) --------------------------------------------------
@@ -106,6 +108,20 @@ class VllmBackend(GenBackend):
         self._sampling_params = sampling_params_cls
         self._lock = threading.Lock()
         self.llm = llm
+
+    @classmethod
+    def check_available(cls, spec: EndpointConfig) -> None:
+        """On the worker: vLLM importable and a checkpoint path (not a hub id) present."""
+        import importlib.util
+
+        from polycap.transforms.backends.base import ModelUnavailableError
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ModelUnavailableError(VLLM_MISSING)
+        if spec.model.startswith(("/", "./")) and not os.path.isdir(spec.model):
+            raise ModelUnavailableError(
+                f"backend 'vllm': checkpoint {spec.model} is not on this worker: bake it into the worker image "
+                "(Dockerfile.gpu copies ./models to /models) or mount it at that path on every worker")
 
     def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
         with self._lock:  # vllm.LLM is not thread-safe; RunInference may share it between threads

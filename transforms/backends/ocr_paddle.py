@@ -61,6 +61,22 @@ def det_kwargs(cfg: Any, height: int, width: int) -> dict[str, Any]:
     return kw
 
 
+def check_gpu_runtime(cfg: Any) -> None:
+    """On the worker: `ocr.device: gpu:N` with the onnxruntime engine needs ONNX Runtime's CUDA provider."""
+    if cfg.engine != "onnxruntime" or not str(cfg.device).startswith("gpu"):
+        return
+    try:
+        import onnxruntime as ort
+        providers = ort.get_available_providers()
+    except ImportError:
+        providers = []
+    if "CUDAExecutionProvider" not in providers:
+        raise OcrModelError(f"ocr.device: {cfg.device} needs ONNX Runtime's CUDAExecutionProvider on this worker "
+                            f"(it has {', '.join(providers) or 'no onnxruntime'}): run the workers on the image "
+                            "built from Dockerfile.gpu, or `pip install 'polycap[ocr-gpu]'` there (onnxruntime-gpu "
+                            "instead of onnxruntime), or set ocr.device: cpu")
+
+
 class PaddleOcrEngine:
     """Loaded once per worker; `recognize(rgb)` -> [(text, quad 8 floats in pixels, score)]."""
 
@@ -70,6 +86,7 @@ class PaddleOcrEngine:
             import paddleocr
         except ImportError:
             raise OcrModelError("ocr.backend=paddleocr needs PaddleOCR: `pip install 'polycap[ocr]'`") from None
+        check_gpu_runtime(cfg)
         try:
             self.pipeline = paddleocr.PaddleOCR(**paddle_kwargs(cfg, models))
         except Exception as e:  # noqa: BLE001 - PaddleX wraps model errors in many types; say which models failed
