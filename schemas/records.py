@@ -8,7 +8,8 @@ from typing import Any
 from polycap.schemas.reasons import Reason
 
 # Bump on any change to the dataclasses below or to schemas/arrow.py.
-SCHEMA_VERSION = "1.2.0"   # 1.1.0: ImageInfo.ref (staged image bytes); 1.2.0: near-dup signature in Hashes
+SCHEMA_VERSION = "2.0.0"   # 1.1.0: ImageInfo.ref (staged image bytes); 1.2.0: near-dup signature in Hashes
+# 2.0.0: the shard json has one fixed schema (sharding/record_json.py, schemas/shard_sample.schema.json)
 
 
 def now_iso() -> str:

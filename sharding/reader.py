@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from polycap.sharding import fs
+from polycap.sharding import fs, record_json
 from polycap.sharding.members import SHARD_RE, split_member, text_lang
 
 
@@ -20,8 +20,10 @@ class ShardSample:
     key: str
     jpg: bytes = b""
     json: dict[str, Any] = field(default_factory=dict)
-    texts: dict[str, str] = field(default_factory=dict)   # lang -> text
+    texts: dict[str, str] = field(default_factory=dict)   # lang -> text (as the json spells the tag)
     shard: str = ""
+    txt: str = ""                                          # the primary caption member `{key}.txt`
+    raw: dict[str, Any] = field(default_factory=dict)      # the json member as written (record_json.py)
 
 
 def list_shards(path: str) -> list[str]:
@@ -37,8 +39,16 @@ def list_shards(path: str) -> list[str]:
 
 
 def _finish(cur: ShardSample, shard: str) -> ShardSample:
-    if not cur.jpg or not cur.json:
+    """Check the sample and turn its json into the record's dict shape (`record_json.record_from_json`);
+    text members are keyed by the language tag the json names for them (`pt-br.txt` -> "pt-BR")."""
+    if not cur.jpg or not cur.raw:
         raise ShardError(f"{shard}: sample {cur.key} lacks jpg or json")
+    try:
+        cur.json = record_json.record_from_json(cur.raw)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ShardError(f"{shard}: sample {cur.key} json breaks the shard schema ({e})") from e
+    by_member = {member[: -len(".txt")]: lang for lang, member in record_json.langs_of(cur.raw)}
+    cur.texts = {by_member.get(m, m): t for m, t in cur.texts.items()}
     return cur
 
 
@@ -90,7 +100,9 @@ def iter_shard(path: str) -> Iterator[ShardSample]:
                 if ext == "jpg":
                     cur.jpg = data
                 elif ext == "json":
-                    cur.json = json.loads(data)
+                    cur.raw = json.loads(data)
+                elif ext == "txt":
+                    cur.txt = data.decode("utf-8")
                 elif (lang := text_lang(ext)) is not None:
                     cur.texts[lang] = data.decode("utf-8")
     except (tarfile.TarError, EOFError, OSError, json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -54,7 +54,7 @@ def _table_from_tars(shards_dir: str, names: list[str]) -> pa.Table:
             rows.append({"key": s.key, "split": split, "shard": name,
                          "source_uri": source.get("uri"), "source_name": source.get("name"),
                          "width": image.get("width"), "height": image.get("height"),
-                         "languages": sorted(s.texts)})
+                         "languages": sorted(s.json.get("captions") or {})})
     schema = pa.schema([mf.MANIFEST_SCHEMA.field(n) for n in
                         ("key", "split", "shard", "source_uri", "source_name", "width", "height", "languages")])
     return pa.Table.from_pylist(rows, schema=schema)

@@ -7,7 +7,7 @@ import tarfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from polycap.sharding import fs
+from polycap.sharding import fs, record_json
 from polycap.sharding import manifest as mf
 from polycap.sharding.image_format import sniff_format
 from polycap.sharding.members import SHARD_RE, split_member, text_lang
@@ -59,12 +59,25 @@ def _check_sample(name: str, key: str, parts: dict[str, bytes], errors: list[str
     if not isinstance(rec, dict) or rec.get("key") != key:
         errors.append(f"{name}: sample {key} json key is {rec.get('key') if isinstance(rec, dict) else rec!r}")
         return
+    for ext in parts:
+        if ext.endswith("txt"):
+            try:
+                parts[ext].decode("utf-8")
+            except UnicodeDecodeError:
+                errors.append(f"{name}: sample {key} {ext} is not UTF-8")
+    if record_json.is_v2(rec):
+        declared = {m for _, m in record_json.langs_of(rec)}
+        expected = {"jpg", "json", "txt"} | declared
+        if set(parts) != expected:
+            errors.append(f"{name}: sample {key} members {sorted(parts)} != {sorted(expected)} (the json's "
+                          f"captions list names one text member per language of the run)")
+        for c in rec["captions"]:
+            has_text = bool(parts.get(c["member"], b"").strip())
+            if bool(c.get("present")) != has_text:
+                errors.append(f"{name}: sample {key} {c['member']} is {'set' if has_text else 'empty'} but "
+                              f"the json says present={c.get('present')} (why={c.get('why')!r})")
+        return
     langs = {lang for ext in parts if (lang := text_lang(ext))}
-    for lang in langs:
-        try:
-            parts[f"{lang}.txt"].decode("utf-8")
-        except UnicodeDecodeError:
-            errors.append(f"{name}: sample {key} {lang}.txt is not UTF-8")
     if isinstance(rec.get("captions"), dict) and set(rec["captions"]) != langs:
         errors.append(f"{name}: sample {key} txt languages {sorted(langs)} != json captions "
                       f"{sorted(rec['captions'])}")

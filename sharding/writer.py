@@ -27,7 +27,6 @@
 # Buckets aim ~4 sigma below max_samples (binomial bucket sizes), so shards are ~87% full at 1000.
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import itertools
@@ -46,9 +45,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
-from polycap.schemas import SCHEMA_VERSION, Sample
+from polycap.schemas import Sample
 from polycap.schemas.config import ShardsConfig
-from polycap.sharding import fs
+from polycap.sharding import fs, record_json
 from polycap.sharding import manifest as mf
 from polycap.sharding.members import LANG_RE, SHARD_RE, shard_name
 from polycap.sharding.staging import image_bytes
@@ -68,36 +67,44 @@ class ShardWriteError(ValueError):
 
 # ---------------------------------------------------------------- pure functions: members and tars
 
-def sample_to_json(sample: Sample) -> dict[str, Any]:
-    """The shard `json` member: the whole record minus image bytes, plus `schema_version`."""
-    d = dataclasses.asdict(sample)
-    del d["image"]["bytes"]
-    del d["image"]["ref"]        # a staging path of this run, not part of the record
-    d["schema_version"] = SCHEMA_VERSION
-    return d
+def sample_to_json(sample: Sample, langs: list[str] | None = None) -> dict[str, Any]:
+    """The shard `json` member: one fixed schema for the run's languages (sharding/record_json.py)."""
+    return record_json.sample_to_json(sample, langs)
 
 
-def json_bytes(sample: Sample) -> bytes:
+def json_bytes(sample: Sample, langs: list[str] | None = None) -> bytes:
     try:
-        text = json.dumps(sample_to_json(sample), ensure_ascii=False, sort_keys=True, allow_nan=False)
+        text = json.dumps(sample_to_json(sample, langs), ensure_ascii=False, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise ShardWriteError(f"sample {sample.key}: record is not JSON-serializable ({e})") from e
     return text.encode("utf-8")
 
 
-def sample_members(sample: Sample) -> list[tuple[str, bytes]]:
-    """`{key}.jpg`, `{key}.json`, then `{key}.{lang}.txt` per caption language, sorted by language."""
+def sample_members(sample: Sample, langs: list[str] | None = None) -> list[tuple[str, bytes]]:
+    """`{key}.jpg`, `{key}.json`, `{key}.txt` (the primary caption, "" when none), then `{key}.{lang}.txt`
+    (lower-case tag) for every language of the run (`langs`, default the sample's own), "" when missing."""
     key = sample.key
     if not SAFE_KEY_RE.match(key):
         raise ShardWriteError(f"key {key!r} is not a dot-free name of [A-Za-z0-9_-]")
     data = image_bytes(sample)
     if not data:
         raise ShardWriteError(f"sample {key}: no image bytes (was it decoded?)")
-    members = [(f"{key}.jpg", data), (f"{key}.json", json_bytes(sample))]
-    for lang in sorted(sample.captions):
+    all_langs = sorted(set(langs if langs is not None else sample.captions) | set(sample.captions))
+    for lang in all_langs:
         if not LANG_RE.match(lang):
             raise ShardWriteError(f"sample {key}: caption language {lang!r} is not a language code")
-        members.append((f"{key}.{lang}.txt", sample.captions[lang].text.encode("utf-8")))
+    if len({record_json.member_lang(lang) for lang in all_langs}) != len(all_langs):
+        raise ShardWriteError(f"sample {key}: languages {all_langs} differ only in case")
+
+    def text(lang: str) -> bytes:
+        cap = sample.captions.get(lang)
+        return (cap.text if cap is not None else "").encode("utf-8")
+
+    primary = record_json.primary_lang(all_langs)
+    members = [(f"{key}.jpg", data), (f"{key}.json", json_bytes(sample, all_langs)),
+               (f"{key}.txt", text(primary) if primary else b"")]
+    for lang in all_langs:
+        members.append((f"{key}.{record_json.member_lang(lang)}.txt", text(lang)))
     return members
 
 
@@ -130,12 +137,13 @@ class _HashingWriter:
         return len(b)
 
 
-def write_tar(fileobj: Any, samples: Iterable[Sample]) -> tuple[str, int]:
-    """Stream a tar of `samples` (already in key order) into `fileobj`; returns (sha256, bytes)."""
+def write_tar(fileobj: Any, samples: Iterable[Sample], langs: list[str] | None = None) -> tuple[str, int]:
+    """Stream a tar of `samples` (already in key order) into `fileobj`; returns (sha256, bytes).
+    `langs`: the run's languages (every sample gets one text member each); default each sample's own."""
     hw = _HashingWriter(fileobj)
     with tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT) as tf:  # type: ignore[call-overload]
         for s in samples:
-            add_members(tf, sample_members(s))
+            add_members(tf, sample_members(s, langs))
     return hw.sha.hexdigest(), hw.size
 
 
@@ -189,6 +197,7 @@ class WriteChunksFn(beam.DoFn):
 
     def __init__(self, shards_dir: str, split: str, max_samples: int, run_id: str):
         self.shards_dir, self.split, self.max_samples, self.run_id = shards_dir, split, max_samples, run_id
+        self.langs: list[str] | None = None
         self.samples = Metrics.counter(STAGE, "samples_written")
         self.tars = Metrics.counter(STAGE, "tars_written")
         self.sizes = Metrics.distribution(STAGE, "tar_bytes")
@@ -196,8 +205,10 @@ class WriteChunksFn(beam.DoFn):
     def setup(self) -> None:
         mf.ensure_dir(self.shards_dir)
 
-    def process(self, element: tuple[int, Iterable[Sample]]) -> Iterator[dict[str, Any]]:
+    def process(self, element: tuple[int, Iterable[Sample]], langs: Iterable[str] | None = None
+                ) -> Iterator[dict[str, Any]]:
         bucket, samples = element
+        self.langs = sorted(langs) if langs is not None else None
         for c, chunk in enumerate(chunks(sorted_unique(samples), self.max_samples)):
             yield self._write(bucket, c, chunk)
 
@@ -207,7 +218,7 @@ class WriteChunksFn(beam.DoFn):
         tmp = mf.join(self.shards_dir, f"{stem}.tar.tmp-{token}")
         sidecar = mf.join(self.shards_dir, f"{stem}.parquet.tmp-{token}")
         with fs.create(tmp) as f:
-            sha, size = write_tar(f, chunk)
+            sha, size = write_tar(f, chunk, self.langs)
             _fsync(f)
         with fs.create(sidecar) as f:
             pq.write_table(pa.table(mf.sidecar_rows(chunk), schema=mf.SIDECAR_SCHEMA), f)
@@ -304,12 +315,18 @@ class WriteShards(beam.PTransform):
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
         run_id = uuid.uuid4().hex[:12]   # names this run's temp files; crashed runs' leftovers differ
         count = samples | "CountSamples" >> beam.combiners.Count.Globally()
+        # every language any sample of the run has: each sample gets a text member per language
+        langs = (samples
+                 | "CaptionLangs" >> beam.FlatMap(lambda s: list(s.captions))
+                 | "UniqueLangs" >> beam.Distinct()
+                 | "AllLangs" >> beam.combiners.ToList())
         infos = (samples
                  | "AssignBucket" >> beam.Map(_with_bucket, n=beam.pvalue.AsSingleton(count),
                                               max_samples=self.cfg.max_samples)
                  | "GroupByBucket" >> beam.GroupByKey()
                  | "WriteTempTars" >> beam.ParDo(WriteChunksFn(self.shards_dir, self.cfg.split,
-                                                               self.cfg.max_samples, run_id)))
+                                                               self.cfg.max_samples, run_id),
+                                                langs=beam.pvalue.AsSingleton(langs)))
         return (infos
                 | "GatherTars" >> beam.combiners.ToList()
                 | "CommitShards" >> beam.FlatMap(commit_shards, self.run_dir, self.shards_dir,

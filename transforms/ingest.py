@@ -1,6 +1,7 @@
 """Ingest: read a configured source (dir, URL list, webdataset tars, LLaVA/ShareGPT JSON) into raw Samples."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import posixpath
 import tarfile
@@ -11,11 +12,11 @@ from typing import Any, BinaryIO, ClassVar
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from polycap.schemas import Reason, Reject, Sample
+from polycap.schemas import Caption, Reason, Reject, Sample
 from polycap.schemas.config import IngestConfig, SourceConfig
 from polycap.schemas.conversations import IMAGE_TOKEN
 from polycap.schemas.conversations import SHAREGPT_ROLE as ROLES
-from polycap.sharding import fs
+from polycap.sharding import fs, record_json
 from polycap.transforms.download import (
     LIST_EXTS,
     STAGE,
@@ -131,18 +132,52 @@ def group_to_sample(shard: str, key: str, members: dict[str, tuple[str, bytes]],
     name, data = members[image_ext]
     meta: dict[str, Any] = {"shard": shard, "wds_key": key, "fields": sorted(members)}
     caption = members["txt"][1].decode("utf-8", errors="replace").strip() if "txt" in members else None
+    record: dict[str, Any] | None = None
     if "json" in members:
         try:
             meta["json"] = json.loads(members["json"][1])
         except ValueError as e:
             meta["json_error"] = format_exc(e)
+        record = polycap_record(meta.get("json"))
+    if record is not None:
+        # one of polycap's own shards: captions, conversations and licence come back as they were written
+        del meta["json"]
+        meta["polycap"] = {"key": record["key"], "schema_version": record["schema_version"],
+                           "source": record["source"], "provenance": record.get("provenance") or {}}
     for ext, (_, raw) in members.items():
+        if record is not None and ext.endswith("txt"):
+            continue                                   # the captions themselves, read from the record
         if ext not in ("txt", "json") and ext not in WDS_IMAGE_EXTS and len(raw) <= MAX_META_FIELD:
             try:
                 meta.setdefault("extra", {})[ext] = raw.decode("utf-8").strip()
             except UnicodeDecodeError:
                 pass
-    return new_sample(data, src, f"tar://{shard}#{name}", orig_caption=caption, meta=meta)
+    if record is None:
+        return new_sample(data, src, f"tar://{shard}#{name}", orig_caption=caption, meta=meta)
+    orig = (record.get("source") or {}).get("orig_caption")   # the txt member is captions[primary], not alt-text
+    sample = new_sample(data, src, f"tar://{shard}#{name}", orig_caption=orig,
+                        meta=meta, conversations=record.get("conversations") or {})
+    captions = {lang: Caption(**{f: v for f, v in c.items() if f in CAPTION_FIELDS})
+                for lang, c in (record.get("captions") or {}).items() if (c.get("text") or "").strip()}
+    licence = sample.source.license or (record.get("source") or {}).get("license") or None
+    return dataclasses.replace(sample, captions=captions,
+                               source=dataclasses.replace(sample.source, license=licence))
+
+
+CAPTION_FIELDS = {f.name for f in dataclasses.fields(Caption)}
+
+
+def polycap_record(rec: Any) -> dict[str, Any] | None:
+    """The record of a polycap shard's json member (`sharding/record_json.py`, any schema version), or None
+    for another producer's json."""
+    if not (isinstance(rec, dict) and "schema_version" in rec and "key" in rec and "captions" in rec
+            and isinstance(rec.get("source"), dict)):
+        return None
+    try:
+        out = record_json.record_from_json(rec)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return out if isinstance(out.get("captions"), dict) else None
 
 
 def _member_refusal(m: tarfile.TarInfo, field_: str, shard: str, seen: dict[str, int], cfg: IngestConfig,

@@ -22,6 +22,7 @@ from polycap.schemas import (
     Source,
 )
 from polycap.sharding.reader import iter_samples, list_shards
+from polycap.sharding.record_json import record_from_json
 from polycap.sharding.validate import validate_dir
 from polycap.sharding.writer import (
     ShardWriteError,
@@ -68,12 +69,20 @@ def test_sample_json_matches_golden_file():
     # checked against the input, not the golden file (which POLYCAP_UPDATE_GOLDEN rewrites)
     assert "bytes" not in got["image"] and got["schema_version"] == SCHEMA_VERSION
     s = golden_sample()
-    assert got["key"] == s.key and got["source"]["uri"] == s.source.uri and got["source"]["meta"] == s.source.meta
+    assert got["key"] == s.key and got["source"]["uri"] == s.source.uri
+    assert json.loads(got["source"]["meta_json"]) == s.source.meta
     assert (got["image"]["width"], got["image"]["height"], got["image"]["orig_format"]) == (640, 480, "PNG")
     assert {k: got["hashes"][k] for k in ("sha256", "phash")} == {"sha256": s.hashes.sha256, "phash": s.hashes.phash}
-    assert got["ocr"]["lines"][0]["box"] == [100, 200, 300, 260] and got["ocr"]["lines"][0]["text"] == "STOP"
-    assert {lang: c["text"] for lang, c in got["captions"].items()} == {k: c.text for k, c in s.captions.items()}
-    assert got["captions"]["ko"]["translated_from"] == "en" and got["conversations"] == s.conversations
+    lines = json.loads(got["ocr"]["lines_json"])
+    assert lines[0]["box"] == [100, 200, 300, 260] and lines[0]["text"] == "STOP"
+    assert {c["lang"]: c["text"] for c in got["captions"]} == {k: c.text for k, c in s.captions.items()}
+    assert [c["member"] for c in got["captions"]] == ["en.txt", "ko.txt"]
+    assert got["captions"][1]["translated_from"] == "en"
+    assert {c["lang"]: json.loads(c["turns_json"]) for c in got["conversations"] if c["present"]} == s.conversations
+    # and back: the reader's record shape is the record minus image bytes
+    back = record_from_json(got)
+    assert back["conversations"] == s.conversations and back["source"]["meta"] == s.source.meta
+    assert back["captions"]["ko"]["translated_from"] == "en" and back["ocr"]["lines"][0]["text"] == "STOP"
     raw = json_bytes(golden_sample())
     assert "정지 표지판".encode() in raw          # UTF-8, not \\u escapes
     assert json.loads(raw) == got
@@ -82,9 +91,11 @@ def test_sample_json_matches_golden_file():
 def test_members_are_jpg_json_then_sorted_languages():
     s = golden_sample()
     members = sample_members(s)
-    assert [n for n, _ in members] == [f"{s.key}.jpg", f"{s.key}.json", f"{s.key}.en.txt", f"{s.key}.ko.txt"]
+    assert [n for n, _ in members] == [f"{s.key}.jpg", f"{s.key}.json", f"{s.key}.txt", f"{s.key}.en.txt",
+                                       f"{s.key}.ko.txt"]
     assert members[0][1] == s.image.bytes
-    assert members[3][1].decode("utf-8") == "정지 표지판 옆의 고양이."
+    assert members[2][1] == members[3][1] == b"A cat beside a STOP sign."   # txt: the primary (en) caption
+    assert members[4][1].decode("utf-8") == "정지 표지판 옆의 고양이."
 
 
 @pytest.mark.parametrize("change, match", [
@@ -136,8 +147,11 @@ def test_writes_sorted_shards_manifest_and_readable_samples(photo_samples, tmp_p
     assert [g.key for g in got] == sorted(by_key)                      # global key order across shards
     for g in got:
         s = by_key[g.key]
-        assert g.jpg == s.image.bytes and g.json == sample_to_json(s)
-        assert g.texts == {lang: c.text for lang, c in s.captions.items()}
+        assert g.jpg == s.image.bytes and g.raw == sample_to_json(s, ["en", "ko", "vi"])
+        assert g.json == record_from_json(g.raw) and set(g.json["captions"]) == set(s.captions)
+        # every language of the run in every sample; a language the sample lacks is an empty member
+        assert g.texts == {lang: s.captions[lang].text if lang in s.captions else "" for lang in ("en", "ko", "vi")}
+        assert g.txt == s.captions["en"].text
     table = pq.read_table(out / "manifest.parquet")
     assert table.column("key").to_pylist() == sorted(by_key)
     row = table.slice(0, 1).to_pylist()[0]
@@ -197,7 +211,9 @@ def test_webdataset_library_reads_the_shards(photo_samples, tmp_path):
         assert {"jpg", "json", "en.txt"} <= set(s)
         assert json.loads(s["json"])["key"] == s["__key__"]
         assert s["en.txt"].decode("utf-8") and Image.open(io.BytesIO(s["jpg"])).size[0] > 0
-    assert sum("ko.txt" in s for s in got) == sum("ko" in p.captions for p in photo_samples)
+    assert all({"txt", "ko.txt", "vi.txt"} <= set(s) for s in got)        # one member set in every sample
+    assert sum(bool(s["ko.txt"]) for s in got) == sum("ko" in p.captions for p in photo_samples)
+    assert all(s["txt"] == s["en.txt"] for s in got)
 
 
 def test_multi_processing_runner_writes_the_same_bytes(photo_samples, tmp_path):

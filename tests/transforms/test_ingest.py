@@ -353,3 +353,32 @@ def test_read_source_assert_that_and_unknown_kind(eval_dir):
         samples, rejects = p | ReadSource(SourceConfig(kind="dir", path=str(path)), CFG)
         assert_that(samples | beam.Map(lambda s: s.key), equal_to(want))
         assert_that(rejects, equal_to([]), label="NoRejects")
+
+
+def test_webdataset_reingests_polycap_shards_with_every_caption_and_language(eval_dir, tmp_path):
+    """Round trip: polycap's own shards (one text member per run language, some empty) come back with
+    every caption, language, conversation and licence they were written with."""
+    import dataclasses
+
+    from polycap.schemas import Caption
+    from tests.sharding.conftest import decoded_sample, run_write
+
+    photos = sorted((eval_dir / "photos" / "img2dataset_tests").glob("*.jpg"))[:4]
+    samples = [decoded_sample(p.read_bytes(), str(p), "i2d", langs)
+               for p, langs in zip(photos, [("en", "ko", "vi"), ("en",), (), ("en", "ko")])]
+    samples[0] = dataclasses.replace(
+        samples[0], captions={**samples[0].captions, "pt-BR": Caption("legenda", "translation", translated_from="en")},
+        conversations={"en": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]},
+        source=dataclasses.replace(samples[0].source, license="CC-BY-4.0", orig_caption="alt text"))
+    out = tmp_path / "run"
+    run_write(samples, str(out), max_samples=3)
+    got, rejects = run(SourceConfig(kind="webdataset", path=str(out / "shards"), name="again"))
+    assert rejects == [] and len(got) == 4
+    by_key = {s.key: s for s in got}
+    for s in samples:
+        g = by_key[s.key]
+        assert g.captions == s.captions and g.conversations == s.conversations
+        assert g.source.license == s.source.license and g.source.orig_caption == s.source.orig_caption
+        assert g.source.meta["polycap"]["key"] == s.key and "extra" not in g.source.meta
+    assert set(by_key[samples[0].key].captions) == {"en", "ko", "vi", "pt-BR"}
+    assert by_key[samples[2].key].captions == {}
