@@ -207,14 +207,15 @@ def shards_preview(ctx: typer.Context,
 @shards_app.command("export", context_settings=PASSTHROUGH)
 def shards_export(ctx: typer.Context,
                   path: str = typer.Argument(..., callback=_existing, help="run dir or shard dir"),
-                  fmt: str = typer.Option("llava", "--format", help="llava|sharegpt|internvl"),
-                  out: str = typer.Option(..., "--out", help="output JSON/JSONL file (images beside it)")):
+                  fmt: str = typer.Option("llava", "--format", help="llava|sharegpt|alpaca|swift|internvl"),
+                  out: str = typer.Option(..., "--out", help="output JSON/JSONL file (images beside it)"),
+                  force: bool = typer.Option(False, "--force", help="export shards that fail validation")):
     """Write the shards' conversations for other trainers (LLaVA, LLaMA-Factory, ms-swift, InternVL)."""
     from polycap.sharding.export import export
 
     _filesystems(ctx)
     try:
-        typer.echo(json.dumps(export(path, fmt, out), indent=2, ensure_ascii=False))
+        typer.echo(json.dumps(export(path, fmt, out, force=force), indent=2, ensure_ascii=False))
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e), 1)
 

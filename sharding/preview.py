@@ -21,7 +21,7 @@ def preview(path: str, n: int = 5, width: int = 100) -> list[dict[str, Any]]:
         rows.append({
             "key": s.key, "shard": s.shard, "size": f"{img.get('width')}x{img.get('height')}",
             "source": s.json.get("source", {}).get("uri", ""), "ocr_lines": len(ocr.get("lines") or []),
-            "captions": {lang: _short(t, width) for lang, t in sorted(s.texts.items())},
+            "captions": {lang: _short(t, width) for lang, t in sorted(s.texts.items()) if t.strip()},
             "conversations": sorted((s.json.get("conversations") or {}).keys()),
         })
     return rows

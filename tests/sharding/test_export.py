@@ -7,15 +7,16 @@ from typing import Any
 
 import pytest
 
-from polycap.sharding.export import export
-from tests.trainer.conftest import make_samples, write_shards
+from polycap.sharding.export import ExportError, export
+from tests.sharding.conftest import run_write
+from tests.trainer.conftest import make_samples
 
 
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory) -> str:
-    d = str(tmp_path_factory.mktemp("shards"))
+    d = str(tmp_path_factory.mktemp("shards") / "run")
     samples = make_samples(4) + make_samples(2, start=50, langs=("en", "ko"), conversations=False)
-    write_shards(d, sorted(samples, key=lambda s: s.key), per_shard=3)
+    run_write(sorted(samples, key=lambda s: s.key), d, max_samples=3)
     return d
 
 
@@ -76,7 +77,7 @@ def test_internvl_jsonl_and_meta(shard_dir, tmp_path):
     assert len(lines) == summary["records"] == 16
     assert all(r["width"] == 96 and r["height"] == 96 and r["conversations"][0]["from"] == "human" for r in lines)
     meta = _read(summary["meta_file"])["ivl"]
-    assert meta["length"] == 16 and os.path.isdir(os.path.join(meta["root"], "images"))
+    assert meta["length"] == 16 and not os.path.isabs(meta["root"]) and meta["annotation"] == "ivl.jsonl"
 
 
 def test_bad_format_and_empty_dir(tmp_path):
@@ -84,3 +85,159 @@ def test_bad_format_and_empty_dir(tmp_path):
         export(str(tmp_path), "coco", str(tmp_path / "x.json"))
     with pytest.raises(FileNotFoundError):
         export(str(tmp_path), "llava", str(tmp_path / "x.json"))
+
+
+# ---------------------------------------------------------------- upstream loaders, re-implemented
+
+IMAGE = "<image>"
+
+
+def llava_load(data_path: str, image_folder: str) -> int:
+    """haotian-liu/LLaVA llava/train/train.py: LazySupervisedDataset reads `json.load(open(data_path))`;
+    __getitem__ opens `os.path.join(image_folder, image_file)`; preprocess_multimodal moves `<image>` to the
+    front of the turn that has it; preprocess_v1 skips a first non-human turn, then asserts roles alternate
+    human/gpt (`assert role == conv.roles[j % 2]`)."""
+    from PIL import Image
+
+    with open(data_path) as f:
+        data = json.load(f)
+    assert isinstance(data, list)
+    for item in data:
+        if "image" in item:
+            Image.open(os.path.join(image_folder, item["image"])).convert("RGB")
+        source = item["conversations"]
+        roles = {"human": 0, "gpt": 1}
+        if roles[source[0]["from"]] != 0:
+            source = source[1:]
+        for j, sentence in enumerate(source):
+            assert roles[sentence["from"]] == j % 2
+        assert sum(t["value"].count(IMAGE) for t in source) == ("image" in item)
+    return len(data)
+
+
+def llamafactory_load(dataset_dir: str, name: str) -> int:
+    """hiyouga/LLaMA-Factory src/llamafactory/data/parser.py get_dataset_list: `dataset_info.json` in
+    dataset_dir names `file_name`, `formatting` (alpaca|sharegpt), `columns`, `tags`; loader.py loads
+    `os.path.join(dataset_dir, file_name)` (json or jsonl); converter.py: SharegptDatasetConverter takes
+    messages with role_tag/content_tag, user at even and assistant at odd positions; AlpacaDatasetConverter
+    builds prompt = history + [instruction + input], response = output; `_find_medias` resolves images
+    under media_dir (= dataset_dir); mm_plugin `_validate_input` wants as many `<image>` as images."""
+    info = json.load(open(os.path.join(dataset_dir, "dataset_info.json")))[name]
+    path = os.path.join(dataset_dir, info["file_name"])
+    text = open(path, encoding="utf-8").read()
+    rows = [json.loads(x) for x in text.splitlines()] if path.endswith(".jsonl") else json.loads(text)
+    cols, fmt = info.get("columns", {}), info.get("formatting", "alpaca")
+    for row in rows:
+        images = row[cols["images"]]
+        assert all(os.path.isfile(os.path.join(dataset_dir, i)) for i in images)
+        if fmt == "sharegpt":
+            tags = info["tags"]
+            msgs = row[cols["messages"]]
+            want = [tags["user_tag"], tags["assistant_tag"]]
+            assert len(msgs) % 2 == 0
+            assert all(m[tags["role_tag"]] == want[i % 2] for i, m in enumerate(msgs))
+            texts = [m[tags["content_tag"]] for m in msgs]
+        else:
+            assert fmt == "alpaca"
+            hist = row.get(cols.get("history", "history")) or []
+            assert all(isinstance(h, list) and len(h) == 2 for h in hist)
+            prompt = row[cols["prompt"]] + ("\n" + row[cols["query"]] if row[cols["query"]] else "")
+            texts = [t for h in hist for t in h] + [prompt, row[cols["response"]]]
+        assert sum(t.count(IMAGE) for t in texts) == len(images)
+    return len(rows)
+
+
+def internvl_load(meta_path: str) -> int:
+    """OpenGVLab/InternVL internvl_chat/internvl/train/internvl_chat_finetune.py build_datasets:
+    `ds_collections = json.loads(open(meta_path).read())`, per dataset `repeat_time`, `data_augment`,
+    LazySupervisedDataset with `meta['root']` and `meta['annotation']` (it asserts the annotation ends in
+    'jsonl' and reads it line by line); an item's image is `os.path.join(root, data_item['image'])`;
+    `<image>` is prepended to the first turn when missing; our paths resolve from the meta file's folder."""
+    from PIL import Image
+
+    base = os.path.dirname(meta_path)
+    n = 0
+    for meta in json.loads(open(meta_path).read()).values():
+        assert meta["annotation"].endswith("jsonl"), meta["annotation"]
+        assert isinstance(meta["repeat_time"], (int, float)) and "data_augment" in meta
+        root = os.path.join(base, meta["root"])
+        with open(os.path.join(base, meta["annotation"])) as f:
+            lines = f.readlines()
+        assert len(lines) == meta["length"]
+        for line in lines:
+            item = json.loads(line)
+            Image.open(os.path.join(root, item["image"])).convert("RGB")
+            conv = item["conversations"]
+            assert [t["from"] for t in conv] == ["human", "gpt"] * (len(conv) // 2)
+            assert conv[0]["value"].count(IMAGE) == 1
+            n += 1
+    return n
+
+
+def swift_load(path: str, base: str) -> int:
+    """modelscope/ms-swift swift/llm/dataset/preprocessor/core.py MessagesPreprocessor: rows of
+    `messages` [{role: system|user|assistant, content}] plus `images`; the template replaces each `<image>`
+    in order with one of `images` (a count mismatch fails); json or jsonl files."""
+    text = open(path, encoding="utf-8").read()
+    rows = [json.loads(x) for x in text.splitlines()] if path.endswith(".jsonl") else json.loads(text)
+    for row in rows:
+        roles = [m["role"] for m in row["messages"] if m["role"] != "system"]
+        assert roles == ["user", "assistant"] * (len(roles) // 2)
+        assert sum(m["content"].count(IMAGE) for m in row["messages"]) == len(row["images"])
+        assert all(os.path.isfile(os.path.join(base, i)) for i in row["images"])
+    return len(rows)
+
+
+def test_every_export_loads_in_its_upstream_loader(shard_dir, tmp_path):
+    d = tmp_path / "exp"
+    s = export(shard_dir, "llava", str(d / "llava.json"))
+    assert llava_load(str(d / "llava.json"), str(d)) == s["records"] == 16
+    s = export(shard_dir, "sharegpt", str(d / "mm.json"))
+    assert llamafactory_load(str(d), "mm") == s["records"]
+    s = export(shard_dir, "alpaca", str(d / "cap.jsonl"))
+    assert llamafactory_load(str(d), "cap") == s["records"]
+    info = _read(d / "dataset_info.json")
+    assert set(info) == {"mm", "cap"}                 # merged, not overwritten
+    s = export(shard_dir, "internvl", str(d / "ivl.jsonl"))
+    assert internvl_load(s["meta_file"]) == s["records"]
+    s = export(shard_dir, "swift", str(d / "swift.jsonl"))
+    assert swift_load(str(d / "swift.jsonl"), str(d)) == s["records"]
+
+
+@pytest.mark.parametrize("fmt, name", [("llava", "x.jsonl"), ("internvl", "x.json"), ("sharegpt", "x.txt")])
+def test_names_the_loader_cannot_read_are_refused_and_leave_nothing(shard_dir, tmp_path, fmt, name):
+    with pytest.raises(ExportError, match="reads only"):
+        export(shard_dir, fmt, str(tmp_path / name))
+    assert os.listdir(tmp_path) == []
+
+
+def test_shards_that_fail_validation_are_refused_unless_forced(shard_dir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(shard_dir, bad)
+    os.remove(bad / "manifest.parquet")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ExportError, match="validation"):
+        export(str(bad), "llava", str(out / "x.json"))
+    assert os.listdir(out) == []                       # no file, no empty images/ folder
+    assert export(str(bad), "llava", str(out / "x.json"), force=True)["records"] == 16
+
+
+def test_a_failure_midway_removes_the_images_it_wrote(shard_dir, tmp_path, monkeypatch):
+    from polycap.sharding import export as ex
+
+    calls = {"n": 0}
+    real = ex.llava_record
+
+    def boom(*a):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("disk full")
+        return real(*a)
+
+    monkeypatch.setitem(ex.BUILDERS, "llava", boom)
+    with pytest.raises(RuntimeError):
+        export(shard_dir, "llava", str(tmp_path / "x.json"))
+    assert os.listdir(tmp_path) == []
