@@ -191,7 +191,7 @@ def _gallery_item(s: Any) -> GalleryItem | None:
     rec, ocr = s.json, s.json.get("ocr") or {}
     caps = rec.get("captions") or {}
     captions = {lang: {"text": text, "kind": (caps.get(lang) or {}).get("kind", "")}
-                for lang, text in sorted(s.texts.items())}
+                for lang, text in sorted(s.texts.items()) if text.strip()}   # a run language it lacks: empty
     image = rec.get("image") or {}
     return GalleryItem(key=s.key, shard=s.shard, thumb=thumb[0], width=image.get("width") or thumb[1],
                        height=image.get("height") or thumb[2], source_uri=(rec.get("source") or {}).get("uri", ""),
@@ -201,6 +201,8 @@ def _gallery_item(s: Any) -> GalleryItem | None:
 def _count_lengths(data: ReportData, rec: dict[str, Any], texts: dict[str, str]) -> None:
     caps = rec.get("captions") or {}
     for lang, text in texts.items():
+        if not text.strip():          # every run language has a member; an empty one is no caption
+            continue
         data.caption_lengths[lang][bin_label(len(text), LENGTH_EDGES)] += 1
         src = (caps.get(lang) or {}).get("translated_from")
         if src and texts.get(src):
