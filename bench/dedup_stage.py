@@ -99,5 +99,10 @@ def main(label: str, out: Path, pipeline_json: Path | None, n: int = 1000, repea
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]) if len(sys.argv) > 2 else REPO / "bench" / "results" / "dedup_stage.json",
-         Path(sys.argv[3]) if len(sys.argv) > 3 else None)
+    # through the module, not __main__: Beam pickles __main__'s functions by value with the globals they
+    # read, which would put every sample into the pipeline graph
+    from bench import dedup_stage
+
+    dedup_stage.main(sys.argv[1],
+                     Path(sys.argv[2]) if len(sys.argv) > 2 else REPO / "bench" / "results" / "dedup_stage.json",
+                     Path(sys.argv[3]) if len(sys.argv) > 3 else None)

@@ -414,7 +414,11 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    res = main()
+    # through the module, not __main__: Beam pickles __main__'s functions by value with the globals they
+    # read (_SAMPLES, _OUT), so the collecting Map would fill a copy
+    from bench import neardup_eval
+
+    res = neardup_eval.main()
     print(json.dumps({k: res[k] for k in ("dedup_images", "signature_ms", "data", "chosen_default")}, indent=1))
     for name, r in res["results"].items():
         print(name, "min distinct", r["min_distinct_distance"], "max must-merge", r["max_must_merge_distance"],

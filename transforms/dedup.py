@@ -32,9 +32,9 @@ from polycap.transforms.plumbing import RoutingDoFn, make_reject, route_stage
 STAGE = "dedup"
 # Areas count as equal within one step of 2**(1/AREA_STEPS) (~19 %): borders are peeled on a reduced copy
 # (transforms/signature.py), so the content box of a framed or letterboxed copy is off by a pixel or two, which
-# on the small text box of a card is a few percent; within a step, border, quality and caption decide. Finer
-# steps (32, 16) kept more letterboxed and framed copies instead of their originals (original_kept_share in
-# bench/results/neardup.json: 0.82 and 0.79 against 0.86 with 4).
+# on the small text box of a card is a few percent; within a step, border, quality and caption decide. With
+# 16 steps more letterboxed and framed copies were kept instead of their originals (original_kept_share 0.79
+# in a one-off run of bench/neardup_eval.py, against 0.86 with 4, recorded in bench/results/neardup.json).
 AREA_STEPS = 4
 MASK64 = (1 << 64) - 1
 
@@ -42,18 +42,20 @@ MASK64 = (1 << 64) - 1
 __all__ = ["DedupImages", "phash_hex"]
 
 # Data flow (no step holds the dataset in one place, nothing is keyed by None, no image bytes in a shuffle):
-#  1. Each sample -> a NearMember (key, content pHash, rank, uri, 1 KB thumbnail, flat-colour class); one
-#     per content key (the best of its exact copies).
+#  1. Each sample -> a NearMember (key, content pHash, rank, uri, 1 KB thumbnail, flat-colour class); exact
+#     copies of one key are one item wherever they meet (the best copy, as `decide` keeps it).
 #  2. Flat-colour members: grouped per colour class, the best kept, the rest dropped (pHash says nothing
 #     about a flat image).
 #  3. Others: (key, pHash) under the multi-index-hashing keys (transforms/neardup.py: 67 keys for t = 8).
-#     Keys are counted; those over dedup.max_key_items (a side input) are split into hash-block pairs.
+#     Substring values are counted (3 per item); the heavy ones (a side input) bound each key's size
+#     (neardup.KeySizes), and a key that may exceed dedup.max_key_items is split into hash-block pairs.
 #     Each key group emits the candidate pairs it owns (every pair within t exactly once).
 #  4. Two joins on the content key bring both members' thumbnails to a pair; `same_picture` verifies it:
 #     an edge from the better copy to the worse.
-#  5. dedup.center_rounds rounds of clustering around centres over the edges (two joins a round): a node
-#     joins the best centre among its verified better neighbours, so a dropped copy always names a kept one
-#     it was checked against (no chains). Nodes still undecided after the rounds are kept.
+#  5. dedup.center_rounds rounds of clustering around centres over the edges (one GroupByKey a round, per
+#     node: its state, its out-edges and its better neighbours' last status): a node joins the best centre
+#     among its verified better neighbours, so a dropped copy always names a kept one it was checked against
+#     (no chains). Nodes still undecided after the rounds are kept (counted `undecided_kept`).
 #  6. A CoGroupByKey on the content key joins the drop decisions back to the samples (the one shuffle that
 #     carries samples; their bytes are staged out of the record by then).
 

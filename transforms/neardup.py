@@ -118,12 +118,11 @@ class KeySizes:
         self.widths = mih_widths(t)
         self.r = meet_radius(t, self.widths)
         self.q = bound // (max(self.widths) + 1)
-        self.heavy: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        by_j: dict[int, list[tuple[int, int]]] = {}
         for packed, count in heavy.items():
-            self.heavy.setdefault(packed >> 32, ([], []))[0].append(packed & 0xFFFFFFFF)  # type: ignore[union-attr]
-            self.heavy[packed >> 32][1].append(count)  # type: ignore[union-attr]
-        self.heavy = {j: (np.array(v, dtype=np.uint64), np.array(c, dtype=np.int64))
-                      for j, (v, c) in self.heavy.items()}
+            by_j.setdefault(packed >> 32, []).append((packed & 0xFFFFFFFF, count))
+        self.heavy = {j: (np.array([v for v, _ in vc], dtype=np.uint64), np.array([c for _, c in vc], dtype=np.int64))
+                      for j, vc in by_j.items()}
 
     def keys(self, h: int) -> list[tuple[int, int]]:
         """(packed key j << 32 | v, upper bound on its items, or 0 when it cannot exceed the bound)."""
@@ -153,7 +152,7 @@ def key_pairs(hashes: list[int], j: int, meet: int, t: int,
         b = np.asarray(blocks)
         across = b[i] != b[k]
         i, k = i[across], k[across]
-    ok = pair_filter(h[i], h[k], j, np.uint64(meet), t, mih_widths(t))
+    ok = pair_filter(h[i], h[k], j, np.full(len(i), meet, dtype=np.uint64), t, mih_widths(t))
     return list(zip(i[ok].tolist(), k[ok].tolist()))
 
 
@@ -197,7 +196,7 @@ def all_pairs_within(h: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray, np.
     shift = np.uint64(id_bits)
     found_a, found_b, biggest = [], [], np.zeros(0, np.int64)
     for j, sub in enumerate(substrings(h, widths)):
-        packed = np.empty((len(h), 1 + widths[j] * r), dtype=np.uint64)
+        packed: np.ndarray = np.empty((len(h), 1 + widths[j] * r), dtype=np.uint64)
         for c in range(packed.shape[1]):   # column by column: no (n, width) temporaries
             flip = np.uint64(0) if c == 0 else np.uint64(1 << (c - 1))
             packed[:, c] = ((sub ^ flip) << shift) | ids

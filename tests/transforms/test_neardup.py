@@ -91,3 +91,23 @@ def test_pixel_check_tells_text_cards_of_one_layout_apart():
     other = card("Plans to change the name of the assembly")
     assert same_picture(member(one, "a"), member(reencoded(one, 30), "b"), 8)[0]
     assert not same_picture(member(one, "a"), member(other, "c"), 8)[0]
+
+
+def test_key_sizes_split_every_key_over_the_bound():
+    """KeySizes bounds a meeting key's items from the counts of heavy substring values only: never below
+    the true count of a key over the bound (a key is split early, never late)."""
+    from collections import Counter
+
+    from polycap.transforms.neardup import KeySizes, item_keys, own_values
+
+    t, bound = 8, 64
+    hashes = [int(x) for x in planted(400, 3)] + [int(planted(1, 4)[0]) ^ (1 << b) for b in range(60)] * 2
+    true = Counter(j << 32 | v for h in hashes for j, v in item_keys(h, t))
+    q = KeySizes({}, t, bound).q
+    heavy = {v: n for v, n in Counter(v for h in hashes for v in own_values(h, t)).items() if n > q}
+    sizes = KeySizes(heavy, t, bound)
+    split = {mk: n for h in hashes for mk, n in sizes.keys(h) if n}
+    assert any(n > bound for n in true.values())
+    for mk, n in true.items():
+        if n > bound:
+            assert split.get(mk, 0) >= n, (mk, n)
