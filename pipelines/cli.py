@@ -139,6 +139,11 @@ def translate(ctx: typer.Context,
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e), 1)
     typer.echo(json.dumps(stats, indent=2, ensure_ascii=False))
+    from polycap.pipelines.translate import nothing_translated
+
+    if nothing_translated(stats):
+        _fail(f"translate: nothing could be translated ({stats['inputs']} records, every one rejected in "
+              f"every language; see {out}/rejects)", 1)
     if not stats.get("balanced", True):
         raise typer.Exit(EXIT_MISMATCH)
 

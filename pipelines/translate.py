@@ -204,6 +204,12 @@ def stats_from_counts(counts: dict[str, int], langs: list[str], fmt: str, starte
             "balanced": all(v["balanced"] for v in by_lang.values())}
 
 
+def nothing_translated(stats: dict[str, Any]) -> bool:
+    """True when the input had records but no language kept any: the command then exits non-zero."""
+    langs = stats.get("langs") or {}
+    return bool(stats.get("inputs")) and bool(langs) and all(not v.get("kept") for v in langs.values())
+
+
 def run(in_path: str, to: list[str], out_dir: str, cfg: TranslateConfig, fmt: str = "auto",
         field: str = "caption", pipeline_args: list[str] | None = None) -> dict:
     """Translate `in_path` into each language of `to`; returns (and writes) `_stats.json`.

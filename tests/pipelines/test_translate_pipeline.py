@@ -223,3 +223,11 @@ def test_a_second_input_into_the_same_out_keeps_the_first_inputs_rejects(eval_di
     by_input = {d: pq.read_table(str(out / "rejects" / d)).num_rows for d in os.listdir(out / "rejects")}
     assert by_input == {"a.jsonl": 1, "b.jsonl": 2}
     assert sorted(os.listdir(out / "ko")) == ["a.jsonl", "b.jsonl"]
+
+
+def test_nothing_translated_means_a_failed_command():
+    from polycap.pipelines.translate import nothing_translated
+
+    assert nothing_translated({"inputs": 3, "langs": {"ko": {"kept": 0}, "vi": {"kept": 0}}})
+    assert not nothing_translated({"inputs": 3, "langs": {"ko": {"kept": 0}, "vi": {"kept": 1}}})
+    assert not nothing_translated({"inputs": 0, "langs": {"ko": {"kept": 0}}})   # an empty input is not a failure
