@@ -49,7 +49,8 @@ def test_run_reports_cer_per_language_and_speed(eval_dir, tmp_path):
     gt = tmp_path / "gt.jsonl"
     gt.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
     out = tmp_path / "report.json"
-    rep = ocr_eval.run(str(gt), OcrConfig(enabled=True, orientation=False, batch_size=2), str(out))
+    rep = ocr_eval.run(str(gt), OcrConfig(enabled=True, orientation=False, batch_size=2, langs=["en", "zh"]),
+                       str(out))
     assert json.loads(out.read_text())["images"] == 3 == rep["images"] and rep["failed"] == 0
     assert rep["by_lang"]["en"]["cer"] == 0.0
     assert rep["by_lang"]["zh"]["cer"] <= 0.25
