@@ -7,7 +7,7 @@ import posixpath
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, ClassVar
+from typing import IO, Any, ClassVar
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -210,7 +210,7 @@ def _group(shard: str, key: str, members: dict[str, tuple[str, bytes]], src: Sou
     return [] if isinstance(out, Reject) and refused_any else [out]
 
 
-def read_shard(f: BinaryIO, shard: str, src: SourceConfig, cfg: IngestConfig | None = None
+def read_shard(f: IO[bytes], shard: str, src: SourceConfig, cfg: IngestConfig | None = None
                ) -> Iterator[Sample | Reject]:
     """Stream a (possibly gzipped) tar; adjacent members with one key form a sample. The stream is read within
     ingest.max_tar_bytes (compressed and unpacked) and read_timeout_s, each member within max_bytes. A read
