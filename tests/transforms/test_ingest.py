@@ -28,6 +28,7 @@ from polycap.transforms.ingest import (
     wds_split,
 )
 from polycap.transforms.input_files import Refused, list_inputs
+from tests.hostile.helpers import read_source
 
 CFG = IngestConfig()
 
@@ -36,27 +37,9 @@ def key_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
 
-_SINK: list = []
-
-
-class _Collect(beam.DoFn):
-    """In-process DirectRunner only: results come back through a module-level list (pickled by reference)."""
-
-    def __init__(self, tag: str):
-        self.tag = tag
-
-    def process(self, x):
-        _SINK.append((self.tag, x))
-
-
 def run(src: SourceConfig) -> tuple[list[Sample], list[Reject]]:
     """Run ReadSource and collect both outputs."""
-    _SINK.clear()
-    with TestPipeline(options=PipelineOptions([])) as p:
-        samples, rejects = p | ReadSource(src, CFG)
-        samples | "CS" >> beam.ParDo(_Collect("s"))
-        rejects | "CR" >> beam.ParDo(_Collect("r"))
-    return [x for t, x in _SINK if t == "s"], [x for t, x in _SINK if t == "r"]
+    return read_source(src, CFG)
 
 
 # ---- pure helpers ----
