@@ -20,6 +20,7 @@ of a shard sample (`schemas/shard_sample.schema.json`, schema_version 2.x) is th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -55,16 +56,12 @@ def _strip_optional(tp: Any) -> tuple[Any, bool]:
 def _zero(tp: Any) -> Any:
     tp, _ = _strip_optional(tp)
     if dataclasses.is_dataclass(tp):
-        hints = typing.get_type_hints(tp)
         out = {}
-        for f in dataclasses.fields(tp):
-            ftp, _ = _strip_optional(hints[f.name])
-            if f.name in _SKIP:
-                continue
+        for name, ftp, _ in _fields(tp):
             if _is_container(ftp):
-                out[f"{f.name}_json"] = "{}" if dict in (ftp, typing.get_origin(ftp)) else "[]"
+                out[f"{name}_json"] = "{}" if dict in (ftp, typing.get_origin(ftp)) else "[]"
             else:
-                out[f.name] = _zero(ftp)
+                out[name] = _zero(ftp)
         return out
     return {str: "", int: 0, float: 0.0, bool: False}.get(tp, "")
 
@@ -76,22 +73,26 @@ def _is_container(tp: Any) -> bool:
     return typing.get_origin(tp) in (list, dict) or tp in (list, dict)
 
 
+@functools.cache
+def _fields(tp: Any) -> tuple[tuple[str, Any, bool], ...]:
+    """(name, type without Optional, was Optional) of each shard-record field of dataclass `tp`, bytes and
+    staging path left out; cached, since every sample's record walks the same few classes."""
+    hints = typing.get_type_hints(tp)
+    return tuple((f.name, *_strip_optional(hints[f.name])) for f in dataclasses.fields(tp) if f.name not in _SKIP)
+
+
 def _encode(value: Any, tp: Any) -> Any:
     tp, _ = _strip_optional(tp)
     if dataclasses.is_dataclass(tp):
         if value is None:
             return _zero(tp)
-        hints = typing.get_type_hints(tp)
         out = {}
-        for f in dataclasses.fields(tp):
-            if f.name in _SKIP:
-                continue
-            ftp, _ = _strip_optional(hints[f.name])
-            v = value[f.name] if isinstance(value, dict) else getattr(value, f.name)
+        for name, ftp, _ in _fields(tp):
+            v = value[name] if isinstance(value, dict) else getattr(value, name)
             if _is_container(ftp):
-                out[f"{f.name}_json"] = _dumps(_plain(v) if v is not None else None)
+                out[f"{name}_json"] = _dumps(_plain(v) if v is not None else None)
             else:
-                out[f.name] = _encode(v, ftp)
+                out[name] = _encode(v, ftp)
         return out
     if value is None:
         return _zero(tp)
@@ -146,20 +147,16 @@ def sample_to_json(sample: Sample, langs: list[str] | None = None) -> dict[str, 
 
 def _decode(value: dict[str, Any], tp: Any) -> dict[str, Any]:
     tp, _ = _strip_optional(tp)
-    hints = typing.get_type_hints(tp)
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(tp):
-        if f.name in _SKIP:
-            continue
-        ftp, optional = _strip_optional(hints[f.name])
-        if f"{f.name}_json" in value:
-            out[f.name] = json.loads(value[f"{f.name}_json"])
-        elif f.name in value:
-            v = value[f.name]
+    for name, ftp, optional in _fields(tp):
+        if f"{name}_json" in value:
+            out[name] = json.loads(value[f"{name}_json"])
+        elif name in value:
+            v = value[name]
             if dataclasses.is_dataclass(ftp) and isinstance(v, dict):
-                out[f.name] = _decode(v, ftp)
+                out[name] = _decode(v, ftp)
             else:
-                out[f.name] = None if optional and v == "" else v
+                out[name] = None if optional and v == "" else v
     return out
 
 
@@ -205,16 +202,12 @@ def _type_schema(tp: Any) -> dict[str, Any]:
 
 def _object_schema(tp: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     tp, _ = _strip_optional(tp)
-    hints = typing.get_type_hints(tp)
     props: dict[str, Any] = {}
-    for f in dataclasses.fields(tp):
-        if f.name in _SKIP:
-            continue
-        ftp, _ = _strip_optional(hints[f.name])
+    for name, ftp, _ in _fields(tp):
         if _is_container(ftp):
-            props[f"{f.name}_json"] = {"type": "string", "description": f"JSON text of `{f.name}`"}
+            props[f"{name}_json"] = {"type": "string", "description": f"JSON text of `{name}`"}
         else:
-            props[f.name] = _type_schema(ftp)
+            props[name] = _type_schema(ftp)
     props.update(extra or {})
     return {"type": "object", "properties": props, "required": sorted(props), "additionalProperties": False}
 
