@@ -73,10 +73,14 @@ def _is_container(tp: Any) -> bool:
     return typing.get_origin(tp) in (list, dict) or tp in (list, dict)
 
 
-@functools.cache
 def _fields(tp: Any) -> tuple[tuple[str, Any, bool], ...]:
     """(name, type without Optional, was Optional) of each shard-record field of dataclass `tp`, bytes and
-    staging path left out; cached, since every sample's record walks the same few classes."""
+    staging path left out."""
+    return _fields_cached(tp)
+
+
+@functools.cache        # every sample's record walks the same few classes
+def _fields_cached(tp: Any) -> tuple[tuple[str, Any, bool], ...]:
     hints = typing.get_type_hints(tp)
     return tuple((f.name, *_strip_optional(hints[f.name])) for f in dataclasses.fields(tp) if f.name not in _SKIP)
 
