@@ -121,8 +121,13 @@ def translate(ctx: typer.Context,
               to: str = typer.Option("ko,vi", "--to", help="target languages, comma-separated"),
               out: str = typer.Option(..., "--out", help="output dir"),
               config: str | None = typer.Option(None, "--config", help="YAML with a `translate:` section"),
-              fmt: str = typer.Option("auto", "--format", help="auto|llava|sharegpt|messages|captions|shards"),
+              fmt: str = typer.Option("auto", "--format",
+                                      help="auto|llava|sharegpt|messages|alpaca|captions|shards"),
               field: str = typer.Option("caption", "--field", help="text field for caption files"),
+              dataset_info: str | None = typer.Option(
+                  None, "--dataset-info", help="LLaMA-Factory dataset_info.json (default: the one next to IN, "
+                  "when an entry names IN's file)"),
+              dataset_name: str | None = typer.Option(None, "--dataset-name", help="its entry for IN"),
               set_: list[str] = typer.Option([], "--set", help="override translate.* values: a.b=c")):
     """Translate an English dataset into other languages, keeping its format and structure."""
     from polycap.pipelines.translate import run as run_translate
@@ -133,7 +138,8 @@ def translate(ctx: typer.Context,
         tcfg = load_section(TranslateConfig, "translate", config, [*set_, f"to={json.dumps(langs)}"],
                             defaults={"enabled": True})
         _existing(inp)     # after the config, so a bad config is reported first
-        stats = run_translate(inp, langs, out, tcfg, fmt=fmt, field=field, pipeline_args=ctx.args)
+        stats = run_translate(inp, langs, out, tcfg, fmt=fmt, field=field, pipeline_args=ctx.args,
+                              dataset_info=dataset_info, dataset_name=dataset_name)
     except ConfigError as e:
         _fail(f"config: {e}")
     except (FileNotFoundError, ValueError) as e:

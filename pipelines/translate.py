@@ -20,11 +20,12 @@ from polycap.sharding.rejects import WriteRejects
 from polycap.sharding.run_stats import STATS_NAME, CountAll, MergeCounts, WriteJson, count_key
 from polycap.transforms.dataset_formats import (
     FormatError,
+    Layout,
     RawRecord,
     RecordWriter,
     container_of,
-    detect_format,
     read_records,
+    resolve_layout,
     set_slots,
     text_slots,
     write_records,
@@ -51,7 +52,7 @@ def _parse_unit_key(key: str) -> tuple[int, tuple]:
 class _ExplodeFn(beam.DoFn):
     """RawRecord -> TextUnits (one per text slot); unparsable or malformed records -> Reject."""
 
-    def __init__(self, fmt: str, fields: list[str], uri: str):
+    def __init__(self, fmt: str | Layout, fields: list[str], uri: str):
         self.fmt, self.fields, self.uri = fmt, fields, uri
 
     def process(self, raw: RawRecord) -> Iterator[Any]:
@@ -74,7 +75,7 @@ class _ExplodeFn(beam.DoFn):
 class _MergeFn(beam.DoFn):
     """(index, {raw, results}) -> per language: (lang, (index, container, record)) or a Reject."""
 
-    def __init__(self, fmt: str, langs: list[str], uri: str):
+    def __init__(self, fmt: str | Layout, langs: list[str], uri: str):
         self.fmt, self.langs, self.uri = fmt, langs, uri
 
     def process(self, element) -> Iterator[Any]:
@@ -211,8 +212,12 @@ def nothing_translated(stats: dict[str, Any]) -> bool:
 
 
 def run(in_path: str, to: list[str], out_dir: str, cfg: TranslateConfig, fmt: str = "auto",
-        field: str = "caption", pipeline_args: list[str] | None = None) -> dict:
+        field: str = "caption", pipeline_args: list[str] | None = None, dataset_info: str | None = None,
+        dataset_name: str | None = None) -> dict:
     """Translate `in_path` into each language of `to`; returns (and writes) `_stats.json`.
+
+    `dataset_info` / `dataset_name`: a LLaMA-Factory dataset_info.json and entry whose formatting, columns and
+    tags say where the texts are (by default the dataset_info.json next to the input, when it names the file).
 
     Every input record ends as one output record or one reject row per language; a record that cannot be
     parsed is one BAD_RECORD row (stage translate_read) and counts as rejected in every language.
@@ -224,9 +229,9 @@ def run(in_path: str, to: list[str], out_dir: str, cfg: TranslateConfig, fmt: st
         raise FileNotFoundError(f"input not found: {in_path}")
     container = container_of(in_path)
     first = _first_record(in_path)  # also: a broken JSON array fails here, before any work starts
-    if fmt == "auto":
-        fmt = detect_format(first, container)
     fields = [f.strip() for f in field.split(",") if f.strip()]
+    layout = resolve_layout(fmt, first, container, fields, in_path, dataset_info, dataset_name)
+    fmt = layout.name
     langs = list(to)
     fs.mkdirs(out_dir)
     stats_path = fs.join(out_dir, STATS_NAME)
@@ -239,11 +244,11 @@ def run(in_path: str, to: list[str], out_dir: str, cfg: TranslateConfig, fmt: st
     n_inputs = raws | "One" >> beam.Map(lambda _: 1) | "CountInputs" >> beam.CombineGlobally(sum)
     _ = n_inputs | "WriteInputCount" >> beam.ParDo(WriteCount(fs.join(out_dir, INPUTS_FILE)))
     parts = (raws
-             | "Explode" >> beam.ParDo(_ExplodeFn(fmt, fields, uri)).with_outputs("ok", "bad", main="units"))
+             | "Explode" >> beam.ParDo(_ExplodeFn(layout, fields, uri)).with_outputs("ok", "bad", main="units"))
     translated = parts["units"] | "Translate" >> TranslateTexts(cfg, fs.join(out_dir, "_cache", "translate"), langs)
     by_index = translated | "ByRecord" >> beam.Map(lambda r: (_parse_unit_key(r.key)[0], r))
     merged = ({"raw": parts["ok"], "results": by_index} | "Join" >> beam.CoGroupByKey()
-              | "Merge" >> beam.ParDo(_MergeFn(fmt, langs, uri)).with_outputs("rejects", main="records"))
+              | "Merge" >> beam.ParDo(_MergeFn(layout, langs, uri)).with_outputs("rejects", main="records"))
     written = (merged["records"] | "ByPart" >> beam.GroupByKey()
                | "WriteParts" >> beam.ParDo(_WritePartFn(out_dir, in_path, container)).with_outputs(
                    "kept", main="parts"))

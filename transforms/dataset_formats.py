@@ -1,21 +1,50 @@
 """Dataset formats for `polycap translate`: read records, find their text slots, write them back unchanged.
-Files are read and written through the filesystem layer (sharding/fs.py), so they may live on any filesystem."""
+Files are read and written through the filesystem layer (sharding/fs.py), so they may live on any filesystem.
+
+Formats (`--format`; `auto` detects one from the first record and refuses a record that fits two):
+- llava: `conversations` of {from, value} turns (also LLaMA-Factory sharegpt with its default tags).
+- sharegpt: a turn list under `conversations` or `messages` with from/value or role/content tags.
+- messages: OpenAI chat `messages`: content a string, a list of parts (only `text` parts are translated), or
+  null beside `tool_calls`.
+- alpaca: instruction / input / output, optional `history` ([[query, answer], ...]).
+- captions: the `--field` columns (a string or a list of strings each). shards: polycap shards.
+Translated: user, assistant and system turns and the top-level `system` column. Passed through untouched, byte for
+byte: tool turns (roles function_call, observation, tool, function, ipython, and a dataset_info.json's function_tag
+and observation_tag), `tool_calls`, `tools`, images and every other field. A LLaMA-Factory `dataset_info.json`
+entry (found next to the input by its `file_name`, or named with --dataset-info / --dataset-name) sets the
+formatting, columns and tags as LLaMA-Factory's loader reads them (src/llamafactory/data/parser.py, converter.py).
+
+Ids and language fields of each output record, for output language L (the source is English):
+- a top-level string `id` ending in `-en` or `_en` (any case) ends in `-L` / `_L` instead; other ids are kept;
+- a top-level `lang` or `language` whose value is an English tag (en, en-US, en_GB, eng, English; any case) becomes L;
+- shards keep English and gain L, so nothing of theirs is renamed.
+"""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import json
 import os
+import posixpath
+import re
 import tarfile
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from polycap.sharding import fs
 from polycap.sharding.writer import add_members
 
-FORMATS = ("llava", "sharegpt", "messages", "captions", "shards")
+FORMATS = ("llava", "sharegpt", "messages", "alpaca", "captions", "shards")
 Path_ = tuple[Any, ...]   # where a text sits inside a record, e.g. ("conversations", 2, "value")
+Slot = tuple[Path_, str]
+PASS_ROLES = frozenset({"function_call", "observation", "tool", "function", "ipython"})  # tool calls and outputs
+TURN_COLUMNS = ("conversations", "messages")
+TAG_PAIRS = (("from", "value"), ("role", "content"))
+INFO_FILE = "dataset_info.json"     # LLaMA-Factory's dataset registry (columns, tags, formatting)
+_ID_EN = re.compile(r"([-_])en$", re.IGNORECASE)
+_LANG_EN = re.compile(r"en(?:[-_][a-z0-9]+)*|eng|english", re.IGNORECASE)
 
 
 class FormatError(ValueError):
@@ -29,6 +58,39 @@ class RawRecord:
     record: Any                     # parsed JSON object / parquet row / shard sample dict; None if unparsable
     error: str = ""                 # why it could not be parsed
     container: str = ""             # shards: the tar it came from
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a format keeps its texts. `messages` / `role_tag` / `content_tag` None: found per record."""
+
+    name: str                               # one of FORMATS
+    messages: str | None = None             # the turn list column
+    role_tag: str | None = None
+    content_tag: str | None = None
+    system: str = "system"                  # top-level system prompt column (sharegpt, alpaca)
+    pass_roles: frozenset[str] = PASS_ROLES  # turns whose content is kept as is
+    roles: frozenset[str] | None = None     # dataset_info tags: a turn with another role is malformed
+    prompt: str = "instruction"             # alpaca columns
+    query: str = "input"
+    response: str = "output"
+    history: str = "history"
+    fields: tuple[str, ...] = ("caption",)  # captions columns
+    origin: str = ""                        # the dataset_info.json entry the names come from
+
+
+_LAYOUTS = {"llava": Layout("llava", "conversations", "from", "value"), "sharegpt": Layout("sharegpt"),
+            "messages": Layout("messages", "messages", "role", "content"), "alpaca": Layout("alpaca"),
+            "captions": Layout("captions"), "shards": Layout("shards")}
+
+
+def layout_of(fmt: str | Layout, fields: Sequence[str] = ("caption",)) -> Layout:
+    """A format name's default layout (with the caption `fields`); a Layout is returned as it is."""
+    if isinstance(fmt, Layout):
+        return fmt
+    if fmt not in _LAYOUTS:
+        raise FormatError(f"--format: {fmt!r} is not one of auto, {', '.join(FORMATS)}")
+    return dataclasses.replace(_LAYOUTS[fmt], fields=tuple(fields))
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -102,63 +164,208 @@ def read_records(path: str) -> Generator[RawRecord, None, None]:
             yield RawRecord(i, _rid(name, i, rec), rec)
 
 
+# -- which format ----------------------------------------------------------------------------------
+_PICK = "pass --format llava|sharegpt|messages|alpaca|captions (or --dataset-info with its column names)"
+
+
 def detect_format(record: Any, container: str) -> str:
-    """llava | sharegpt | messages | captions | shards, from the container and one record's keys."""
+    """llava | sharegpt | messages | alpaca | captions | shards, from the container and one record's keys.
+    FormatError when the record fits two formats."""
     if container == "shards":
         return "shards"
-    if isinstance(record, dict):
-        if isinstance(record.get("conversations"), list):
-            return "llava"
-        msgs = record.get("messages")
-        if isinstance(msgs, list) and msgs:
-            return "messages" if any(isinstance(m, dict) and isinstance(m.get("content"), list)
-                                     for m in msgs) else "sharegpt"
-    return "captions"
+    if not isinstance(record, dict):
+        return "captions"  # text_slots then names what is wrong with the record
+    found = [f"`{k}`" for k in TURN_COLUMNS if isinstance(record.get(k), list)]
+    if isinstance(record.get("instruction"), str) and "output" in record:
+        found.append("`instruction`/`output`")
+    if len(found) > 1:
+        raise FormatError(f"ambiguous record: it has {' and '.join(found)}; {_PICK}")
+    if not found:
+        return "captions"
+    if found[0] == "`instruction`/`output`":
+        return "alpaca"
+    key = TURN_COLUMNS[0] if found[0] == "`conversations`" else TURN_COLUMNS[1]
+    turns = [t for t in record[key] if isinstance(t, dict)]
+    tags = {pair for t in turns for pair in TAG_PAIRS if pair[0] in t}
+    if len(tags) > 1:
+        raise FormatError(f"ambiguous record: `{key}` turns have both `from` and `role`; {_PICK}")
+    tools = "tools" in record or any(t.get("from", t.get("role")) in PASS_ROLES for t in turns)
+    if key == "conversations":
+        return "llava" if tags <= {TAG_PAIRS[0]} and not tools else "sharegpt"
+    if tags <= {TAG_PAIRS[1]} and (tools or any(isinstance(t.get("content"), list) or "tool_calls" in t
+                                                for t in turns)):
+        return "messages"
+    return "sharegpt"
+
+
+def _info_entry(in_path: str, info_path: str | None, name: str | None) -> tuple[dict[str, Any] | None, str]:
+    """The dataset_info.json entry for `in_path` and where it is written ("<file>#<name>"); (None, "") when
+    no dataset_info.json lies next to the input or none of its entries names the input's file."""
+    path = info_path or fs.join(fs.parent(in_path), INFO_FILE)
+    if not info_path and not fs.is_file(path):
+        if name:
+            raise FormatError(f"--dataset-name {name}: no {INFO_FILE} next to {in_path}; pass --dataset-info PATH")
+        return None, ""
+    try:
+        info = fs.read_json(path)
+    except (OSError, ValueError) as e:
+        raise FormatError(f"{path}: cannot read it as JSON ({e})") from e
+    if not isinstance(info, dict):
+        raise FormatError(f"{path}: expected an object of dataset entries")
+    if name:
+        if not isinstance(info.get(name), dict):
+            raise FormatError(f"--dataset-name {name!r} is not an entry of {path}")
+        return info[name], f"{path}#{name}"
+    base = fs.basename(in_path)
+    hits = [k for k, v in info.items()
+            if isinstance(v, dict) and isinstance(v.get("file_name"), str)
+            and posixpath.basename(v["file_name"].rstrip("/")) == base]
+    if len(hits) > 1:
+        raise FormatError(f"{path}: entries {', '.join(hits)} all name {base}; pick one with --dataset-name")
+    if not hits:
+        if info_path:
+            raise FormatError(f"{path}: no entry has file_name {base}; pick one with --dataset-name")
+        return None, ""
+    return info[hits[0]], f"{path}#{hits[0]}"
+
+
+def layout_from_info(entry: dict[str, Any], origin: str) -> Layout:
+    """A LLaMA-Factory dataset_info.json entry as a Layout: `formatting` (alpaca, the default | sharegpt |
+    openai), `columns` and `tags`, with LLaMA-Factory's defaults for what the entry leaves out."""
+    formatting, cols, tags = entry.get("formatting", "alpaca"), entry.get("columns") or {}, entry.get("tags") or {}
+    if formatting not in ("alpaca", "sharegpt", "openai"):
+        raise FormatError(f"{origin}: formatting {formatting!r} is not alpaca, sharegpt or openai")
+    if entry.get("ranking"):
+        raise FormatError(f"{origin}: ranking (chosen/rejected) datasets are not supported")
+    if not isinstance(cols, dict) or not isinstance(tags, dict):
+        raise FormatError(f"{origin}: `columns` and `tags` must be objects")
+    system = cols.get("system") or "system"
+    if formatting == "alpaca":
+        return Layout("alpaca", system=system, prompt=cols.get("prompt") or "instruction",
+                      query=cols.get("query") or "input", response=cols.get("response") or "output",
+                      history=cols.get("history") or "history", origin=origin)
+    t = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+         "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system", **tags}
+    passing = {t["observation_tag"], t["function_tag"]}
+    roles = passing | {t["user_tag"], t["assistant_tag"], t["system_tag"]}
+    return Layout("sharegpt" if formatting == "sharegpt" else "messages", cols.get("messages") or "conversations",
+                  t["role_tag"], t["content_tag"], system=system, pass_roles=frozenset(passing - {None}),
+                  roles=frozenset(roles - {None}), origin=origin)
+
+
+def resolve_layout(fmt: str, first: Any, container: str, fields: Sequence[str], in_path: str,
+                   info_path: str | None = None, info_name: str | None = None) -> Layout:
+    """The layout a whole input is read with: its dataset_info.json entry (explicit, or next to the input and
+    naming its file), else `fmt`, else the format detected from the first parsable record `first`.
+    FormatError (naming the option to pass) when the formats disagree or the record fits none or two."""
+    if container != "shards":
+        entry, origin = _info_entry(in_path, info_path, info_name)
+        if entry is not None:
+            lay = dataclasses.replace(layout_from_info(entry, origin), fields=tuple(fields))
+            if fmt not in ("auto", lay.name) and not (fmt == "llava" and lay.name == "sharegpt"):
+                raise FormatError(f"--format {fmt} disagrees with {origin} ({lay.name}); drop one of them")
+            return lay
+    elif info_path or info_name:
+        raise FormatError("--dataset-info / --dataset-name apply to dataset files, not to shards")
+    if fmt == "auto":
+        fmt = detect_format(first, container)
+        if fmt == "captions" and isinstance(first, dict) and not any(f in first for f in fields):
+            keys = ", ".join(sorted(map(str, first))[:12])
+            raise FormatError(f"{fs.basename(in_path)}: cannot tell the format of its first record (keys: {keys}): "
+                              f"no conversations, messages, instruction/output or {', '.join(fields)} field; "
+                              f"{_PICK}, with --field NAME for captions")
+    return layout_of(fmt, fields)
 
 
 # -- text slots ------------------------------------------------------------------------------------
-def _turn_slots(turns: Any, key: str, role_keys: tuple[str, ...], text_key: str) -> list[tuple[Path_, str]]:
-    if not isinstance(turns, list) or not turns:
-        raise FormatError(f"`{key}` must be a non-empty list")
-    out: list[tuple[Path_, str]] = []
-    for i, t in enumerate(turns):
-        if not isinstance(t, dict) or not any(isinstance(t.get(r), str) for r in role_keys):
-            raise FormatError(f"{key}[{i}]: expected an object with {'/'.join(role_keys)}")
-        content = t.get(text_key)
-        if isinstance(content, str):
-            out.append(((key, i, text_key), content))
-        elif isinstance(content, list) and text_key == "content":
-            for j, part in enumerate(content):
-                if not isinstance(part, dict):
-                    raise FormatError(f"{key}[{i}].content[{j}]: expected an object")
-                if part.get("type") == "text":
-                    tk = "text" if isinstance(part.get("text"), str) else "value"
-                    if not isinstance(part.get(tk), str):
-                        raise FormatError(f"{key}[{i}].content[{j}]: text part without text")
-                    out.append(((key, i, text_key, j, tk), part[tk]))
-        else:
-            raise FormatError(f"{key}[{i}].{text_key}: expected a string")
+def _content_slots(content: Any, path: Path_, where: str, calls: bool) -> list[Slot]:
+    """A turn's texts: a string, or the `text` parts of a list (OpenAI / LLaMA-Factory v1 content parts)."""
+    if isinstance(content, str):
+        return [(path, content)]
+    if content is None and calls:
+        return []              # an assistant turn that only calls tools
+    if not isinstance(content, list):
+        raise FormatError(f"{where}: expected a string or a list of parts"
+                          + (" (null only beside tool_calls)" if content is None else ""))
+    out: list[Slot] = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict):
+            raise FormatError(f"{where}[{j}]: expected an object")
+        if part.get("type") == "text":
+            tk = "text" if isinstance(part.get("text"), str) else "value"
+            if not isinstance(part.get(tk), str):
+                raise FormatError(f"{where}[{j}]: text part without text")
+            out.append(((*path, j, tk), part[tk]))
     return out
 
 
-def text_slots(record: Any, fmt: str, fields: list[str]) -> list[tuple[Path_, str]]:
-    """Every (path, English text) of a record that gets translated; FormatError if malformed."""
-    if not isinstance(record, dict):
-        raise FormatError(f"expected a JSON object, got {type(record).__name__}")
-    if fmt == "llava":
-        return _turn_slots(record.get("conversations"), "conversations", ("from",), "value")
-    if fmt in ("sharegpt", "messages"):
-        return _turn_slots(record.get("messages"), "messages", ("role",), "content")
-    if fmt == "shards":
-        out: list[tuple[Path_, str]] = []
-        if isinstance(record["texts"].get("en"), str):
-            out.append((("texts", "en"), record["texts"]["en"]))
-        conv = (record["json"].get("conversations") or {}).get("en")
-        if conv:
-            out += [(("json", "conversations", "en") + p[1:], t)
-                    for p, t in _turn_slots(conv, "en", ("from",), "value")]
-        return out
-    out = []
+def _turns(turns: Any, key: Path_, role_tag: str, content_tag: str, lay: Layout) -> list[Slot]:
+    name = ".".join(map(str, key))
+    if not isinstance(turns, list) or not turns:
+        raise FormatError(f"`{name}` must be a non-empty list")
+    out: list[Slot] = []
+    for i, t in enumerate(turns):
+        if not isinstance(t, dict) or not isinstance(t.get(role_tag), str):
+            raise FormatError(f"{name}[{i}]: expected an object with a string `{role_tag}`")
+        role = t[role_tag]
+        if lay.roles is not None and role not in lay.roles:
+            raise FormatError(f"{name}[{i}]: role {role!r} is none of {', '.join(sorted(lay.roles))} ({lay.origin})")
+        if role in lay.pass_roles:
+            continue           # a tool call or a tool's output: code and data, kept byte for byte
+        out += _content_slots(t.get(content_tag), (*key, i, content_tag), f"{name}[{i}].{content_tag}",
+                              bool(t.get("tool_calls") or t.get("function_call")))
+    return out
+
+
+def _turn_names(record: dict[str, Any], lay: Layout) -> tuple[str, str, str]:
+    """The turn column and role/content tags of a record: the layout's, else found in the record."""
+    key = lay.messages
+    if key is None:
+        keys = [k for k in TURN_COLUMNS if isinstance(record.get(k), list)]
+        if len(keys) != 1:
+            raise FormatError("no `conversations` or `messages` list" if not keys else
+                              f"both `conversations` and `messages`; {_PICK}")
+        key = keys[0]
+    if lay.role_tag and lay.content_tag:
+        return key, lay.role_tag, lay.content_tag
+    turns = record.get(key)
+    first = next((t for t in turns if isinstance(t, dict)), {}) if isinstance(turns, list) else {}
+    role, content = next((p for p in TAG_PAIRS if p[0] in first), TAG_PAIRS[key == "messages"])
+    return key, role, content
+
+
+def _system_slot(record: dict[str, Any], lay: Layout) -> list[Slot]:
+    v = record.get(lay.system)
+    if v is None:
+        return []
+    if not isinstance(v, str):
+        raise FormatError(f"`{lay.system}` (system prompt): expected a string")
+    return [((lay.system,), v)]
+
+
+def _alpaca_slots(record: dict[str, Any], lay: Layout) -> list[Slot]:
+    if not isinstance(record.get(lay.prompt), str):
+        raise FormatError(f"`{lay.prompt}`: expected a string (alpaca instruction)")
+    out = _system_slot(record, lay)
+    history = record.get(lay.history)
+    if history is not None:
+        if not isinstance(history, list):
+            raise FormatError(f"`{lay.history}`: expected a list of [query, answer] pairs")
+        for i, pair in enumerate(history):
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+                raise FormatError(f"`{lay.history}`[{i}]: expected [query, answer] strings")
+            out += [((lay.history, i, 0), pair[0]), ((lay.history, i, 1), pair[1])]
+    for col in (lay.prompt, lay.query, lay.response):
+        v = record.get(col)
+        if isinstance(v, str):
+            out.append(((col,), v))
+        elif v is not None:
+            raise FormatError(f"`{col}`: expected a string")
+    return out
+
+
+def _caption_slots(record: dict[str, Any], fields: Sequence[str]) -> list[Slot]:
+    out: list[Slot] = []
     for f in fields:
         v = record.get(f)
         if isinstance(v, str):
@@ -172,13 +379,48 @@ def text_slots(record: Any, fmt: str, fields: list[str]) -> list[tuple[Path_, st
     return out
 
 
-def set_slots(record: Any, fmt: str, lang: str, texts: dict[Path_, str]) -> Any:
-    """A deep copy of `record` with every slot replaced by its translation; all else is untouched.
+def text_slots(record: Any, fmt: str | Layout, fields: Sequence[str] = ("caption",)) -> list[Slot]:
+    """Every (path, English text) of a record that gets translated; FormatError if malformed.
+    `fmt` is a format name (its default names, with the caption `fields`) or a Layout (which has its own)."""
+    lay = layout_of(fmt, fields)
+    if lay.name == "shards":
+        out: list[Slot] = []
+        if isinstance(record["texts"].get("en"), str):
+            out.append((("texts", "en"), record["texts"]["en"]))
+        conv = (record["json"].get("conversations") or {}).get("en")
+        if conv:
+            out += _turns(conv, ("json", "conversations", "en"), "from", "value", _LAYOUTS["llava"])
+        return out
+    if not isinstance(record, dict):
+        raise FormatError(f"expected a JSON object, got {type(record).__name__}")
+    if lay.name in ("llava", "sharegpt", "messages"):
+        key, role_tag, content_tag = _turn_names(record, lay)
+        return _system_slot(record, lay) + _turns(record.get(key), (key,), role_tag, content_tag, lay)
+    if lay.name == "alpaca":
+        return _alpaca_slots(record, lay)
+    return _caption_slots(record, lay.fields)
+
+
+def retag(record: dict[str, Any], lang: str) -> None:
+    """The id / language rule of the module docstring, applied in place to a translated copy."""
+    rid = record.get("id")
+    if isinstance(rid, str) and (m := _ID_EN.search(rid)):
+        record["id"] = f"{rid[:m.start()]}{m.group(1)}{lang}"
+    for k in ("lang", "language"):
+        v = record.get(k)
+        if isinstance(v, str) and _LANG_EN.fullmatch(v.strip()):
+            record[k] = lang
+
+
+def set_slots(record: Any, fmt: str | Layout, lang: str, texts: dict[Path_, str]) -> Any:
+    """A deep copy of `record` with every slot replaced by its translation and ids / language fields retagged
+    (module docstring); all else is untouched.
 
     Shards keep English and gain the language: `texts[lang]` and `json.conversations[lang]`."""
+    shards = (fmt.name if isinstance(fmt, Layout) else fmt) == "shards"
     rec = copy.deepcopy(record)
     for path, text in texts.items():
-        if fmt == "shards":
+        if shards:
             path = ("texts", lang) if path[0] == "texts" else ("json", "conversations", lang) + path[3:]
             if path[0] == "json":
                 convs = rec["json"].setdefault("conversations", {})
@@ -187,6 +429,8 @@ def set_slots(record: Any, fmt: str, lang: str, texts: dict[Path_, str]) -> Any:
         for p in path[:-1]:
             cur = cur[p]
         cur[path[-1]] = text
+    if not shards and isinstance(rec, dict):
+        retag(rec, lang)
     return rec
 
 
