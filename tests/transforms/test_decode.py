@@ -236,3 +236,40 @@ def test_decode_images_ptransform(threads):
         assert_that(rejects | "R" >> beam.Map(lambda r: (r.source_uri, str(r.reason), r.stage)),
                     equal_to([("mem://e", "empty_file", "decode"), ("mem://t", "not_an_image", "decode"),
                               ("mem://c", "corrupt_image", "decode")]), label="rejects")
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("max_side", [0, 256])
+def test_jpeg_cut_short_with_new_end_marker_is_rejected(eval_dir, progressive, max_side):
+    """libjpeg fills what it could not decode (grey for baseline, blur for progressive) and Pillow says
+    nothing; the decoder's own warning makes it a reject, also when decoded at a reduced DCT scale."""
+    photo = Image.open(eval_dir / "photos/sklearn/china.jpg").convert("RGB")
+    data = encode(photo, "JPEG", quality=90, progressive=progressive)
+    cfg = DecodeConfig(max_side=max_side)
+    assert decoded(data, cfg).width > 0                       # the whole file decodes
+    for frac in (0.5, 0.9):
+        cut = data[: int(len(data) * frac)] + b"\xff\xd9"
+        reason, detail = reason_of(cut, cfg)
+        assert reason == Reason.CORRUPT_IMAGE and "truncated or damaged" in detail, (frac, detail)
+
+
+def test_jpeg_with_stray_bytes_after_the_scan_is_kept():
+    data = jpeg_bytes(64, 48)
+    assert data.endswith(b"\xff\xd9")
+    junk = data[:-2] + b"\x00\x11\x22" + b"\xff\xd9"        # stray bytes before EOI: every pixel still decodes
+    d = decoded(junk, DecodeConfig(reencode=True))
+    assert (d.width, d.height) == (64, 48)
+    ref = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+    assert np.abs(ref - np.asarray(stored(d).convert("RGB"))).mean() < 3
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_jpeg_pixels_match_pillow(eval_dir, mode):
+    im = Image.open(eval_dir / "photos/sklearn/china.jpg").convert(mode)
+    data = encode(im, "JPEG", quality=85)
+    d = decoded(data, DecodeConfig(reencode=False))
+    assert (d.data == data) == (mode == "RGB")                 # a conforming RGB JPEG is kept byte for byte
+    ref = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    got = np.asarray(Image.open(io.BytesIO(decoded(data, DecodeConfig(reencode=True, jpeg_quality=100)).data))
+                     .convert("RGB"))
+    assert np.abs(ref.astype(int) - got).mean() < 1.5          # q100 re-encode of the same pixels
