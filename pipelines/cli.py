@@ -132,6 +132,7 @@ def translate(ctx: typer.Context,
     """Translate an English dataset into other languages, keeping its format and structure."""
     from polycap.pipelines.translate import run as run_translate
     from polycap.schemas.config import ConfigError, TranslateConfig, load_section
+    from polycap.transforms.dataset_formats import FormatError
 
     langs = [t.strip() for t in to.split(",") if t.strip()]
     try:
@@ -142,6 +143,8 @@ def translate(ctx: typer.Context,
                               dataset_info=dataset_info, dataset_name=dataset_name)
     except ConfigError as e:
         _fail(f"config: {e}")
+    except FormatError as e:     # the input's format or its dataset_info.json, found before any work starts
+        _fail(str(e), EXIT_USAGE)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e), 1)
     typer.echo(json.dumps(stats, indent=2, ensure_ascii=False))

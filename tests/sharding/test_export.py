@@ -117,32 +117,54 @@ def llava_load(data_path: str, image_folder: str) -> int:
 
 def llamafactory_load(dataset_dir: str, name: str) -> int:
     """hiyouga/LLaMA-Factory src/llamafactory/data/parser.py get_dataset_list: `dataset_info.json` in
-    dataset_dir names `file_name`, `formatting` (alpaca|sharegpt), `columns`, `tags`; loader.py loads
-    `os.path.join(dataset_dir, file_name)` (json or jsonl); converter.py: SharegptDatasetConverter takes
-    messages with role_tag/content_tag, user at even and assistant at odd positions; AlpacaDatasetConverter
-    builds prompt = history + [instruction + input], response = output; `_find_medias` resolves images
-    under media_dir (= dataset_dir); mm_plugin `_validate_input` wants as many `<image>` as images."""
+    dataset_dir names `file_name`, `formatting` (alpaca|sharegpt|openai), `columns`, `tags` (DatasetAttr
+    defaults for what it leaves out); loader.py loads `os.path.join(dataset_dir, file_name)` (json or jsonl);
+    converter.py: SharegptDatasetConverter takes a first system_tag turn as the system, then wants
+    user_tag|observation_tag at even and assistant_tag|function_tag at odd positions and an even count;
+    OpenAIDatasetConverter turns an assistant's `tool_calls` into a function turn and merges consecutive
+    observation_tag turns before the same check; AlpacaDatasetConverter builds prompt = history +
+    [instruction + input], response = output; the system and tools columns are read as given; `_find_medias`
+    resolves images under media_dir (= dataset_dir); mm_plugin `_validate_input` wants as many `<image>` as
+    images. Returns the number of records that convert (a broken one fails the assert)."""
     info = json.load(open(os.path.join(dataset_dir, "dataset_info.json")))[name]
     path = os.path.join(dataset_dir, info["file_name"])
     text = open(path, encoding="utf-8").read()
     rows = [json.loads(x) for x in text.splitlines()] if path.endswith(".jsonl") else json.loads(text)
     cols, fmt = info.get("columns", {}), info.get("formatting", "alpaca")
+    tags = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+            "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system",
+            **info.get("tags", {})}
     for row in rows:
-        images = row[cols["images"]]
+        images = row[cols["images"]] if cols.get("images") else []
         assert all(os.path.isfile(os.path.join(dataset_dir, i)) for i in images)
-        if fmt == "sharegpt":
-            tags = info["tags"]
-            msgs = row[cols["messages"]]
-            want = [tags["user_tag"], tags["assistant_tag"]]
-            assert len(msgs) % 2 == 0
-            assert all(m[tags["role_tag"]] == want[i % 2] for i, m in enumerate(msgs))
-            texts = [m[tags["content_tag"]] for m in msgs]
+        if cols.get("system"):
+            assert isinstance(row.get(cols["system"], ""), str)
+        if fmt in ("sharegpt", "openai"):
+            msgs = row[cols.get("messages", "conversations")]
+            role, content = tags["role_tag"], tags["content_tag"]
+            if msgs and msgs[0][role] == tags["system_tag"]:
+                assert isinstance(msgs[0][content], str)
+                msgs = msgs[1:]
+            aligned = []
+            for m in msgs:
+                r, c = m[role], m[content]
+                if fmt == "openai" and r == tags["assistant_tag"] and m.get("tool_calls"):
+                    r, c = tags["function_tag"], json.dumps([t["function"] for t in m["tool_calls"]])
+                if fmt == "openai" and r == tags["observation_tag"] and aligned and aligned[-1][0] == r:
+                    continue                               # consecutive tool answers become one turn
+                aligned.append((r, c))
+            accept = [(tags["user_tag"], tags["observation_tag"]), (tags["assistant_tag"], tags["function_tag"])]
+            assert len(aligned) % 2 == 0
+            assert all(r in accept[i % 2] for i, (r, _) in enumerate(aligned))
+            texts = [c for _, c in aligned]
         else:
             assert fmt == "alpaca"
             hist = row.get(cols.get("history", "history")) or []
             assert all(isinstance(h, list) and len(h) == 2 for h in hist)
-            prompt = row[cols["prompt"]] + ("\n" + row[cols["query"]] if row[cols["query"]] else "")
-            texts = [t for h in hist for t in h] + [prompt, row[cols["response"]]]
+            query = row.get(cols.get("query", "input"))
+            prompt = row[cols.get("prompt", "instruction")] + ("\n" + query if query else "")
+            texts = [t for h in hist for t in h] + [prompt, row[cols.get("response", "output")]]
+        assert all(isinstance(t, str) for t in texts)
         assert sum(t.count(IMAGE) for t in texts) == len(images)
     return len(rows)
 

@@ -108,3 +108,163 @@ def test_streamed_parquet_batches_keep_the_given_schema(tmp_path, monkeypatch):
     assert pq.read_table(tmp_path / "e.parquet").num_rows == 0
     with pytest.raises(ValueError):
         RecordWriter(str(tmp_path / "x.tar"), "shards")
+
+
+# -- tool turns, alpaca, system, dataset_info.json, ids ---------------------------------------------
+CALL = '{"name": "get_weather", "arguments": {"city": "Seoul"}}'
+GLAIVE = {"id": "w-1-en", "system": "You are a helpful assistant.", "tools": '[{"name": "get_weather"}]',
+          "conversations": [{"from": "human", "value": "Weather in Seoul?"},
+                            {"from": "function_call", "value": CALL},
+                            {"from": "observation", "value": '{"temp": 21}'},
+                            {"from": "gpt", "value": "It is 21 degrees."}]}
+TOOL_CALLS = {"messages": [
+    {"role": "system", "content": "Use the tools."},
+    {"role": "user", "content": [{"type": "text", "text": "Weather here?"},
+                                 {"type": "image_url", "image_url": {"url": "a.jpg"}}]},
+    {"role": "assistant", "content": None,
+     "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": CALL}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 21}'},
+    {"role": "assistant", "content": "It is 21 degrees."}], "lang": "en"}
+ALPACA = {"instruction": "Name a fruit.", "input": "", "output": "An apple.", "system": "Be brief.",
+          "history": [["Hi.", "Hello!"]]}
+
+
+def _texts(rec, fmt):
+    return [t for _, t in text_slots(rec, fmt)]
+
+
+def test_tool_turns_and_tool_calls_are_not_slots_and_pass_through():
+    assert detect_format(GLAIVE, "json") == "sharegpt"
+    assert _texts(GLAIVE, "sharegpt") == ["You are a helpful assistant.", "Weather in Seoul?", "It is 21 degrees."]
+    assert detect_format(TOOL_CALLS, "jsonl") == "messages"
+    assert _texts(TOOL_CALLS, "messages") == ["Use the tools.", "Weather here?", "It is 21 degrees."]
+    for rec, fmt in ((GLAIVE, "sharegpt"), (TOOL_CALLS, "messages")):
+        out = set_slots(rec, fmt, "ko", {p: "번역" for p, _ in text_slots(rec, fmt)})
+        turns = out.get("conversations") or out["messages"]
+        orig = rec.get("conversations") or rec["messages"]
+        for a, b in zip(orig, turns):
+            if a.get("from", a.get("role")) in ("function_call", "observation", "tool") or "tool_calls" in a:
+                assert json.dumps(a) == json.dumps(b)         # byte for byte
+            else:
+                assert a != b
+        assert out.get("tools") == rec.get("tools")
+    assert set_slots(GLAIVE, "sharegpt", "ko", {("system",): "시스템"})["system"] == "시스템"
+
+
+def test_null_content_is_malformed_unless_it_calls_tools():
+    rec = {"messages": [{"role": "user", "content": None}, {"role": "assistant", "content": "x"}]}
+    with pytest.raises(FormatError, match="tool_calls"):
+        text_slots(rec, "messages")
+
+
+def test_llamafactory_sharegpt_with_role_content_tags_under_conversations():
+    rec = {"conversations": [{"role": "user", "content": "<image>Who?"}, {"role": "assistant", "content": "Kane."}],
+           "images": ["1.jpg"]}
+    assert detect_format(rec, "json") == "sharegpt"
+    assert _texts(rec, "sharegpt") == ["<image>Who?", "Kane."]
+
+
+def test_alpaca_is_detected_and_system_history_instruction_input_output_are_slots():
+    assert detect_format(ALPACA, "json") == "alpaca"
+    slots = text_slots(ALPACA, "alpaca")
+    assert [p for p, _ in slots] == [("system",), ("history", 0, 0), ("history", 0, 1), ("instruction",),
+                                      ("input",), ("output",)]
+    out = set_slots(ALPACA, "alpaca", "vi", {p: f"v{i}" for i, (p, _) in enumerate(slots)})
+    assert out == {"system": "v0", "history": [["v1", "v2"]], "instruction": "v3", "input": "v4", "output": "v5"}
+    with pytest.raises(FormatError, match="history"):
+        text_slots({**ALPACA, "history": [["only one"]]}, "alpaca")
+
+
+@pytest.mark.parametrize("rec", [{"conversations": [], "messages": []},
+                                 {"instruction": "x", "output": "y", "conversations": []},
+                                 {"messages": [{"from": "human", "value": "a"}, {"role": "user", "content": "b"}]}])
+def test_ambiguous_records_name_the_format_option(rec):
+    with pytest.raises(FormatError, match="--format"):
+        detect_format(rec, "json")
+
+
+@pytest.mark.parametrize("before,after", [
+    ({"id": "q7-en"}, {"id": "q7-ko"}), ({"id": "q7_EN"}, {"id": "q7_ko"}), ({"id": "q7"}, {"id": "q7"}),
+    ({"id": "token"}, {"id": "token"}), ({"id": 5}, {"id": 5}), ({"id": "en"}, {"id": "en"}),
+    ({"lang": "en"}, {"lang": "ko"}), ({"language": "English"}, {"language": "ko"}),
+    ({"lang": "en-US"}, {"lang": "ko"}), ({"lang": "fr"}, {"lang": "fr"}), ({"lang": "eng"}, {"lang": "ko"})])
+def test_ids_and_language_fields_follow_the_documented_rule(before, after):
+    rec = {"caption": "A cat.", **before}
+    out = set_slots(rec, "captions", "ko", {("caption",): "고양이"})
+    assert out == {"caption": "고양이", **after}
+
+
+def test_shard_records_are_never_retagged():
+    rec = {"key": "k", "jpg": b"", "json": {"id": "a-en", "lang": "en"}, "texts": {"en": "A cat."}}
+    out = set_slots(rec, "shards", "ko", {("texts", "en"): "고양이"})
+    assert out["json"] == rec["json"] and out["texts"] == {"en": "A cat.", "ko": "고양이"}
+
+
+# -- dataset_info.json -----------------------------------------------------------------------------
+CUSTOM = {"dialog": [{"speaker": "customer", "text": "Hello there."},
+                     {"speaker": "agent", "text": "Hi! How can I help?"},
+                     {"speaker": "customer", "text": "Call the tool."},
+                     {"speaker": "call", "text": CALL}, {"speaker": "result", "text": '{"ok": true}'},
+                     {"speaker": "agent", "text": "Done."}],
+          "sys": "You are an agent."}
+CUSTOM_INFO = {"custom": {"file_name": "custom.json", "formatting": "sharegpt",
+                          "columns": {"messages": "dialog", "system": "sys"},
+                          "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "customer",
+                                   "assistant_tag": "agent", "function_tag": "call", "observation_tag": "result"}}}
+
+
+def _info_dir(tmp_path, info, records, name="custom.json"):
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    (tmp_path / name).write_text(json.dumps(records))
+    return str(tmp_path / name)
+
+
+def test_dataset_info_next_to_the_input_sets_columns_and_tags(tmp_path):
+    from polycap.transforms.dataset_formats import resolve_layout
+
+    path = _info_dir(tmp_path, CUSTOM_INFO, [CUSTOM])
+    lay = resolve_layout("auto", CUSTOM, "json", ["caption"], path)
+    assert (lay.name, lay.messages, lay.role_tag, lay.content_tag, lay.system) == \
+        ("sharegpt", "dialog", "speaker", "text", "sys")
+    assert lay.origin.endswith("dataset_info.json#custom")
+    assert _texts(CUSTOM, lay) == ["You are an agent.", "Hello there.", "Hi! How can I help?", "Call the tool.",
+                                   "Done."]
+    bad = {**CUSTOM, "dialog": CUSTOM["dialog"] + [{"speaker": "bot", "text": "?"}]}
+    with pytest.raises(FormatError, match="role 'bot'"):             # LLaMA-Factory would drop it as broken
+        text_slots(bad, lay)
+    with pytest.raises(FormatError, match="disagrees"):
+        resolve_layout("alpaca", CUSTOM, "json", ["caption"], path)
+
+
+def test_dataset_info_options_and_their_errors(tmp_path):
+    from polycap.transforms.dataset_formats import resolve_layout
+
+    path = _info_dir(tmp_path, {**CUSTOM_INFO, "copy": {**CUSTOM_INFO["custom"]}}, [CUSTOM])
+    with pytest.raises(FormatError, match="--dataset-name"):         # two entries name the file
+        resolve_layout("auto", CUSTOM, "json", ["caption"], path)
+    assert resolve_layout("auto", CUSTOM, "json", ["caption"], path, info_name="copy").messages == "dialog"
+    with pytest.raises(FormatError, match="'nope'"):
+        resolve_layout("auto", CUSTOM, "json", ["caption"], path, info_name="nope")
+    other = tmp_path / "sub"
+    other.mkdir()
+    (other / "a.json").write_text(json.dumps([ALPACA]))
+    assert resolve_layout("auto", ALPACA, "json", ["caption"], str(other / "a.json")).name == "alpaca"  # no info
+    with pytest.raises(FormatError, match="no entry has file_name a.json"):
+        resolve_layout("auto", ALPACA, "json", ["caption"], str(other / "a.json"),
+                       info_path=str(tmp_path / "dataset_info.json"))
+    info = {"a": {"file_name": "a.json", "columns": {"prompt": "q", "response": "a", "system": "s"}}}
+    (other / "dataset_info.json").write_text(json.dumps(info))
+    lay = resolve_layout("auto", None, "json", ["caption"], str(other / "a.json"))
+    rec = {"q": "Name a fruit.", "a": "An apple.", "s": "Be brief.", "instruction": "not a column here"}
+    assert (lay.name, _texts(rec, lay)) == ("alpaca", ["Be brief.", "Name a fruit.", "An apple."])
+
+
+def test_auto_detection_refuses_a_record_it_cannot_place():
+    from polycap.transforms.dataset_formats import resolve_layout
+
+    with pytest.raises(FormatError, match="--format") as e:
+        resolve_layout("auto", {"question": "x", "answer": "y"}, "jsonl", ["caption"], "/nowhere/x.jsonl")
+    assert "answer, question" in str(e.value)
+    assert resolve_layout("auto", {"question": "x"}, "jsonl", ["question"], "/nowhere/x.jsonl").name == "captions"
+    with pytest.raises(FormatError, match="--format: 'coco'"):
+        resolve_layout("coco", {}, "jsonl", ["caption"], "/nowhere/x.jsonl")
