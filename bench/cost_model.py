@@ -57,8 +57,8 @@ def main() -> None:
                                       "dedup": {"near": False}, "shards": {"max_samples": 50}}))
         wall = time.time() - t
         manifest = (outdir / "manifest.parquet").stat().st_size
-        rejects = sum(f.stat().st_size for f in (outdir / "rejects").glob("*.parquet"))
-        stats_file = (outdir / "_stats.json").stat().st_size
+        rejects = sum(f.stat().st_size for f in (outdir / "rejects").glob("*/*.parquet"))
+        stats_file = (outdir / "_stats" / "train.json").stat().st_size
     res = {
         "photos": len(raw),
         "record_bytes_with_image_mean": round(statistics.mean(raw)),

@@ -102,7 +102,7 @@ def run_once(src: Path, out: Path, beam_args: list[str]) -> dict:
     wall, cpu = time.time() - t0, _child_cpu() - cpu0
     if res.returncode != 0:
         raise RuntimeError(res.stderr[-3000:])
-    stats = json.loads((out / "_stats.json").read_text())
+    stats = json.loads((out / "_stats" / "train.json").read_text())
     assert stats["balanced"], stats
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"args": beam_args, "inputs": stats["inputs"], "kept": stats["kept"],

@@ -114,7 +114,7 @@ def run_polycap(lst: Path, out: Path, server: psutil.Process, beam_args: tuple[s
     cfg.write_text(json.dumps({"sources": [{"kind": "urls", "path": str(lst)}], "output": str(out),
                                "ingest": {"allow_private_addresses": True}}))
     res = measure([sys.executable, "-m", "polycap.pipelines.cli", "run", str(cfg), *beam_args], server)
-    stats = json.loads((out / "_stats.json").read_text())
+    stats = json.loads((out / "_stats" / "train.json").read_text())
     assert stats["balanced"], stats
     res.update(inputs=stats["inputs"], written=stats["kept"], rejected_by_reason=stats["rejected_by_reason"],
                written_in_tars=count_jpgs(out / "shards"))

@@ -13,7 +13,8 @@ HELP = {"help_option_names": ["-h", "--help"]}
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_MISMATCH = 0, 1, 2, 3
 EPILOG = ("Exit codes: 0 ok; 1 failure (a stage, shard, backend or missing optional dependency: the message "
           "names the extra to install); 2 usage or config error (bad option, missing or invalid config file, "
-          "an input path that does not exist), nothing was started; 3 conservation mismatch (inputs != kept + "
+          "an input path that does not exist, an output inside an input or an input inside the output, an "
+          "output locked by another run), nothing was started; 3 conservation mismatch (inputs != kept + "
           "rejected: records were lost). Start from a bundled config: polycap init.")
 
 
@@ -96,17 +97,25 @@ def _load(config: str | None, overrides: list[str], **extra):
 def run(ctx: typer.Context,
         config: str = typer.Argument(..., help="job config YAML (write a starter one with `polycap init`)"),
         output: str | None = typer.Option(None, "--output", "-o", help="output dir (overrides `output`)"),
-        set_: list[str] = typer.Option([], "--set", help="override a config value: a.b=c (repeatable)")):
+        set_: list[str] = typer.Option([], "--set", help="override a config value: a.b=c (repeatable)"),
+        progress: float = typer.Option(5.0, "--progress", min=0.0,
+                                       help="seconds between progress lines on stderr (0: none)"),
+        break_lock: bool = typer.Option(False, "--break-lock",
+                                        help="remove a STALE lock left in the output by a dead run (a live "
+                                             "run's lock is never broken)")):
     """Run the main job. Extra arguments after `--` go to Beam (e.g. --runner, --direct_num_workers)."""
     cfg = _load(config, set_, output=output)   # before importing Beam: a bad config fails at once
     from polycap.pipelines.run import run as run_job
     from polycap.pipelines.run import summary_lines
     from polycap.schemas.config import ConfigError
+    from polycap.sharding.lock import LockHeld
 
     try:
-        stats = run_job(cfg, ctx.args, config_path=config)
+        stats = run_job(cfg, ctx.args, config_path=config, progress_s=progress, break_lock=break_lock)
     except ConfigError as e:
         _fail(f"config: {e}")
+    except LockHeld as e:
+        _fail(str(e), EXIT_USAGE)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         _fail(str(e), 1)
     for line in summary_lines(stats, cfg.output):

@@ -18,7 +18,8 @@ from polycap.sharding import fs
 from polycap.sharding import manifest as mf
 from polycap.sharding.members import SHARD_RE
 from polycap.sharding.reader import ShardError, iter_shard
-from polycap.sharding.rejects import REJECT_FILE_RE, rejects_dir
+from polycap.sharding.rejects import reject_files, rejects_dir
+from polycap.sharding.run_stats import read_stats
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class RejectExample:
 @dataclass
 class ReportData:
     run_dir: str
-    stats: dict[str, Any] = field(default_factory=dict)          # _stats.json (or counted here)
+    stats: dict[str, Any] = field(default_factory=dict)          # _stats/<split>.json merged (or counted here)
     run: dict[str, Any] = field(default_factory=dict)            # _run.json
     kept: int = 0
     shards: int = 0
@@ -144,9 +145,10 @@ def read_manifest_counts(data: ReportData) -> None:
 def read_reject_counts(data: ReportData, examples_per_reason: int) -> None:
     """Reject counts by stage and reason, and the first few rejects of each reason as examples."""
     folder = rejects_dir(data.run_dir)
-    for name in sorted(n for n in fs.list_dir(folder) if REJECT_FILE_RE.match(n)):
+    for path in reject_files(data.run_dir):          # every split's (rejects/<split>/) and older flat files
+        name = path[len(folder):].lstrip("/")
         try:
-            batches = list(_batches(fs.join(folder, name), ["key", "source_uri", "stage", "reason", "detail"]))
+            batches = list(_batches(path, ["key", "source_uri", "stage", "reason", "detail"]))
         except Exception as e:  # noqa: BLE001 - a broken reject file is reported, not fatal
             data.problems.append(f"rejects/{name}: unreadable ({type(e).__name__}: {e})")
             continue
@@ -234,11 +236,14 @@ def collect(run_dir: str, gallery_size: int = 48, per_shard: int = 4, scan_limit
     run_dir, shards_dir = mf.resolve_dirs(fs.abs_path(run_dir))
     data = ReportData(run_dir=run_dir)
     shard_files = {n: size for n, size in fs.list_dir(shards_dir).items() if SHARD_RE.match(n)}
-    data.stats = _read_json(fs.join(run_dir, "_stats.json"))
+    try:
+        data.stats = read_stats(run_dir)                 # every split's _stats/<split>.json, merged
+    except (OSError, ValueError) as e:
+        data.problems.append(f"stats unreadable ({type(e).__name__}: {e})")
     data.run = _read_json(fs.join(run_dir, "_run.json"))
     has_manifest = fs.is_file(fs.join(run_dir, mf.MANIFEST_NAME))
     if not (shard_files or data.stats or has_manifest):
-        raise FileNotFoundError(f"{run_dir}: no run output here (no shards/, manifest.parquet or _stats.json)")
+        raise FileNotFoundError(f"{run_dir}: no run output here (no shards/, manifest.parquet or _stats/)")
     data.shards, data.shard_bytes = len(shard_files), sum(shard_files.values())
     read_manifest_counts(data)
     read_reject_counts(data, examples_per_reason)

@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from polycap.schemas import SCHEMA_VERSION
 from polycap.schemas.config import Config, ConfigError, to_dict
 from polycap.sharding import fs
-from polycap.sharding.run_stats import STATS_NAME, CountAll, MergeCounts, WriteJson, count_key
+from polycap.sharding.run_stats import CountAll, MergeCounts, WriteJson, count_key, stats_path
 from polycap.sharding.staging import clear_staging
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,11 +139,62 @@ def check_sources(cfg: Config) -> None:
             raise ConfigError(f"sources[{i}].path: {path} does not exist")
 
 
+def _norm(path: str) -> str:
+    """A path to compare: local ones resolved (links, `..`, relative to the cwd), URLs without a trailing /."""
+    return path.rstrip("/") if "://" in path else os.path.realpath(path)
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _glob_reaches(pattern: str, folder: str) -> bool:
+    """Whether glob `pattern` can match a file at or below `folder` (which lies inside its fixed base)."""
+    import fnmatch
+
+    parts = pattern.split("/")
+    fixed = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
+    base = "/".join(parts[:fixed]) or "/"
+    base = _norm(base)
+    if not _within(folder, base):
+        return False
+    rest, below = parts[fixed:], [p for p in folder[len(base):].split("/") if p]
+    if any("**" in part for part in rest):
+        return True
+    # a file under `folder` sits deeper than `folder`; the pattern matches only at its own depth
+    return len(rest) > len(below) and all(fnmatch.fnmatchcase(d, r) for d, r in zip(below, rest))
+
+
+def check_output_apart(cfg: Config, out: str) -> None:
+    """The output must not lie inside an input (the next run would read its own shards, manifest and staged
+    files as inputs) and no input may lie inside the output (the run rewrites what it reads)."""
+    out_n = _norm(out)
+    for i, src in enumerate(cfg.sources):
+        for name, path in (("path", src.path), ("image_root", src.image_root)):
+            if not path:
+                continue
+            globbed = any(c in path for c in "*?[") and not ("://" not in path and os.path.lexists(path))
+            if "://" in path and "://" in out_n and path.split("://")[0] != out_n.split("://")[0]:
+                continue
+            where = f"sources[{i}].{name}"
+            if name == "path" and (_glob_reaches(path if "://" in path else os.path.abspath(path), out_n)
+                                   if globbed else _within(out_n, _norm(path))):
+                raise ConfigError(f"output: {out} lies inside the input {where} ({path}); a later run would "
+                                  f"read this run's shards, manifest and staged images as new inputs. Choose an "
+                                  f"output outside every input")
+            fixed = path.split("*")[0].split("?")[0].split("[")[0] if globbed else path
+            if fixed and _within(_norm(fixed), out_n):
+                raise ConfigError(f"{where}: {path} lies inside the output {out}; the run replaces shards, "
+                                  f"rejects and stats there while reading them. Copy the input elsewhere or "
+                                  f"choose another output")
+
+
 def preflight(cfg: Config, remote: bool = False) -> list[str]:
     """Checks that must fail once, before any work (local inputs exist; OCR models present when the launcher
     is also the worker). With a `remote` runner the workers hold the models: OCR models missing here are a
     note, and each worker checks its own in `load_model` (failing the job with the fix if they are missing)."""
     check_sources(cfg)
+    check_output_apart(cfg, fs.abs_path(cfg.output))
     notes = []
     if cfg.ocr.enabled:
         from polycap.transforms.backends.ocr_models import OcrModelError, script_notes
@@ -163,9 +214,12 @@ def preflight(cfg: Config, remote: bool = False) -> list[str]:
 
 
 def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, run_translate: bool,
-                   run_id: str | None = None, started: float | None = None, notes: list[str] | None = None) -> None:
-    """The whole job, ending in one worker writing `<out>/_stats.json` after shards and rejects are committed
-    and staging is removed (so a job submitted without waiting still leaves complete stats)."""
+                   run_id: str | None = None, started: float | None = None, notes: list[str] | None = None,
+                   progress_s: float = 0.0) -> None:
+    """The whole job, ending in one worker writing `<out>/_stats/<split>.json` after shards and rejects are
+    committed and staging is removed (so a job submitted without waiting still leaves complete stats). With
+    `progress_s` > 0 the inputs, rejects and samples reaching the shard writer are also counted into the
+    progress side channel (transforms/progress.py) under `<out>/_progress/<run id>/`."""
     from polycap.sharding.rejects import WriteRejects
     from polycap.sharding.staging import staging_root
     from polycap.sharding.writer import WriteShards
@@ -174,9 +228,20 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, r
     from polycap.transforms.dedup import DedupImages
     from polycap.transforms.filters import FilterSamples
     from polycap.transforms.ingest import ReadSource
-    from polycap.transforms.progress import LogProgress
+    from polycap.transforms.progress import CountProgress, progress_dir
+
+    run_id = run_id or uuid.uuid4().hex[:12]
+    split = cfg.shards.split
+    prog = progress_dir(out, run_id)
+
+    def watch(pc: beam.PCollection, label: str, name: str) -> None:
+        if progress_s > 0:
+            _ = pc | label >> CountProgress(prog, name, progress_s)
 
     read = [p | f"Read{i}_{s.kind}" >> ReadSource(s, cfg.ingest) for i, s in enumerate(cfg.sources)]
+    for i, (s_pc, r_pc) in enumerate(read):
+        watch(s_pc, f"ProgressIn{i}", "inputs")
+        watch(r_pc, f"ProgressInRejected{i}", "inputs")
     samples = [s for s, _ in read] | "FlattenSources" >> beam.Flatten()
     rejects = [r for _, r in read]
     # Count a 1 per input rather than flattening the inputs themselves: the DirectRunner materializes
@@ -186,9 +251,8 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, r
     inputs = (ones | "AllInputs" >> beam.Flatten() | "CountInputs" >> beam.CombineGlobally(sum)
               | "InputCount" >> beam.Map(lambda n: {"inputs": int(n)}))
 
-    samples = samples | "ProgressIngest" >> LogProgress("ingested")
     stages: list[tuple[str, beam.PTransform]] = [
-        ("Decode", DecodeImages(cfg.decode, staging_root(out, run_id or uuid.uuid4().hex[:12]))),  # + stages
+        ("Decode", DecodeImages(cfg.decode, staging_root(out, run_id))),  # + stages
         ("Filter", FilterSamples(cfg.filter)),
         ("Dedup", DedupImages(cfg.dedup)),
     ]
@@ -207,10 +271,12 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, r
         samples, r = samples | "Translate" >> TranslateSamples(cfg.translate, out)
         rejects.append(r)
         samples = samples | "BuildTranslatedRecords" >> BuildRecords(carry_source=False)
-    samples = samples | "ProgressShards" >> LogProgress("written to shards")
+    watch(samples, "ProgressKept", "kept")
+    for i, r in enumerate(rejects):
+        watch(r, f"ProgressRejected{i}", "rejected")
     committed = samples | "WriteShards" >> WriteShards(cfg.shards, out)
     all_rejects = rejects | "FlattenRejects" >> beam.Flatten()
-    reject_files = all_rejects | "WriteRejects" >> WriteRejects(out)
+    reject_files = all_rejects | "WriteRejects" >> WriteRejects(out, subdir=split)   # rejects/<split>/
     # Counted where each stream flows; every count below is one dict, so the final merge is tiny. The kept
     # count comes from what the commit step reports, so `balanced` compares independent counts.
     counts = (
@@ -222,17 +288,19 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, r
         reject_files | "CountRejectFiles" >> CountAll(_file_count),
     )
     _ = (counts | "AllCounts" >> beam.Flatten() | "MergeCounts" >> beam.CombineGlobally(MergeCounts())
-         | "WriteStats" >> beam.ParDo(WriteJson(fs.join(out, STATS_NAME),
-                                                partial(stats_from_counts, started=started, notes=notes))))
+         | "WriteStats" >> beam.ParDo(WriteJson(stats_path(out, split),
+                                                partial(stats_from_counts, started=started, notes=notes,
+                                                        split=split))))
 
 
 def stats_from_counts(counts: dict[str, int], started: float | None = None,
-                      notes: list[str] | None = None) -> dict[str, Any]:
-    """`_stats.json` from the pipeline's merged counts: inputs (counted at ingest), kept (samples the shard
-    commit reports for this run's split; other splits in the same output dir are not this run's), rejected
-    (reject rows), by stage, reason and language."""
+                      notes: list[str] | None = None, split: str = "") -> dict[str, Any]:
+    """`_stats/<split>.json` from the pipeline's merged counts: inputs (counted at ingest), kept (samples the
+    shard commit reports for this run's split; other splits in the same output dir are not this run's),
+    rejected (reject rows), by stage, reason and language."""
     inputs, kept, rejected = counts.get("inputs", 0), counts.get("kept", 0), counts.get("rejected", 0)
     return {
+        "split": split,
         "inputs": inputs, "kept": kept, "rejected": rejected,
         "balanced": inputs == kept + rejected,
         "rejected_by_stage": count_key("stage", counts),
@@ -245,32 +313,126 @@ def stats_from_counts(counts: dict[str, int], started: float | None = None,
     }
 
 
-def run(cfg: Config, pipeline_args: list[str] | None = None, config_path: str | None = None) -> dict[str, Any]:
+def count_inputs(cfg: Config) -> int | None:
+    """The number of inputs when every source is a local folder that can be counted in a moment (for the
+    progress ETA); None otherwise (URL lists, tars and JSON records are only counted as they are read)."""
+    from polycap.transforms.progress import count_dir_inputs
+
+    total = 0
+    for src in cfg.sources:
+        n = count_dir_inputs(src.path) if src.kind == "dir" else None
+        if n is None:
+            return None
+        total += n
+    return total
+
+
+def run(cfg: Config, pipeline_args: list[str] | None = None, config_path: str | None = None,
+        progress_s: float = 5.0, break_lock: bool = False) -> dict[str, Any]:
+    """Run the job into `cfg.output` and return this split's stats. Holds the output's lock
+    (sharding/lock.py) from before the first write to the end, failed or not; prints a progress line every
+    `progress_s` seconds (0: none)."""
+    from polycap.sharding.lock import acquire
+    from polycap.transforms.progress import PROGRESS_DIR, ProgressMonitor, progress_dir
+
     started = time.time()
     args = list(pipeline_args or [])
     fs.configure(args)            # the launcher's own reads and writes use the job's filesystem options
     out = fs.abs_path(cfg.output)
-    fs.mkdirs(out)
     runner = runner_name(args)
     notes = preflight(cfg, remote=runner not in ("DirectRunner", "direct", "PrismRunner", "prism"))
     run_caption, caption_note = caption_plan(cfg)
     run_translate, translate_note = translate_plan(cfg)
     notes.extend([caption_note, translate_note])
     run_id = uuid.uuid4().hex[:12]
-    stats_path = fs.join(out, STATS_NAME)
-    fs.delete([stats_path])       # a failed run must not leave the previous run's stats looking current
-    fs.write_json(fs.join(out, "_run.json"), {
-        "run_id": run_id, "config": to_dict(cfg), "config_path": config_path, "code_version": code_version(),
-        "schema_version": SCHEMA_VERSION, "pipeline_args": args, "python": sys.version.split()[0],
-        "runner": runner,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "notes": notes,
-    })
-    for n in notes:
-        print(f"[polycap] {n}", file=sys.stderr, flush=True)
-    options = PipelineOptions(args)
-    with beam.Pipeline(options=options) as p:
-        build_pipeline(p, cfg, out, run_caption, run_translate, run_id, started, notes)
-    return fs.read_json(stats_path)   # written by the pipeline; the launcher reads only this small file
+    split = cfg.shards.split
+    fs.mkdirs(out)
+    with acquire(out, run_id, split=split, break_stale=break_lock):   # LockHeld: another run writes here
+        path = stats_path(out, split)
+        fs.delete([path])         # a failed run must not leave the previous run's stats looking current
+        fs.write_json(fs.join(out, "_run.json"), {
+            "run_id": run_id, "config": to_dict(cfg), "config_path": config_path, "code_version": code_version(),
+            "schema_version": SCHEMA_VERSION, "pipeline_args": args, "python": sys.version.split()[0],
+            "runner": runner, "split": split,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "notes": notes,
+        })
+        for n in notes:
+            print(f"[polycap] {n}", file=sys.stderr, flush=True)
+        monitor = ProgressMonitor(progress_dir(out, run_id), progress_s,
+                                  count_inputs(cfg) if progress_s > 0 else None).start()
+        ok = False
+        try:
+            with beam.Pipeline(options=PipelineOptions(args)) as p:
+                build_pipeline(p, cfg, out, run_caption, run_translate, run_id, started, notes, progress_s)
+            ok = True
+        finally:
+            monitor.stop(final_line=ok)
+            fs.delete_prefix(fs.join(out, PROGRESS_DIR))
+        return fs.read_json(path)   # written by the pipeline; the launcher reads only this small file
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def _tree_size(folder: str, budget_s: float = 2.0) -> tuple[int, int, bool]:
+    """(files, bytes, complete) under a local `folder`; the walk stops after `budget_s` s (complete=False)."""
+    deadline, files, total, stack = time.monotonic() + budget_s, 0, 0, [folder]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for e in it:
+                    if time.monotonic() > deadline:
+                        return files, total, False
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+                    else:
+                        files, total = files + 1, total + e.stat(follow_symlinks=False).st_size
+        except OSError:
+            continue
+    return files, total, True
+
+
+def written_outputs(out: str, split: str) -> list[str]:
+    """One line per file or folder the run leaves in `out`: this split's shards, rejects and stats, the
+    manifest, `_run.json`, and every other top-level entry (`_cache/`, `_inputs.json`, a report) with its
+    size. Other splits' shards are named as kept, not as written."""
+    from polycap.sharding.members import SHARD_RE
+    from polycap.sharding.rejects import reject_files
+    from polycap.sharding.run_stats import STATS_DIR
+
+    lines: list[str] = []
+    shards = {n: b for n, b in fs.list_dir(fs.join(out, "shards")).items() if SHARD_RE.match(n)}
+    mine = {n: b for n, b in shards.items() if n.startswith(f"{split}-")}
+    lines.append(f"  shards/{split}-*.tar: {len(mine)} shards, {_size(sum(mine.values()))}"
+                 + (f" (other splits' {len(shards) - len(mine)} shards kept)" if len(shards) > len(mine) else ""))
+    top = fs.list_dir(out)
+    if "manifest.parquet" in top:
+        lines.append(f"  manifest.parquet: {_size(top['manifest.parquet'])} (every split)")
+    rejects = reject_files(out, split)
+    lines.append(f"  rejects/{split}/: {len(rejects)} parquet files")
+    lines.append(f"  {STATS_DIR}/{split}.json")
+    for name in sorted(top):
+        if name != "manifest.parquet" and not name.startswith("."):
+            lines.append(f"  {name}: {_size(top[name])}")
+    if fs.is_local(out):
+        folders = sorted(e.name for e in os.scandir(out) if e.is_dir(follow_symlinks=False))
+    else:                     # an object store has no folders to list cheaply: ask for the ones a run makes
+        folders = [n for n in ("_cache", "_staging") if fs.is_dir(fs.join(out, n))]
+    for name in folders:
+        if name in ("shards", "rejects", STATS_DIR) or name.startswith("."):
+            continue
+        if not fs.is_local(out):
+            lines.append(f"  {name}/ (size not counted on an object store)")
+            continue
+        files, total, complete = _tree_size(fs.join(out, name))
+        more = "" if complete else "+"
+        lines.append(f"  {name}/: {files}{more} files, {_size(total)}{more}")
+    return lines
 
 
 def summary_lines(stats: dict[str, Any], out: str) -> list[str]:
@@ -281,5 +443,10 @@ def summary_lines(stats: dict[str, Any], out: str) -> list[str]:
     if stats["kept_by_language"]:
         lines.append("  captions by language: " + ", ".join(f"{k}={v}" for k, v in stats["kept_by_language"].items()))
     lines.extend(stats.get("notes", []))
-    lines.append(f"output: {out} (shards/, manifest.parquet, rejects/, _stats.json, _run.json) in {stats['seconds']} s")
+    out = fs.abs_path(out)
+    lines.append(f"output: {out} (split {stats.get('split') or '?'}) in {stats['seconds']} s:")
+    try:
+        lines.extend(written_outputs(out, stats.get("split") or ""))
+    except Exception as e:  # noqa: BLE001 - the listing is a summary; the run itself is done
+        lines.append(f"  (could not list the output: {type(e).__name__}: {e})")
     return lines

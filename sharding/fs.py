@@ -17,6 +17,7 @@ import json
 import os
 import posixpath
 import threading
+import time
 import types
 import uuid
 from collections.abc import Iterable, Iterator
@@ -208,6 +209,66 @@ def atomic_create(path: str) -> Iterator[IO[bytes]]:
         f.close()
         delete([tmp])
         raise
+
+
+def create_new(path: str, data: bytes) -> bool:
+    """Create `path` holding `data` only if nothing is there yet; True when this call created it.
+
+    Local disk: O_CREAT|O_EXCL (atomic on POSIX and on NFSv3+), written and fsynced before it returns.
+    s3://: a conditional PUT (`If-None-Match: *`, supported by S3 since 2024, MinIO and moto); a server
+    that refuses the header falls back as below. Other object stores (gs://, ...): check, PUT, wait a moment
+    and read it back; of two creators racing inside that window both may win, so this is a best effort
+    there (documented in README, "Security and limits")."""
+    if has_dirs(path) and is_local(path):
+        local = path[len("file://"):] if path.startswith("file://") else path
+        os.makedirs(os.path.dirname(local) or ".", exist_ok=True)
+        try:
+            fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+    if path.startswith("s3://"):
+        won = _s3_put_if_absent(path, data)
+        if won is not None:
+            return won
+    if FileSystems.exists(path):
+        return False
+    write_bytes(path, data)
+    time.sleep(CREATE_SETTLE_S)
+    try:
+        return read_bytes(path) == data
+    except OSError:
+        return False
+
+
+CREATE_SETTLE_S = 1.0   # the fallback's wait before reading back what it wrote
+
+
+def _s3_put_if_absent(path: str, data: bytes) -> bool | None:
+    """A conditional PUT with Beam's S3 options: True created, False already there, None unsupported."""
+    try:
+        from apache_beam.io.aws.clients.s3 import boto3_client
+        from apache_beam.options.pipeline_options import PipelineOptions
+        from botocore.exceptions import ClientError
+    except ImportError:
+        return None
+    bucket, _, key = path[len("s3://"):].partition("/")
+    client = boto3_client.Client(FileSystems._pipeline_options or PipelineOptions([])).client
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+    except ClientError as e:
+        err = e.response.get("Error", {})
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status in (409, 412) or err.get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return False
+        if status in (400, 501) or err.get("Code") == "NotImplemented":
+            return None
+        raise OSError(f"{path}: {e}") from e
+    return True
 
 
 def read_bytes(path: str) -> bytes:

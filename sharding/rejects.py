@@ -1,4 +1,7 @@
-"""Write reject rows to `output_dir/rejects/rejects-NNNNN.parquet` (REJECT_SCHEMA), committed atomically."""
+"""Write reject rows to `output_dir/rejects/<subdir>/rejects-NNNNN.parquet` (REJECT_SCHEMA), committed atomically.
+
+`polycap run` writes one folder per split (`rejects/train/`, `rejects/val/`): writing `val` into an output
+that holds `train` replaces only val's rows. `polycap translate` keeps one folder per input file."""
 # Each bundle writes its rows to a hidden temp parquet and emits its path; one final step renames the
 # emitted files (and only those, so a retried bundle's orphan is never counted twice) into place and then
 # deletes reject files of a previous run. Empty input still commits one empty file with the schema.
@@ -106,14 +109,22 @@ class WriteRejects(beam.PTransform):
 
 def rejects_dir(output_dir: str, subdir: str = "") -> str:
     """`output_dir/rejects`, or `output_dir/rejects/<subdir>` for a job whose rejects sit beside other jobs'
-    (`polycap translate` keeps one folder per input file, so translating a second file keeps the first's)."""
+    (`polycap run` keeps one folder per split, `polycap translate` one per input file)."""
     base = mf.join(mf.abs_path(output_dir), REJECTS_DIR)
     return mf.join(base, subdir) if subdir else base
 
 
-def read_rejects(output_dir: str, subdir: str = "") -> pa.Table:
-    """All committed reject rows of a run (an empty table with REJECT_SCHEMA when there are none)."""
+def reject_files(output_dir: str, subdir: str = "") -> list[str]:
+    """Committed reject files, sorted: those of `subdir`, or with no subdir every folder's (`rejects/*/`) plus
+    any directly under `rejects/` (the layout before per-split folders)."""
     folder = rejects_dir(output_dir, subdir)
-    files = sorted(n for n in mf.list_files(folder) if REJECT_FILE_RE.match(n))
-    tables = [mf.read_table(mf.join(folder, n)).cast(REJECT_SCHEMA) for n in files]
+    names = fs.list_dir(folder, recursive=not subdir)
+    return sorted(mf.join(folder, n) for n in names
+                  if n.count("/") <= (0 if subdir else 1) and REJECT_FILE_RE.match(mf.basename(n)))
+
+
+def read_rejects(output_dir: str, subdir: str = "") -> pa.Table:
+    """Committed reject rows of one split (or input file), or with no subdir of all of them (an empty table
+    with REJECT_SCHEMA when there are none)."""
+    tables = [mf.read_table(p).cast(REJECT_SCHEMA) for p in reject_files(output_dir, subdir)]
     return pa.concat_tables(tables) if tables else REJECT_SCHEMA.empty_table()

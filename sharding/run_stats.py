@@ -4,6 +4,10 @@ The launcher never scans the outputs (manifest, reject rows) to count them: each
 flows, with combiner lifting (every worker pre-sums its bundles, so no key is hot and no worker holds rows),
 the few resulting dicts are merged into one, and one worker writes the small JSON file through the filesystem
 layer. A job submitted to a remote runner without waiting still leaves a complete file behind.
+
+`polycap run` writes one file per split, `<output>/_stats/<split>.json`, so writing `val` into an output that
+holds `train` keeps train's counts; `read_stats` reads one split or merges them all. (`polycap translate`
+writes `<output>/_stats.json`.)
 """
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ import apache_beam as beam
 
 from polycap.sharding import fs
 
-STATS_NAME = "_stats.json"
+STATS_NAME = "_stats.json"     # polycap translate; and polycap run's single file before per-split stats
+STATS_DIR = "_stats"
 
 
 class MergeCounts(beam.CombineFn):
@@ -65,3 +70,52 @@ def count_key(prefix: str, counts: dict[str, int]) -> dict[str, int]:
     """The `prefix:<name>` entries of a counts dict, as name -> n, sorted by name."""
     p = f"{prefix}:"
     return {k[len(p):]: v for k, v in sorted(counts.items()) if k.startswith(p)}
+
+
+def stats_path(output_dir: str, split: str) -> str:
+    """`<output>/_stats/<split>.json`: one split's counts (`polycap run`)."""
+    return fs.join(fs.abs_path(output_dir), STATS_DIR, f"{split}.json")
+
+
+def split_stats(output_dir: str) -> dict[str, dict[str, Any]]:
+    """split -> its `_stats/<split>.json`; a file that does not parse is left out."""
+    folder = fs.join(fs.abs_path(output_dir), STATS_DIR)
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted(fs.list_dir(folder)):
+        if name.endswith(".json") and not name.startswith("."):
+            try:
+                out[name[: -len(".json")]] = fs.read_json(fs.join(folder, name))
+            except (OSError, ValueError):
+                continue
+    return out
+
+
+_SUMMED = ("inputs", "kept", "rejected", "shards")
+_MERGED = ("rejected_by_stage", "rejected_by_reason", "kept_by_language")
+
+
+def read_stats(output_dir: str, split: str | None = None) -> dict[str, Any]:
+    """One split's stats, or with no split every split's merged: counts summed, `balanced` when each split
+    balances, `splits` holding each one. Falls back to the old single `_stats.json`; {} when there is none."""
+    if split is not None:
+        path = stats_path(output_dir, split)
+        return fs.read_json(path) if fs.is_file(path) else {}
+    per = split_stats(output_dir)
+    if not per:
+        legacy = fs.join(fs.abs_path(output_dir), STATS_NAME)
+        return fs.read_json(legacy) if fs.is_file(legacy) else {}
+    if len(per) == 1:
+        only = next(iter(per))
+        return {**per[only], "splits": per}
+    merged: dict[str, Any] = {k: sum(int(s.get(k) or 0) for s in per.values()) for k in _SUMMED}
+    for k in _MERGED:
+        acc: dict[str, int] = {}
+        for s in per.values():
+            for name, n in (s.get(k) or {}).items():
+                acc[name] = acc.get(name, 0) + int(n)
+        merged[k] = dict(sorted(acc.items()))
+    merged["balanced"] = all(s.get("balanced") for s in per.values())
+    merged["notes"] = list(dict.fromkeys(n for s in per.values() for n in s.get("notes") or []))
+    merged["schema_version"] = max(str(s.get("schema_version") or "") for s in per.values())
+    merged["splits"] = per
+    return merged

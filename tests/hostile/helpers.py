@@ -51,7 +51,8 @@ def run_job(work: Path, sources: list[dict], timeout: float = 60, **sections) ->
     tail = next((ln for ln in reversed(res.stdout.splitlines()) if ln.startswith("@@")), None)
     assert tail, f"no result line; rc={res.returncode}\n{res.stderr[-3000:]}"
     result = json.loads(tail[2:])
-    stats = json.loads((out / "_stats.json").read_text()) if (out / "_stats.json").exists() else {}
+    stats_file = out / "_stats" / "train.json"
+    stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
     from polycap.sharding.rejects import read_rejects
     rejects = read_rejects(str(out)).to_pylist() if stats else []
     written = sorted(tree(work, skip=out) - before - {"out"})

@@ -64,7 +64,7 @@ def test_caption_laion_config_on_s3_with_url_lists(_s3_server_process, s3_server
         assert llm.requests > 0
     assert os.listdir(cwd) == []                                   # nothing on the launcher's disk
     assert "NOT RUN" not in res.stdout + res.stderr
-    stats = json.loads(s3.get(bucket, "out/_stats.json"))
+    stats = json.loads(s3.get(bucket, "out/_stats/train.json"))
     assert stats["balanced"] and stats["inputs"] == len(rows), stats
     assert stats["kept"] >= len(PHOTOS) - 2 and stats["rejected_by_reason"].get("download_failed") == 1, stats
     assert stats["kept_by_language"].get("en") == stats["kept"], stats

@@ -35,6 +35,21 @@ def job(tmp_path: Path, source: Path | str, extra: str = "") -> str:
     return str(f)
 
 
+def _locked(tmp_path: Path, images: Path) -> list[str]:
+    """A job whose output holds a live lock (this process on this host, fresh heartbeat)."""
+    import json
+    import os
+    import socket
+    import time
+
+    from polycap.sharding.lock import LOCK_NAME
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / LOCK_NAME).write_text(json.dumps({"run_id": "holder1", "host": socket.gethostname(),
+                                                          "pid": os.getpid(), "heartbeat_unix": time.time()}))
+    return ["run", job(tmp_path, images)]
+
+
 def _unbalanced(*_a, **_k) -> dict:
     return {"inputs": 3, "kept": 1, "rejected": 1, "balanced": False, "rejected_by_reason": {},
             "kept_by_language": {}, "seconds": 0.0, "langs": {}}
@@ -60,6 +75,9 @@ CASES = [
     ("run-glob-matches-nothing", lambda t, i, r: ["run", job(t, f"{i}/*.webp")], None, EXIT_USAGE, "matches no file"),
     ("run-bad-value", lambda t, i, r: ["run", job(t, i), "--set", "filter.min_side=-3"], None, EXIT_USAGE,
      "filter.min_side"),
+    ("run-output-inside-input", lambda t, i, r: ["run", job(t, i), "--output", str(i / "out")], None, EXIT_USAGE,
+     "lies inside the input"),
+    ("run-output-locked", lambda t, i, r: _locked(t, i), None, EXIT_USAGE, "in use by run holder1"),
     ("run-ok", lambda t, i, r: ["run", job(t, i)], None, EXIT_OK, ""),
     ("run-mismatch", lambda t, i, r: ["run", job(t, i)],
      lambda m: m.setattr("polycap.pipelines.run.run", _unbalanced), EXIT_MISMATCH, ""),

@@ -57,7 +57,7 @@ def make_sample(i: int) -> Sample:
 
 
 def make_run(root: Path, n: int = 10, max_samples: int = 3) -> Path:
-    """A run dir as `polycap run` leaves it: shards + manifest, rejects, _stats.json, _run.json."""
+    """A run dir as `polycap run` leaves it: shards + manifest, rejects/train/, _stats/train.json, _run.json."""
     from tests.sharding.conftest import run_write
 
     out = root / "run"
@@ -71,11 +71,13 @@ def make_run(root: Path, n: int = 10, max_samples: int = 3) -> Path:
                       reason=Reason.EMPTY_FILE, detail="0 bytes"),
                Reject(key="c" * 32, source_uri="https://example.invalid/x.jpg", stage="ingest",
                       reason=Reason.DOWNLOAD_FAILED, detail="HTTP 404")]
-    (out / "rejects").mkdir()
-    pq.write_table(rejects_table([reject_to_row(r) for r in rejects]), out / "rejects" / "rejects-00000.parquet")
+    (out / "rejects" / "train").mkdir(parents=True)
+    pq.write_table(rejects_table([reject_to_row(r) for r in rejects]),
+                   out / "rejects" / "train" / "rejects-00000.parquet")
     stats = {"inputs": n + 3, "kept": n, "rejected": 3, "balanced": True, "notes": ["ocr: test on cpu"],
              "schema_version": "1.1.0"}
-    (out / "_stats.json").write_text(json.dumps(stats))
+    (out / "_stats").mkdir()
+    (out / "_stats" / "train.json").write_text(json.dumps(stats))
     (out / "_run.json").write_text(json.dumps({"code_version": "test", "started": "2026-01-01T00:00:00Z"}))
     return out
 

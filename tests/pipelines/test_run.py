@@ -40,8 +40,8 @@ def _bomb_png(w: int = 30000, h: int = 30000) -> bytes:
             + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
 
 
-def _stats(out: Path) -> dict:
-    return json.loads((out / "_stats.json").read_text())
+def _stats(out: Path, split: str = "train") -> dict:
+    return json.loads((out / "_stats" / f"{split}.json").read_text())
 
 
 def _rejects(out: Path) -> list[dict]:

@@ -94,7 +94,7 @@ def test_run_on_s3_leaves_balanced_stats_and_agreeing_outputs(s3_run, s3_server)
     assert os.listdir(s3_run["cwd"]) == []                          # nothing on the launcher's disk
     assert not any(p.name.startswith("s3:") for p in s3_run["scratch"].iterdir())
     objects = _s3_objects(s3, bucket, "out/")
-    stats = json.loads(s3.get(bucket, "out/_stats.json"))
+    stats = json.loads(s3.get(bucket, "out/_stats/train.json"))
     assert stats["inputs"] == s3_run["inputs"] and stats["balanced"]
     assert stats["rejected"] >= 2 and stats["kept"] == len(PHOTOS)
     assert f"inputs {stats['inputs']} = kept {stats['kept']} + rejected {stats['rejected']}" in s3_run["stdout"]
