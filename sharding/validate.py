@@ -10,6 +10,7 @@ from typing import Any
 from polycap.sharding import fs, record_json
 from polycap.sharding import manifest as mf
 from polycap.sharding.image_format import sniff_format
+from polycap.sharding.lock import LOCK_NAME, describe, read_lock
 from polycap.sharding.members import SHARD_RE, split_member, text_lang
 from polycap.sharding.reader import end_blocks_ok, member_end
 from polycap.sharding.writer import SAFE_KEY_RE, TMP_RE
@@ -177,6 +178,10 @@ def validate_dir(run_or_shard_dir: str) -> ValidationReport:
         rep.shards.append({"shard": name, "samples": len(keys), "bytes": size, "sha256": sha,
                            "ok": not errors})
         rep.samples += len(keys)
+    holder = read_lock(run_dir)
+    if holder is not None:
+        rep.warnings.append(f"{LOCK_NAME}: locked by {describe(holder)}; a run is writing here (or died: see "
+                            f"README, 'Security and limits'), so shards and manifest may still change")
     manifest = mf.read_manifest(run_dir)
     if manifest is None:
         rep.errors.append(f"no {mf.MANIFEST_NAME} in {run_dir}")

@@ -87,6 +87,8 @@ def test_a_second_run_into_the_same_output_refuses_naming_the_holder(tmp_path):
         assert res.exit_code == EXIT_USAGE, res.output
         assert f"in use by run {holder['run_id']}" in res.stderr and f"pid {first.pid}" in res.stderr
         assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+        assert any(w.startswith(f"{LOCK_NAME}: locked by run {holder['run_id']}")     # validate says so too
+                   for w in validate_dir(str(out)).warnings)
     finally:
         go.write_text("go")
         _, err = first.communicate(timeout=120)
@@ -98,6 +100,7 @@ def test_a_second_run_into_the_same_output_refuses_naming_the_holder(tmp_path):
     assert not (out / "_stats" / "val.json").exists() and not (out / "rejects" / "val").exists()
     rep = validate_dir(str(out))
     assert rep.ok and rep.samples == st["kept"], rep.errors
+    assert not any(LOCK_NAME in w for w in rep.warnings)
 
 
 def test_stale_lock_is_reported_then_broken_with_break_lock(tmp_path):
