@@ -62,8 +62,9 @@ def _s3_objects(s3, bucket: str, prefix: str) -> dict[str, int]:
 
 
 def _leftovers(objects: dict[str, int]) -> list[str]:
-    """Staging, temp and sidecar objects: none may survive a finished run."""
-    return [k for k in objects if k.startswith("_staging/") or ".tmp-" in k or "/." in k or k.startswith(".")]
+    """Staging, progress, lock, temp and sidecar objects: none may survive a finished run."""
+    return [k for k in objects if k.startswith(("_staging/", "_progress/", "_lock.json")) or ".tmp-" in k
+            or "/." in k or k.startswith(".")]
 
 
 def _shard_members(s3, bucket: str, key: str) -> dict[str, bytes]:
@@ -82,10 +83,10 @@ def s3_run(_s3_server_process, eval_dir, tmp_path_factory):
     cwd = scratch / "cwd"
     cwd.mkdir()
     cfg = _config(scratch / "job.json", f"s3://{bucket}/src", f"s3://{bucket}/out")
-    res = _polycap(["run", str(cfg), "--", *s3.args, *MP], cwd)
+    res = _polycap(["run", str(cfg), "--progress", "0.3", "--", *s3.args, *MP], cwd)
     assert res.returncode == 0, res.stderr[-3000:]
     return {"s3": s3, "bucket": bucket, "inputs": n_inputs, "cwd": cwd, "cfg": cfg, "stdout": res.stdout,
-            "scratch": scratch}
+            "stderr": res.stderr, "scratch": scratch}
 
 
 @pytest.mark.slow
@@ -98,6 +99,14 @@ def test_run_on_s3_leaves_balanced_stats_and_agreeing_outputs(s3_run, s3_server)
     assert stats["inputs"] == s3_run["inputs"] and stats["balanced"]
     assert stats["rejected"] >= 2 and stats["kept"] == len(PHOTOS)
     assert f"inputs {stats['inputs']} = kept {stats['kept']} + rejected {stats['rejected']}" in s3_run["stdout"]
+    n_rejects = len([k for k in objects if k.startswith("rejects/train/rejects-")])
+    assert f"  rejects/train/: {n_rejects} parquet files" in s3_run["stdout"]    # the summary lists them
+    # progress from worker processes through S3 (multi-processing): the last line has the final counts
+    progress = [ln for ln in s3_run["stderr"].splitlines() if ln.startswith("[polycap] progress ")]
+    assert progress and progress[-1].endswith(
+        f"inputs {stats['inputs']} ({progress[-1].split('(')[1].split(')')[0]}), kept {stats['kept']}, "
+        f"rejected {stats['rejected']}"), progress[-3:]
+    assert "rejects/train/rejects-00000.parquet" in objects and "_stats/train.json" in objects
     assert json.loads(s3.get(bucket, "out/_run.json"))["run_id"]
     # manifest, shards and rejects on S3 agree with each other and with the stats
     out = f"s3://{bucket}/out"
