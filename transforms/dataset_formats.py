@@ -77,6 +77,7 @@ class Layout:
     history: str = "history"
     fields: tuple[str, ...] = ("caption",)  # captions columns
     origin: str = ""                        # the dataset_info.json entry the names come from
+    detected: bool = False                  # auto-detected: a record that fits two formats is malformed
 
 
 _LAYOUTS = {"llava": Layout("llava", "conversations", "from", "value"), "sharegpt": Layout("sharegpt"),
@@ -274,6 +275,7 @@ def resolve_layout(fmt: str, first: Any, container: str, fields: Sequence[str], 
             raise FormatError(f"{fs.basename(in_path)}: cannot tell the format of its first record (keys: {keys}): "
                               f"no conversations, messages, instruction/output or {', '.join(fields)} field; "
                               f"{_PICK}, with --field NAME for captions")
+        return dataclasses.replace(layout_of(fmt, fields), detected=True)
     return layout_of(fmt, fields)
 
 
@@ -393,6 +395,8 @@ def text_slots(record: Any, fmt: str | Layout, fields: Sequence[str] = ("caption
         return out
     if not isinstance(record, dict):
         raise FormatError(f"expected a JSON object, got {type(record).__name__}")
+    if lay.detected:
+        detect_format(record, "json")  # later records too: one that fits two formats is not guessed at
     if lay.name in ("llava", "sharegpt", "messages"):
         key, role_tag, content_tag = _turn_names(record, lay)
         return _system_slot(record, lay) + _turns(record.get(key), (key,), role_tag, content_tag, lay)

@@ -268,3 +268,13 @@ def test_auto_detection_refuses_a_record_it_cannot_place():
     assert resolve_layout("auto", {"question": "x"}, "jsonl", ["question"], "/nowhere/x.jsonl").name == "captions"
     with pytest.raises(FormatError, match="--format: 'coco'"):
         resolve_layout("coco", {}, "jsonl", ["caption"], "/nowhere/x.jsonl")
+
+
+def test_a_later_record_that_fits_two_formats_is_malformed_when_detected():
+    from polycap.transforms.dataset_formats import resolve_layout
+
+    lay = resolve_layout("auto", LLAVA, "json", ["caption"], "/nowhere/x.json")
+    both = {**LLAVA, "messages": [{"role": "user", "content": "Hidden."}]}
+    with pytest.raises(FormatError, match="ambiguous"):
+        text_slots(both, lay)
+    assert len(text_slots(both, "llava")) == 2     # an explicit --format reads its own column only
