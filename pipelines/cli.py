@@ -139,6 +139,7 @@ def translate(ctx: typer.Context,
               dataset_name: str | None = typer.Option(None, "--dataset-name", help="its entry for IN"),
               set_: list[str] = typer.Option([], "--set", help="override translate.* values: a.b=c")):
     """Translate an English dataset into other languages, keeping its format and structure."""
+    from polycap.pipelines.translate import UsageError
     from polycap.pipelines.translate import run as run_translate
     from polycap.schemas.config import ConfigError, TranslateConfig, load_section
     from polycap.transforms.dataset_formats import FormatError
@@ -153,6 +154,8 @@ def translate(ctx: typer.Context,
     except ConfigError as e:
         _fail(f"config: {e}")
     except FormatError as e:     # the input's format or its dataset_info.json, found before any work starts
+        _fail(str(e), EXIT_USAGE)
+    except UsageError as e:       # e.g. an output that would overwrite the input: nothing was started
         _fail(str(e), EXIT_USAGE)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e), 1)

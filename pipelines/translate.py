@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import os
 import pickle
 import time
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from polycap.pipelines.run import WriteCount
 from polycap.schemas import Reason, Reject
-from polycap.schemas.config import TranslateConfig
+from polycap.schemas.config import ShardsConfig, TranslateConfig
 from polycap.sharding import fs
 from polycap.sharding.rejects import WriteRejects
 from polycap.sharding.run_stats import STATS_NAME, CountAll, MergeCounts, WriteJson, count_key
@@ -28,7 +30,6 @@ from polycap.transforms.dataset_formats import (
     resolve_layout,
     set_slots,
     text_slots,
-    write_records,
 )
 from polycap.transforms.translate import TextUnit, Translated, TranslateTexts
 
@@ -97,28 +98,22 @@ class _MergeFn(beam.DoFn):
                     source_name=fs.basename(self.uri)))
                 continue
             texts = {_parse_unit_key(r.key)[1]: r.text for r in mine if r.text is not None}  # all, here
-            part = 0 if raw.container else index // PART_RECORDS  # a shard's records stay in one group
-            yield (lang, raw.container, part), (index, set_slots(raw.record, self.fmt, lang, texts))
+            yield (lang, index // PART_RECORDS), (index, set_slots(raw.record, self.fmt, lang, texts))
 
 
 class _WritePartFn(beam.DoFn):
     """One group of at most PART_RECORDS records of one (language, output file), sorted by input position.
 
-    A shard's group is its whole tar (shards are small), written in place (its count goes to the "kept" output).
-    A dataset file's groups are written as pickled parts under `<lang>/_parts/<name>/` (through the filesystem
-    layer, so workers on other machines read them) and yield ((lang, name), part path) for _CommitFileFn, so
-    no worker ever holds a whole file of a million conversations."""
+    Groups are written as pickled parts under `<lang>/_parts/<name>/` (through the filesystem layer, so workers
+    on other machines read them) and yield ((lang, name), part path) for _CommitFileFn, so no worker ever holds
+    a whole file of a million conversations. (Shards are translated by pipelines/translate_shards.py.)"""
 
-    def __init__(self, out_dir: str, in_path: str, container: str):
-        self.out_dir, self.in_path, self.container = out_dir, in_path, container
+    def __init__(self, out_dir: str, in_path: str):
+        self.out_dir, self.in_path = out_dir, in_path
 
     def process(self, element) -> Iterator[Any]:
-        (lang, shard, part), items = element
+        (lang, part), items = element
         records = [rec for _, rec in sorted(items, key=lambda x: x[0])]
-        if self.container == "shards":
-            write_records(fs.join(self.out_dir, lang, shard), self.container, records)
-            yield beam.pvalue.TaggedOutput("kept", {f"kept:{lang}": len(records)})
-            return
         name = fs.basename(self.in_path)
         path = fs.join(self.out_dir, lang, PARTS_DIR, name, f"{part:08d}.pkl")
         fs.write_bytes(path, pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL))
@@ -149,6 +144,50 @@ class _CommitFileFn(beam.DoFn):
         fs.delete_prefix(parts_dir)
         fs.remove_empty_dir(fs.join(self.out_dir, lang, PARTS_DIR))  # only when no other file's parts remain
         yield {f"kept:{lang}": writer.count}
+
+
+class UsageError(ValueError):
+    """A command that cannot run as given (e.g. an output that would overwrite its input): exit code 2, nothing
+    was started or deleted."""
+
+
+def _real(path: str) -> str:
+    """A local path with links resolved (so `OUT/ko/x.json` and a link to it are the same); URLs as they are."""
+    return path.rstrip("/") if "://" in path else os.path.realpath(path)
+
+
+def refuse_outputs_over_inputs(inputs: list[str], files: list[str], dirs: list[str]) -> None:
+    """UsageError when an input is one of the files this command writes or deletes, or lies in one of its
+    folders: translating `OUT/ko/x.json` into `OUT` would overwrite its own input while reading it."""
+    for inp in inputs:
+        real = _real(inp)
+        for f in files:
+            if real == _real(f):
+                raise UsageError(f"translate: the input {inp} is also an output of this command ({f}); "
+                                 "choose another --out")
+        for d in dirs:
+            if real == _real(d) or real.startswith(_real(d) + "/"):
+                raise UsageError(f"translate: the input {inp} lies in {d}, which this command writes and "
+                                 "cleans up; choose another --out")
+
+
+def owned_paths(out_dir: str, in_path: str, langs: list[str]) -> tuple[list[str], list[str]]:
+    """(files, folders) that translating the dataset file `in_path` into `out_dir` writes or deletes."""
+    name = fs.basename(in_path)
+    files = [fs.join(out_dir, lang, name) for lang in langs]
+    files += [fs.join(out_dir, STATS_NAME), fs.join(out_dir, INPUTS_FILE)]
+    dirs = [fs.join(out_dir, lang, PARTS_DIR, name) for lang in langs]
+    dirs += [fs.join(out_dir, "_cache"), fs.join(out_dir, "rejects", rejects_subdir(in_path))]
+    return files, dirs
+
+
+def remove_previous_outputs(out_dir: str, in_path: str, langs: list[str]) -> None:
+    """Delete what an earlier run of this input left for these languages (output files, leftover parts), so a
+    run whose records all fail in a language leaves no stale translation behind looking current."""
+    name = fs.basename(in_path)
+    fs.delete([fs.join(out_dir, lang, name) for lang in langs])
+    for lang in langs:
+        fs.delete_prefix(fs.join(out_dir, lang, PARTS_DIR, name))
 
 
 def rejects_subdir(in_path: str) -> str:
@@ -213,7 +252,7 @@ def nothing_translated(stats: dict[str, Any]) -> bool:
 
 def run(in_path: str, to: list[str], out_dir: str, cfg: TranslateConfig, fmt: str = "auto",
         field: str = "caption", pipeline_args: list[str] | None = None, dataset_info: str | None = None,
-        dataset_name: str | None = None) -> dict:
+        dataset_name: str | None = None, shards: ShardsConfig | None = None) -> dict:
     """Translate `in_path` into each language of `to`; returns (and writes) `_stats.json`.
 
     `dataset_info` / `dataset_name`: a LLaMA-Factory dataset_info.json and entry whose formatting, columns and
@@ -221,21 +260,38 @@ def run(in_path: str, to: list[str], out_dir: str, cfg: TranslateConfig, fmt: st
 
     Every input record ends as one output record or one reject row per language; a record that cannot be
     parsed is one BAD_RECORD row (stage translate_read) and counts as rejected in every language.
+
+    Shards (a run dir, shard dir, `.tar` or glob of tars) become one shard set in `out_dir`
+    (`pipelines/translate_shards.py`; `shards` sets its max_samples). Refused before any work: a language
+    that is not a tag (ConfigError: the rule of `TranslateConfig.validate`) and an output that would
+    overwrite the input (UsageError). This input's earlier outputs for these languages are removed first.
     """
     started = time.time()
     fs.configure(pipeline_args)   # the launcher's peek and the final read use the job's filesystem options
     in_path, out_dir = fs.abs_path(in_path), fs.abs_path(out_dir)
+    langs = list(to)
+    cfg = dataclasses.replace(cfg, to=langs, enabled=True)   # checks every tag (ConfigError), as the CLI's config
+    if in_path.endswith(".tar") or fs.is_dir(in_path):
+        if fmt not in ("auto", "shards") or dataset_info or dataset_name:
+            raise UsageError(f"translate: {in_path} is a shard input: --format {fmt} and --dataset-info / "
+                             "--dataset-name apply to dataset files")
+        from polycap.pipelines.translate_shards import run_shards
+
+        return run_shards(in_path, langs, out_dir, cfg, pipeline_args, shards, started)
     if not fs.exists(in_path):
         raise FileNotFoundError(f"input not found: {in_path}")
     container = container_of(in_path)
+    if fmt == "shards":
+        raise UsageError(f"translate: --format shards needs a shard dir or .tar, not {in_path}")
+    refuse_outputs_over_inputs([in_path], *owned_paths(out_dir, in_path, langs))
     first = _first_record(in_path)  # also: a broken JSON array fails here, before any work starts
     fields = [f.strip() for f in field.split(",") if f.strip()]
     layout = resolve_layout(fmt, first, container, fields, in_path, dataset_info, dataset_name)
     fmt = layout.name
-    langs = list(to)
     fs.mkdirs(out_dir)
     stats_path = fs.join(out_dir, STATS_NAME)
     fs.delete([stats_path])   # a failed run must not leave the previous run's stats looking current
+    remove_previous_outputs(out_dir, in_path, langs)
     uri = in_path
     opts = PipelineOptions(pipeline_args or [])
     p = beam.Pipeline(options=opts)
@@ -250,16 +306,15 @@ def run(in_path: str, to: list[str], out_dir: str, cfg: TranslateConfig, fmt: st
     merged = ({"raw": parts["ok"], "results": by_index} | "Join" >> beam.CoGroupByKey()
               | "Merge" >> beam.ParDo(_MergeFn(layout, langs, uri)).with_outputs("rejects", main="records"))
     written = (merged["records"] | "ByPart" >> beam.GroupByKey()
-               | "WriteParts" >> beam.ParDo(_WritePartFn(out_dir, in_path, container)).with_outputs(
-                   "kept", main="parts"))
-    kept_files = (written["parts"] | "ByFile" >> beam.GroupByKey()
+               | "WriteParts" >> beam.ParDo(_WritePartFn(out_dir, in_path)))
+    kept_files = (written | "ByFile" >> beam.GroupByKey()
                   | "CommitFiles" >> beam.ParDo(_CommitFileFn(out_dir, in_path, container)))
     rejects = (parts["bad"], merged["rejects"]) | "AllRejects" >> beam.Flatten()
     reject_files = rejects | "WriteRejects" >> WriteRejects(out_dir, rejects_subdir(in_path))
     # Counted in the pipeline and written once by a worker after every file is committed (sharding/run_stats.py)
     counts = (n_inputs | "InputCount" >> beam.Map(lambda n: {"inputs": int(n)}),
               rejects | "CountRejects" >> CountAll(_reject_count),
-              (kept_files, written["kept"]) | "AllKept" >> beam.Flatten() | "CountKept" >> CountAll(lambda c: c),
+              kept_files | "CountKept" >> CountAll(lambda c: c),
               reject_files | "CountRejectFiles" >> CountAll(_file_count))
     _ = (counts | "AllCounts" >> beam.Flatten() | "MergeCounts" >> beam.CombineGlobally(MergeCounts())
          | "WriteStats" >> beam.ParDo(WriteJson(stats_path, partial(stats_from_counts, langs=langs, fmt=fmt,

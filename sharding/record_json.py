@@ -187,6 +187,36 @@ def record_from_json(rec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _build(tp: Any, value: Any) -> Any:
+    tp, _ = _strip_optional(tp)
+    if value is None:
+        return None
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise TypeError(f"{tp.__name__}: expected an object, got {type(value).__name__}")
+        hints = typing.get_type_hints(tp)
+        return tp(**{f.name: _build(hints[f.name], value[f.name])
+                     for f in dataclasses.fields(tp) if f.name in value})
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is list and args:
+        return [_build(args[0], v) for v in value]
+    if origin is dict and len(args) == 2:
+        return {k: _build(args[1], v) for k, v in value.items()}
+    return value
+
+
+def sample_from_record(record: dict[str, Any], image: bytes) -> Sample:
+    """A `Sample` from a record in `record_from_json` shape plus its image bytes (what the reader hands out),
+    so a shard sample can go through stages again (e.g. `polycap translate` on shards) and be written back
+    unchanged: `sample_to_json(sample_from_record(record_from_json(raw), jpg))` is `raw` again.
+    Raises TypeError / KeyError / ValueError when the record lacks a required field or has a wrong shape."""
+    rec = {**record, "image": {**(record.get("image") or {}), "bytes": image, "ref": ""}}
+    sample = _build(Sample, rec)
+    if not isinstance(sample, Sample):
+        raise TypeError("record: not a sample")
+    return sample
+
+
 def langs_of(rec: dict[str, Any]) -> list[tuple[str, str]]:
     """(language, member extension) of every text member a v2 json declares, e.g. ("pt-BR", "pt-br.txt")."""
     return [(c["lang"], c["member"]) for c in rec.get("captions") or []] if is_v2(rec) else []

@@ -302,8 +302,11 @@ def _with_bucket(sample: Sample, n: int, max_samples: int) -> tuple[int, Sample]
 class WriteShards(beam.PTransform):
     """PCollection[Sample] -> PCollection[dict]: one info dict per committed shard (see module doc)."""
 
-    def __init__(self, cfg: ShardsConfig, output_dir: str):
+    def __init__(self, cfg: ShardsConfig, output_dir: str, langs: Iterable[str] = ()):
+        """`langs`: languages every sample gets a text member for even when no sample has a caption in it
+        (`polycap translate` on shards: a target language that failed everywhere is still in the layout)."""
         super().__init__()
+        self.langs = sorted(set(langs))
         if not cfg.split or not re.match(r"^[A-Za-z0-9_-]+$", cfg.split):
             raise ValueError(f"shards.split: {cfg.split!r} must be a name of [A-Za-z0-9_-]")
         if cfg.max_samples <= 0:
@@ -319,7 +322,8 @@ class WriteShards(beam.PTransform):
         langs = (samples
                  | "CaptionLangs" >> beam.FlatMap(lambda s: list(s.captions))
                  | "UniqueLangs" >> beam.Distinct()
-                 | "AllLangs" >> beam.combiners.ToList())
+                 | "AllLangs" >> beam.combiners.ToList()
+                 | "WithFixedLangs" >> beam.Map(lambda xs, fixed: sorted(set(xs) | set(fixed)), self.langs))
         infos = (samples
                  | "AssignBucket" >> beam.Map(_with_bucket, n=beam.pvalue.AsSingleton(count),
                                               max_samples=self.cfg.max_samples)

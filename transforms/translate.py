@@ -358,17 +358,23 @@ def sample_units(sample) -> list[TextUnit]:
     return units
 
 
-def merge_sample(sample, results: list[Translated], langs: list[str]):
+def merge_sample(sample, results: list[Translated], langs: list[str], reject_when_all_failed: bool = True):
     """Sample with captions[lang] / conversations[lang] added for every language whose texts all passed.
 
     Decision: a language whose translation failed is left out and recorded in
     `provenance["translate"]["failed"][lang]`; the sample is kept while at least one target language
-    (or there was nothing to translate) succeeded, and becomes a Reject only when every language failed.
+    (or there was nothing to translate) succeeded, and becomes a Reject only when every language failed
+    (`reject_when_all_failed=False`, for `polycap translate` on shards: the sample is kept with its other
+    captions). A caption the sample already had in a language whose translation failed is kept as it was.
+    An earlier translation's provenance (a shard translated again) is kept for the languages not redone.
     """
     from polycap.schemas import Caption
     from polycap.transforms.plumbing import make_reject
 
-    prov: dict[str, dict[str, Any]] = {"langs": {}, "failed": {}}
+    before = sample.provenance.get(STAGE) or {}
+    prov: dict[str, dict[str, Any]] = {
+        part: {k: v for k, v in old.items() if k not in langs} if isinstance(old := before.get(part), dict) else {}
+        for part in ("langs", "failed")}
     captions, convs = dict(sample.captions), dict(sample.conversations)
     for lang in langs:
         mine = {r.key.split("/", 1)[1]: r for r in results if r.lang == lang}
@@ -389,7 +395,9 @@ def merge_sample(sample, results: list[Translated], langs: list[str]):
         turns = sample.conversations.get("en", [])
         if turns:
             convs[lang] = [dict(t, value=mine[f"conv/{i}"].text) for i, t in enumerate(turns)]
-    if results and len(prov["failed"]) == len(langs):
+        elif "caption" in mine:
+            convs.pop(lang, None)   # built from the caption it replaces: BuildRecords builds it again
+    if reject_when_all_failed and results and all(lang in prov["failed"] for lang in langs):
         first = prov["failed"][langs[0]]
         return make_reject(sample, STAGE, Reason(first["reason"]),
                            "; ".join(f"{lang}: {v['reason']} {v['detail']}" for lang, v in prov["failed"].items()))

@@ -59,6 +59,10 @@ def _balanced(*_a, **_k) -> dict:
     return {"inputs": 2, "balanced": True, "langs": {"ko": {"kept": 2, "rejected": 0, "balanced": True}}}
 
 
+def _none_kept(*_a, **_k) -> dict:
+    return {"inputs": 2, "balanced": True, "langs": {"ko": {"kept": 0, "rejected": 2, "balanced": True}}}
+
+
 def _no_onnxruntime(monkeypatch) -> None:
     """As if the `ocr` extra were not installed: `import onnxruntime` fails (and no earlier check is cached)."""
     from polycap.transforms.backends import ocr_models
@@ -91,6 +95,14 @@ CASES = [
      lambda m: m.setattr("polycap.pipelines.translate.run", _balanced), EXIT_OK, ""),
     ("translate-mismatch", lambda t, i, r: ["translate", str(r), "--out", str(t / "o"), "--to", "ko"],
      lambda m: m.setattr("polycap.pipelines.translate.run", _unbalanced), EXIT_MISMATCH, ""),
+    ("translate-output-over-input", lambda t, i, r: ["translate", str(r), "--out", str(r), "--to", "ko"], None,
+     EXIT_USAGE, "choose another --out"),
+    ("translate-bad-language", lambda t, i, r: ["translate", str(r), "--out", str(t / "o"), "--to", "ko,../x"],
+     None, EXIT_USAGE, "is not a language tag"),
+    ("translate-no-language", lambda t, i, r: ["translate", str(r), "--out", str(t / "o"), "--to", ","], None,
+     EXIT_USAGE, "at least one target language"),
+    ("translate-nothing-translated", lambda t, i, r: ["translate", str(r), "--out", str(t / "o"), "--to", "ko"],
+     lambda m: m.setattr("polycap.pipelines.translate.run", _none_kept), EXIT_FAILURE, "nothing could be translated"),
     ("shards-stats-missing", lambda t, i, r: ["shards", "stats", str(t / "nope")], None, EXIT_USAGE, "does not exist"),
     ("shards-preview-missing", lambda t, i, r: ["shards", "preview", str(t / "nope")], None, EXIT_USAGE,
      "does not exist"),
