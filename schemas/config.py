@@ -141,9 +141,10 @@ class DecodeConfig(Section):
     reencode: bool = True           # store a normalized RGB JPEG in the shard
     jpeg_quality: int = 92
     threads: int = 0                # decode threads per worker (Pillow releases the GIL); 0 = one per core
+    memory_mb: int = 1024           # pixel memory the decode threads of one worker may hold at once
 
     def validate(self) -> None:
-        _ranges(self, positive=("max_pixels",), non_negative=("max_side",))
+        _ranges(self, positive=("max_pixels", "memory_mb"), non_negative=("max_side",))
         if not 1 <= self.jpeg_quality <= 100:
             raise ConfigError(f"jpeg_quality: must be in 1..100, got {self.jpeg_quality}")
         if not 0 <= self.threads <= 256:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -37,6 +40,47 @@ class DecodeFailure(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+# Bytes per pixel of Pillow's modes as loaded (anything unlisted counts 4).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "I;16": 2, "I;16B": 2, "I;16L": 2,
+               "I;16N": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}
+
+
+def decode_cost(im: Image.Image, size: tuple[int, int] | None = None) -> int:
+    """Peak bytes one decode holds, from the header: the loaded frame (`size` when libjpeg scales it down)
+    plus the 8-bit gray/RGB(A) working copies of to_rgb and the resize."""
+    w, h = size or im.size
+    return w * h * (_MODE_BYTES.get(im.mode, 4) + 4)
+
+
+class MemoryBudget:
+    """Admits decodes while the bytes they hold stay within `limit`; a decode waits for others to finish.
+    One decode larger than the whole budget is admitted alone (the max_pixels bomb limit bounds it), so
+    nothing waits forever. One budget per worker process and limit, shared by its decode threads."""
+
+    _shared: dict[int, MemoryBudget] = {}
+    _shared_lock = threading.Lock()
+
+    def __init__(self, limit: int):
+        self.limit, self.used, self.cond = limit, 0, threading.Condition()
+
+    @classmethod
+    def for_limit(cls, limit: int) -> MemoryBudget:
+        with cls._shared_lock:
+            return cls._shared.setdefault(limit, cls(limit))
+
+    @contextmanager
+    def hold(self, cost: int) -> Iterator[None]:
+        with self.cond:
+            self.cond.wait_for(lambda: self.used == 0 or self.used + cost <= self.limit)
+            self.used += cost
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.used -= cost
+                self.cond.notify_all()
 
 
 @dataclass(frozen=True)
@@ -136,6 +180,17 @@ def target_size(w: int, h: int, max_side: int) -> tuple[int, int]:
 _JPEG_DATA_LOST = ("premature end", "bad huffman", "instead of rst", "corrupt jpeg data: found marker")
 
 
+def jpeg_scaled_size(im: Image.Image, size: tuple[int, int]) -> tuple[int, int]:
+    """The size libjpeg decodes a JPEG at to keep `size` (Pillow's draft rule: the largest 1/2, 1/4 or 1/8
+    scale that keeps it); other formats load whole."""
+    if im.format != "JPEG" or size == im.size:
+        return im.size
+    w, h = im.size
+    ratio = min(w // size[0], h // size[1])
+    f = next(f for f in (8, 4, 2, 1) if ratio >= f)
+    return -(-w // f), -(-h // f)
+
+
 def _decode_jpeg(im: Image.Image, data: bytes, size: tuple[int, int], info: dict[str, Any]) -> Image.Image:
     """A YCbCr or gray JPEG decoded by libjpeg-turbo through simplejpeg, which reports libjpeg's warnings
     (pixel-identical to Pillow's decode on the eval photos, 1.2-2.7x faster, and it releases the GIL);
@@ -144,11 +199,8 @@ def _decode_jpeg(im: Image.Image, data: bytes, size: tuple[int, int], info: dict
 
     gray = im.mode == "L"
     kw: dict[str, Any] = {"colorspace": "GRAY" if gray else "RGB"}
-    if size != im.size:   # Pillow's draft rule: the largest 1/2, 1/4 or 1/8 scale that keeps `size`
-        w, h = im.size
-        ratio = min(w // size[0], h // size[1])
-        s = next(f for f in (8, 4, 2, 1) if ratio >= f)
-        kw.update(min_width=-(-w // s), min_height=-(-h // s))
+    if size != im.size:
+        kw.update(zip(("min_width", "min_height"), jpeg_scaled_size(im, size)))
     try:
         arr = simplejpeg.decode_jpeg(data, strict=True, **kw)
     except ValueError as e:
@@ -185,24 +237,28 @@ def load_pixels(im: Image.Image, data: bytes, max_side: int) -> tuple[Image.Imag
 
 
 def _scale_to_l(im: Image.Image) -> Image.Image:
-    """16/32-bit integer or float gray -> 8-bit L, scaling by bit depth (Pillow would clip at 255)."""
+    """16/32-bit integer or float gray -> 8-bit L, scaling by bit depth (Pillow would clip at 255).
+    Converted in bands of rows, so the working copies stay small whatever the image size."""
     import numpy as np
 
-    a = np.asarray(im)
+    lo, hi = (float(v) for v in im.getextrema())   # type: ignore[misc]  # one band: (min, max)
     if im.mode.startswith("I;16"):
-        a = a.astype(np.float64) / 257.0
-    elif im.mode == "F" and a.size and 0.0 <= float(a.min()) and float(a.max()) <= 1.0:
-        a = a.astype(np.float64) * 255.0
-    else:  # "I" or out-of-range float: 8/16-bit ranges as such, anything else stretched min..max
-        a = a.astype(np.float64)
-        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-        if lo >= 0 and hi <= 255:
-            pass
-        elif lo >= 0 and hi <= 65535:
-            a = a / 257.0
-        else:
-            a = (a - lo) * (255.0 / (hi - lo or 1.0))
-    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+        scale, offset = 1 / 257.0, 0.0
+    elif im.mode == "F" and 0.0 <= lo and hi <= 1.0:
+        scale, offset = 255.0, 0.0
+    elif lo >= 0 and hi <= 255:       # "I" or out-of-range float: 8/16-bit ranges as such, else min..max
+        scale, offset = 1.0, 0.0
+    elif lo >= 0 and hi <= 65535:
+        scale, offset = 1 / 257.0, 0.0
+    else:
+        scale, offset = 255.0 / (hi - lo or 1.0), lo
+    w, h = im.size
+    out = np.empty((h, w), np.uint8)
+    band = max(1, (1 << 20) // max(1, w))                      # about a million pixels at a time
+    for top in range(0, h, band):
+        rows = np.asarray(im.crop((0, top, w, min(h, top + band)))).astype(np.float64)
+        out[top:top + band] = np.clip(np.rint((rows - offset) * scale), 0, 255)
+    return Image.fromarray(out, "L")
 
 
 def to_rgb(im: Image.Image) -> tuple[Image.Image, str | None]:
@@ -259,11 +315,25 @@ def phash_hex(img: Image.Image) -> str:
 def decode_bytes(data: bytes, cfg: DecodeConfig) -> Decoded:
     """The one decode of the CPU chain. Raises DecodeFailure for expected rejects."""
     im = open_image(data, cfg.max_pixels)
+    budget = MemoryBudget.for_limit(cfg.memory_mb * 1024 * 1024)
+    with budget.hold(decode_cost(im, jpeg_scaled_size(im, target_size(*im.size, cfg.max_side)))):
+        return _decode_opened(im, data, cfg)
+
+
+def _decode_opened(im: Image.Image, data: bytes, cfg: DecodeConfig) -> Decoded:
     orig_format, (ow, oh), orig_mode = im.format or "", im.size, im.mode
     info: dict[str, Any] = {"input_bytes": len(data), "orig_mode": orig_mode}
     pixels, loaded = load_pixels(im, data, cfg.max_side)
     info.update(loaded)
-    rgb, converted_from = to_rgb(pixels)
+    if (pixels.mode in ("L", "I", "F") or pixels.mode.startswith("I;16")) and "transparency" not in pixels.info:
+        # gray: 8-bit and downscaled before it becomes RGB, so the big working copy is 1 byte a pixel
+        gray = pixels if pixels.mode == "L" else _scale_to_l(pixels)
+        size = target_size(*gray.size, cfg.max_side)
+        if size != gray.size:
+            gray = gray.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        rgb, converted_from = gray.convert("RGB"), pixels.mode
+    else:
+        rgb, converted_from = to_rgb(pixels)
     rgb, orientation = apply_orientation(rgb, exif_orientation(im))
     size = target_size(*rgb.size, cfg.max_side)
     if size != rgb.size:
