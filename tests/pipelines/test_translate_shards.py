@@ -199,3 +199,23 @@ def test_shards_of_two_splits_are_refused(translated, tmp_path):
     with pytest.raises(UsageError, match="one split at a time"):
         run(str(src), ["ko"], str(tmp_path / "out"), CFG)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_shards_on_s3(translated, s3_server):
+    """Input and output on an object store (moto's S3 server): the same shard set, staging removed."""
+    root, samples, _ = translated
+    bucket = s3_server.bucket("tshards")
+    for t in list_shards(str(root / "in")):
+        s3_server.put("tshards", f"in/shards/{os.path.basename(t)}", Path(t).read_bytes())
+    stats = run(f"{bucket}/in", ["ko"], f"{bucket}/out", CFG, pipeline_args=list(s3_server.args))
+    assert stats["balanced"] and stats["samples_written"] == len(samples)
+    keys = s3_server.keys("tshards", "out/")
+    assert not [k for k in keys if "_staging" in k] and "out/manifest.parquet" in keys
+    from polycap.sharding import fs
+
+    fs.configure(s3_server.args)
+    report = validate_dir(f"{bucket}/out")
+    assert report.ok and report.samples == len(samples), report.errors
+    with pytest.raises(UsageError):
+        run(f"{bucket}/out", ["ko"], f"{bucket}/out", CFG, pipeline_args=list(s3_server.args))
