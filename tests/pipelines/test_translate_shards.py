@@ -219,3 +219,19 @@ def test_shards_on_s3(translated, s3_server):
     assert report.ok and report.samples == len(samples), report.errors
     with pytest.raises(UsageError):
         run(f"{bucket}/out", ["ko"], f"{bucket}/out", CFG, pipeline_args=list(s3_server.args))
+
+
+def test_cli_translate_then_shards_validate(translated, tmp_path):
+    from typer.testing import CliRunner
+
+    from polycap.pipelines.cli import EXIT_OK, app
+
+    root, samples, _ = translated
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["translate", str(root / "in" / "shards"), "--to", "ko", "--out", str(out),
+                                   "--set", f"backend={FAKE}", "--set", "model=fake"])
+    assert res.exit_code == EXIT_OK, res.output
+    assert json.loads(res.stdout)["samples_written"] == len(samples)
+    res = CliRunner().invoke(app, ["shards", "validate", str(out)])
+    assert res.exit_code == EXIT_OK, res.output
+    assert json.loads(res.stdout)["ok"] and json.loads(res.stdout)["samples"] == len(samples)
