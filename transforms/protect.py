@@ -48,10 +48,11 @@ _PATTERNS: list[tuple[str, str]] = [
     ("brace", r"\{[A-Za-z_][A-Za-z0-9_.]*(?:![rsa])?(?::[^{}\s]*)?\}|\{\d+\}|\{\}"),
     ("dollar", r"(?<![\w$])(?:\$\{[A-Za-z_][A-Za-z0-9_]*\}|\$[A-Za-z_][A-Za-z0-9_]*)"),
     # `-x`, `--long-name` (the `=VALUE` after it is translated); not `-WIDTH`, `-SIGNAL`: an upper-case
-    # word after one dash is a metavariable that translators localize ("-RỘNG")
-    ("option", rf"(?<![\w/.-])(?<!\w['’\"])(?:--[A-Za-z0-9][A-Za-z0-9_-]*|-(?![A-Z]{{2}})[A-Za-z][A-Za-z0-9_-]*)"
+    # word after one dash is a metavariable that translators localize ("-RỘNG"); not `--Long Name--`: long
+    # options start in lower case, a capital after two dashes is a heading's decoration
+    ("option", rf"(?<![\w/.-])(?<!\w['’\"])(?:--[a-z0-9][A-Za-z0-9_-]*|-(?![A-Z]{{2}})[A-Za-z][A-Za-z0-9_-]*)"
                rf"(?<!-)(?!{_LATIN})"),
-    ("path", rf"(?<![\w/.~:<>%$-])(?:~|\.{{1,2}})?/{_PATH_SEG}(?:/{_PATH_SEG})*/?"),
+    ("path", rf"(?<![\w/.~:<>%$)-])(?:~|\.{{1,2}})?/{_PATH_SEG}(?:/{_PATH_SEG})*/?"),
     ("coords", r"\(\s*-?\d+(?:\.\d+)?\s*,\s*-?\d+(?:\.\d+)?\s*\)(?:\s*,\s*\(\s*-?\d+(?:\.\d+)?\s*,\s*"
                r"-?\d+(?:\.\d+)?\s*\))*|\[\s*-?\d+(?:\.\d+)?(?:\s*,\s*-?\d+(?:\.\d+)?){1,7}\s*\]"),
     # dates are localized (12/31/99 -> 31/12/99, or another example date): counted, not compared
@@ -103,7 +104,8 @@ def printf_args(specs: list[str]) -> list[str]:
         else:
             pos += 1
             n = pos
-        out.append(f"{n}:{m.group(2) or ''}{m.group(3)}")
+        # %i and %d are the same conversion (C11 7.21.6.1)
+        out.append(f"{n}:{m.group(2) or ''}{'d' if m.group(3) == 'i' else m.group(3)}")
     return out
 
 
@@ -114,6 +116,15 @@ def _metavariable(kind: str, text: str) -> bool:
     return kind == "brace" and bool(re.fullmatch(r"\{[A-Z][A-Z_]+\}", text))
 
 
+_PLACEHOLDER_ONLY = re.compile(_PRINTF + r"|\{[A-Za-z_][A-Za-z0-9_.]*\}|\{\d*\}|\$\{?[A-Za-z_][A-Za-z0-9_]*\}?")
+
+
+def _quoted_placeholder(code: str) -> bool:
+    """`%s` between backquotes is a quote around a placeholder (glibc's and wget's style), not code: the
+    translator writes “%s” and the placeholder is what must survive."""
+    return _PLACEHOLDER_ONLY.fullmatch(code[1:-1]) is not None
+
+
 def find_spans(text: str) -> list[Span]:
     """Protected spans in reading order; a GNU quote counts as the spans inside it, its quotes are style."""
     out: list[Span] = []
@@ -121,7 +132,7 @@ def find_spans(text: str) -> list[Span]:
         kind = m.lastgroup or ""
         if _metavariable(kind, m.group(0)):
             continue
-        if kind == "gnu_quote":
+        if kind == "gnu_quote" or (kind == "inline_code" and _quoted_placeholder(m.group(0))):
             out += find_spans(m.group(0)[1:-1])
         else:
             out.append(Span(kind, m.group(0)))

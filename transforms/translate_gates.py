@@ -1,10 +1,13 @@
 """Quality gates on one translated text: each check returns a `Reason` or None; `first_failure` runs them all."""
 from __future__ import annotations
 
+import gzip
 import math
 import re
 import unicodedata
 from collections.abc import Callable
+from functools import lru_cache
+from importlib.resources import files
 
 from polycap.schemas import Reason
 from polycap.transforms.langid import top_language
@@ -90,7 +93,6 @@ _CHAR_LOOP = re.compile(r"(.{6,}?)\1{2,}", re.DOTALL)
 # a word is a run of one script: "crtkill과" is a copied command and a Korean particle
 _LATIN_LETTERS = "A-Za-z\u00c0-\u024f\u1e00-\u1eff"
 _WORD = re.compile(rf"[{_LATIN_LETTERS}]+|[^\W\d_{_LATIN_LETTERS}]+")
-_LATIN_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_'-]*")
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
@@ -229,32 +231,91 @@ def check_wrong_language(source: str, output: str, target: str) -> Reason | None
     return None
 
 
-_NOT_NAME_END = re.compile(r"(?:ing|tion|ed|ly|ment|ness|ory|ies|ble|ive|ure|ous|ize|ise)$")
+# -- English vocabulary ---------------------------------------------------------------------------------
+# The ASCII entries of SCOWL's size-50 American English list (Debian package wamerican 2020.12.07-2,
+# /usr/share/dict/american-english; licence in en_words.COPYRIGHT): lower-case ones of three letters or more
+# are common words, capitalised ones proper names ("James", "Randy", "Smith"). Identifiers ("stdin",
+# "fdopen", "nsNET") and most surnames ("Meyering", "Haible") are in neither.
+EN_WORDS_FILE = "en_words.txt.gz"
+# two-letter words that are English for sure (the list also has abbreviations and letters: "cs", "ms", "ls")
+EN_SHORT_WORDS = frozenset("am an as at be by do go he if in is it me my no of on or so to up us we".split())
+# Keys are named as printed on the keyboard; translators keep them ("Home", "Enter", "Backspace").
+KEY_NAMES = frozenset("Home End Enter Return Delete Del Backspace Tab Insert Ins Space Esc Escape Ctrl Alt "
+                      "Shift Meta PgUp PgDn PageUp PageDown".split())
+# A lone word this short ("Yes", "All", "in", "us") is as often kept (a prompt answer, a column) as translated
+MIN_LONE_WORD = 4
+_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9_'’-]*")
 
 
-def _in_name(words: list[str], i: int) -> bool:
-    """Part of a run of capitalised words that reads as a person's name ("H. Peter Anvin"), not a title-case
-    label ("Go To Dir", "Spell Check"): no function word and no English derivational ending in the run."""
-    lo = hi = i
-    while lo > 0 and words[lo - 1][:1].isupper():
-        lo -= 1
-    while hi + 1 < len(words) and words[hi + 1][:1].isupper():
-        hi += 1
-    run = words[lo:hi + 1]
-    return len(run) > 1 and not any(x.lower() in EN_FUNCTION_WORDS or _NOT_NAME_END.search(x) for x in run)
+@lru_cache(maxsize=1)
+def english_lexicon() -> tuple[frozenset[str], frozenset[str]]:
+    """(common words, proper names), read once from the package data."""
+    with (files("polycap.transforms") / EN_WORDS_FILE).open("rb") as raw, gzip.open(raw, "rt") as f:
+        entries = [line.strip() for line in f if line.strip()]
+    return frozenset(w for w in entries if w.islower()), frozenset(w for w in entries if not w.islower())
+
+
+def _english(word: str) -> bool:
+    w = word.lower()
+    return w in EN_SHORT_WORDS if len(w) < 3 else w in english_lexicon()[0]
+
+
+def _title(word: str) -> bool:
+    return word[:1].isupper() and word[1:] == word[1:].lower() and word[1:] != word[1:].upper()
+
+
+def _name_part(word: str) -> bool:
+    """A capitalised word that may be part of a person's name: a proper name, or no English word."""
+    return _title(word) and (word in english_lexicon()[1] or not _english(word))
+
+
+def _source_words(source: str) -> list[tuple[str, int, int]]:
+    """(word, start, end) of the source's words, hyphenated ones split ("run-level"); words glued to syntax
+    (`a|b`, `[=x]`, `exit=`, `x_y`, `nano2`) are values, keys and identifiers, not words."""
+    words = []
+    for m in _TOKEN.finditer(source):
+        tok = m.group(0)
+        before, after = source[max(0, m.start() - 1):m.start()], source[m.end():m.end() + 1]
+        if re.search(r"[\d_]", tok) or before in ("|", "=", "_") or after in ("|", "=", "_", "["):
+            continue
+        pos = m.start()
+        for part in re.split(r"['’-]", tok):
+            if part:
+                words.append((part, pos, pos + len(part)))
+            pos += len(part) + 1
+    return words
+
+
+def _name_runs(source: str, words: list[tuple[str, int, int]]) -> set[int]:
+    """Indices of words inside a person's name: a run of capitalised words separated by spaces (an initial's
+    period allowed) that starts and ends on a name part ("Bruno Haible", "Randy Smith", "H. Peter Anvin";
+    not "Go To Line", "Free Software Foundation")."""
+    out: set[int] = set()
+    i = 0
+    while i < len(words):
+        j = i
+        while j + 1 < len(words) and _title(words[j + 1][0]) and _title(words[i][0]) \
+                and re.fullmatch(r"\.?\s+", source[words[j][2]:words[j + 1][1]]):
+            j += 1
+        run = [w for w, _, _ in words[i:j + 1]]
+        if j > i and (_name_part(run[0]) or len(run[0]) == 1) and _name_part(run[-1]):
+            out.update(range(i, j + 1))
+        i = j + 1
+    return out
 
 
 def _translatable(source: str) -> bool:
-    """Whether the source has a word a translator would translate: not a name ("Mike Haertel"), an
-    acronym or identifier ("PID", "IFree", "nsNET"), or a column header of three letters or fewer."""
-    # words glued to syntax (`a|b`, `[=x]`, `exit=`, `x_y`) are values and keys, not prose
-    words = [m.group(0) for m in _LATIN_WORD.finditer(source)
-             if not re.match(r"[|=\[_]", source[m.end():m.end() + 1]) and source[max(0, m.start() - 1):m.start()]
-             not in ("|", "=", "[", "_")]
-    for i, w in enumerate(words):
-        if len(w) <= 3 or not w.isalpha() or w.isupper() or (w[1:] != w[1:].lower()):
+    """Whether the source has a word a translator translates: an English word ("Mark Set", "FAILED",
+    "run-level"), not a name ("Bruno Haible", "Randy Smith"), an identifier ("stdin", "nsNET", "x_y",
+    "InstVer"), an acronym missing from the vocabulary ("PID", "TTY"), or a key name ("Home")."""
+    words = _source_words(source)
+    names = _name_runs(source, words)
+    for i, (w, _, _) in enumerate(words):
+        if i in names or w in KEY_NAMES or not _english(w) or (len(words) == 1 and len(w) < MIN_LONE_WORD):
             continue
-        if w[0].isupper() and _in_name(words, i):
+        if w.isupper() and (len(w) < 3 or len(words) == 1):
+            continue
+        if not w.isupper() and w[1:] != w[1:].lower():      # CamelCase: an identifier
             continue
         return True
     return False

@@ -102,3 +102,26 @@ def test_translate_stage_rejects_a_mangled_placeholder():
     assert reason is None and "{name}" in text and "%d" in text
     bad = ok.replace("[[P0]]", "{꺧멦}")
     assert judge(chunk, GenResult(key="k", text=bad))[1] == Reason.GATE_SPANS_CHANGED
+
+
+def test_backquoted_placeholder_is_a_quote_and_code_stays_code():
+    # glibc and wget quote a placeholder as `%s`; translators write “%s”: the placeholder is what counts
+    assert compare_spans("monitored file `%s` was %s", "tập tin đã theo dõi “%s” bị %s") is None
+    assert compare_spans("monitored file `%s` was %s", "tập tin đã theo dõi bị %s") is not None
+    assert compare_spans("run `pip install x` now", "chạy “pip install x” ngay") is not None   # real code
+
+
+def test_heading_dashes_are_not_options_and_lowercase_long_options_are():
+    assert compare_spans("--Long Link--", "--긴 링크--") is None
+    assert compare_spans("--Continued at byte %s--", "--Tiếp tục tại byte %s--") is None
+    assert compare_spans("use --force to override", "dùng để ghi đè") is not None
+
+
+def test_printf_i_and_d_are_the_same_conversion():
+    assert compare_spans("must be between 8 and %i", "phải nằm giữa 8 và %d") is None
+    assert compare_spans("must be between 8 and %i", "phải nằm giữa 8 và %s") is not None
+
+
+def test_slash_after_a_closing_bracket_is_a_list_not_a_path():
+    assert compare_spans("Err?=(none)/Reinst-required", "Lỗi?=(không)/Cần cài lại") is None
+    assert compare_spans("see /etc/passwd", "xem") is not None

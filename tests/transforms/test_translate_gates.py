@@ -107,3 +107,24 @@ def test_truncation_signals():
     long_src = "The following packages have been kept back because their dependencies have changed."
     assert g.first_failure(long_src, "다음 패키지는 의존성이 바뀌었기 때문에 보류", "ko")[0] == Reason.GATE_TRUNCATED
     assert g.first_failure(long_src * 3, "다음 패키지는 보류되었습니다.", "ko")[0] == Reason.GATE_LENGTH_RATIO
+
+
+def test_untranslated_labels_metavariables_and_hyphenated_words_are_caught():
+    # title-case labels of common words are not names; all-caps English words are localized metavariables
+    for src in ("Mark Unset", "Prev Line", "Usage: %s NAME [SUFFIX]", "PATH is not set", "no pre-opened fd %d",
+                "run-level", "Copyright (C) 2007 Trent Waddington"):
+        assert g.first_failure(src, src, "vi")[0] == Reason.GATE_ENGLISH_LEFT, src
+
+
+def test_copied_names_identifiers_keys_and_short_answers_pass():
+    # names (both parts may be English words: "Randy Smith"), identifiers missing from the English vocabulary,
+    # key names printed on keyboards, a lone short word or column header: kept by human translators too
+    for src in ("Bruno Haible", "Randy Smith", "H. Peter Anvin", "stdin", "fdopen", "waitpid", "Kerberos.",
+                "InstVer", "nsNET", "Home", "Backspace", "Yes", "us", "COMMAND", "euid: %u", "%s (kbytes) ="):
+        assert g.first_failure(src, src, "ko") is None, src
+
+
+def test_english_lexicon_ships_with_the_package():
+    words, names = g.english_lexicon()
+    assert len(words) > 50_000 and {"mark", "line", "preserving"} <= words and "stdin" not in words
+    assert {"James", "Randy"} <= names and "Meyering" not in names
