@@ -181,11 +181,12 @@ def temp_name(path: str) -> str:
 
 
 @contextlib.contextmanager
-def atomic_create(path: str) -> Iterator[IO[bytes]]:
+def atomic_create(path: str, durable: bool = True) -> Iterator[IO[bytes]]:
     """Write `path` so readers see the old file or the whole new one, never a part.
 
-    Local: a temp file beside it, fsync, rename over. Object stores: one upload, which only becomes visible
-    when it completes (a killed process leaves nothing); on an exception the completed object is removed."""
+    Local: a temp file beside it, fsync (unless `durable=False`: scratch files a crash makes worthless
+    anyway), rename over. Object stores: one upload, which only becomes visible when it completes (a killed
+    process leaves nothing); on an exception the completed object is removed."""
     if not has_dirs(path):
         f: IO[bytes] = FileSystems.create(path, compression_type=RAW)
         try:
@@ -200,9 +201,10 @@ def atomic_create(path: str) -> Iterator[IO[bytes]]:
     f = create(tmp)
     try:
         yield f
-        with contextlib.suppress(AttributeError, OSError, ValueError):   # durable before it is renamed
-            f.flush()
-            os.fsync(f.fileno())
+        if durable:
+            with contextlib.suppress(AttributeError, OSError, ValueError):   # durable before it is renamed
+                f.flush()
+                os.fsync(f.fileno())
         f.close()
         FileSystems.rename([tmp], [path])
     except BaseException:
@@ -276,9 +278,9 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def write_bytes(path: str, data: bytes) -> None:
+def write_bytes(path: str, data: bytes, durable: bool = True) -> None:
     """Atomic small-file write (temp + rename locally; a single PUT on object stores)."""
-    with atomic_create(path) as f:
+    with atomic_create(path, durable) as f:
         f.write(data)
 
 
