@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import time
 
@@ -266,3 +267,72 @@ def test_runs_inside_beam_run_inference():
                    | RunInference(handler)
                    | beam.Map(lambda pr: (pr.example.key, pr.inference.key, pr.inference.error is None)))
             assert_that(out, equal_to([(f"k{i}", f"k{i}", True) for i in range(10)]))
+
+
+# -- the lean client (default) and the openai SDK client give the same requests, results and errors ---------
+def _by_text(bodies):
+    return sorted(bodies, key=lambda b: json.dumps(b["messages"]))
+
+
+def test_lean_and_sdk_clients_send_the_same_bodies_and_get_the_same_results():
+    requests = [req(i, max_tokens=40 + i, temperature=0.5, seed=i, top_k=7) for i in range(6)]
+    requests.append(GenRequest("sys", [{"role": "system", "content": "Réponds en français, « court »."},
+                                       {"role": "user", "content": "한국어 \"quoted\" \\ text\n"}],
+                               params={"max_tokens": 3, "stop": ["\n"]}))
+    got = {}
+    for kind in ("lean", "sdk"):
+        with FakeOpenAIServer() as srv:
+            results = run(srv, requests, options={**FAST, "client": kind})
+            got[kind] = (results, _by_text(srv.bodies))
+    assert got["lean"][0] == got["sdk"][0] and all(r.error is None for r in got["lean"][0])
+    assert got["lean"][1] == got["sdk"][1]     # the same JSON body, extra_body (top_k) merged at the top level
+    assert got["lean"][0][-1].finish_reason == "length"
+
+
+def test_lean_and_sdk_report_http_errors_alike():
+    def bad(body):
+        return {"status": 400, "error": "image too large"}
+
+    errors = {}
+    for kind in ("lean", "sdk"):
+        with FakeOpenAIServer(responder=bad) as srv:
+            (r,) = run(srv, [req(0)], max_retries=2, options={**FAST, "client": kind})
+        with FakeOpenAIServer(fault_rate=1.0, faults=("500",)) as srv:
+            (r5,) = run(srv, [req(0)], max_retries=1, options={**FAST, "client": kind})
+        errors[kind] = (r.error, r.attempts, r5.error, r5.attempts)
+    assert errors["lean"] == errors["sdk"] == \
+        ("HTTP 400: Error code: 400 - image too large", 1, "HTTP 500: Error code: 500 - injected internal error", 2)
+
+
+def test_sdk_client_still_retries_every_fault_kind():
+    faults = ("500", "429", "timeout", "truncated", "malformed", "refusal")
+    with FakeOpenAIServer(fault_rate=0.4, faults=faults, seed=5, hang_s=60, retry_after=0.01) as srv:
+        requests = [req(i, image=False) for i in range(30)]
+        results = run(srv, requests, max_retries=8, timeout_s=1.0, concurrency=8, options={**FAST, "client": "sdk"})
+        kinds = {e["fault"] for e in srv.log}
+    assert kinds >= set(faults) - {"timeout"} and all(r.error is None for r in results)
+    assert [r.key for r in results] == [q.key for q in requests]
+
+
+def test_lean_client_keeps_connections_alive_and_bounded():
+    with FakeOpenAIServer() as srv:
+        backend = OpenAIBackend(spec(srv, concurrency=4))
+        try:
+            for start in range(0, 40, 10):
+                assert all(r.error is None for r in backend.generate([req(i) for i in range(start, start + 10)]))
+            assert backend._kind == "lean" and backend._pool is not None and backend._pool.opened <= 4
+        finally:
+            backend.close()
+        assert srv.requests == 40
+
+
+def test_a_proxy_in_the_environment_selects_the_sdk_client(monkeypatch):
+    for name in ("http_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    cfg = EndpointConfig("openai", model="m", endpoint="http://10.9.8.7:8000/v1", options={"loop": "run"})
+    assert OpenAIBackend(cfg)._kind == "sdk"
+    monkeypatch.setenv("NO_PROXY", "10.9.8.7")
+    assert OpenAIBackend(cfg)._kind == "lean"
+    with pytest.raises(ValueError, match="options.client"):
+        OpenAIBackend(EndpointConfig("openai", model="m", endpoint="http://h/v1", options={"client": "curl"}))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import os
 import random
@@ -13,6 +14,7 @@ from typing import Any
 from polycap.schemas.config import EndpointConfig
 from polycap.sharding.image_format import mime_type
 from polycap.transforms.backends.base import GenBackend, GenRequest, GenResult, map_image_parts
+from polycap.transforms.backends.http1 import Http1Pool, HttpError, proxy_for
 from polycap.transforms.retry import BACKOFF_BASE_S, BACKOFF_MAX_S, retry_after_s, retry_wait_s
 
 log = logging.getLogger(__name__)
@@ -34,8 +36,14 @@ def image_mime(data: bytes) -> str:
     return mime
 
 
+class DataUrl(str):
+    """A `data:<mime>;base64,...` URL built by `image_data_url`: nothing in it needs JSON escaping."""
+
+    __slots__ = ()
+
+
 def image_data_url(data: bytes) -> str:
-    return f"data:{image_mime(data)};base64,{base64.b64encode(data).decode('ascii')}"
+    return DataUrl(f"data:{image_mime(data)};base64,{base64.b64encode(data).decode('ascii')}")
 
 
 def to_openai_messages(messages: Sequence[dict[str, Any]], images: Sequence[bytes]) -> list[dict[str, Any]]:
@@ -53,22 +61,94 @@ def to_openai_params(params: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def chat_body(model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> bytes:
+    """The JSON body `chat.completions.create(model=, messages=, **to_openai_params(params))` sends (its
+    `extra_body` merged at the top level, as the SDK does), encoded once per request.
+
+    Image data URLs (tens of KB of base64, which json.dumps scans character by character) are spliced in
+    after encoding the rest: a `DataUrl` has no character JSON escapes, so the bytes are what json.dumps
+    would write. A marker that is not exactly once in the encoded rest falls back to json.dumps."""
+    kwargs = to_openai_params(params)
+    extra = kwargs.pop("extra_body", {})
+    urls: list[str] = []
+    skeleton = [_mark_urls(m, urls) for m in messages]
+    body = {"model": model, "messages": skeleton, **kwargs, **extra}
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    if urls:
+        pieces = [text]
+        for i, url in enumerate(urls):
+            head, *rest = pieces.pop().split(json.dumps(_marker(i)))
+            if len(rest) != 1:   # the marker also occurs in a text (never by chance): encode it all
+                body["messages"] = messages
+                return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            pieces += [head, '"', url, '"', rest[0]]
+        text = "".join(pieces)
+    return text.encode("utf-8")
+
+
+def _marker(i: int) -> str:
+    return f"\x00polycap-image-{i}\x00"
+
+
+def _mark_urls(msg: dict[str, Any], urls: list[str]) -> dict[str, Any]:
+    """`msg` with each image_url that is a DataUrl replaced by a marker; the URLs appended to `urls`."""
+    content = msg.get("content")
+    if not isinstance(content, list):
+        return msg
+    parts = []
+    for part in content:
+        url = (part.get("image_url") or {}).get("url") if part.get("type") == "image_url" else None
+        if isinstance(url, DataUrl):
+            part = {**part, "image_url": {**part["image_url"], "url": _marker(len(urls))}}
+            urls.append(url)
+        parts.append(part)
+    return {**msg, "content": parts}
+
+
+class HttpStatusError(Exception):
+    """A non-2xx answer on the lean path; `message` is what the SDK's APIStatusError would carry."""
+
+    def __init__(self, status: int, body: bytes, headers: dict[str, str]):
+        message = f"Error code: {status}"
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        error = data.get("error", data) if isinstance(data, dict) else None
+        detail = error.get("message") if isinstance(error, dict) else None
+        if isinstance(detail, str) and detail:
+            message += f" - {detail}"
+        super().__init__(message)
+        self.status_code, self.message, self.headers = status, message, headers
+
+
 def classify_error(exc: BaseException) -> tuple[bool, float | None, str]:
-    """-> (retryable, server-requested wait in s, short description) for one failed call."""
+    """-> (retryable, server-requested wait in s, short description) for one failed call (either client)."""
+    if isinstance(exc, asyncio.TimeoutError):   # before OSError: TimeoutError is one
+        return True, None, "timeout"
+    if isinstance(exc, HttpError):
+        return True, None, f"connection error: {exc}"
+    if isinstance(exc, HttpStatusError):
+        return _status_verdict(exc.status_code, exc.message, exc.headers)
+    if isinstance(exc, (ValueError, _MalformedResponse)):
+        return True, None, f"malformed response: {exc}"  # json.JSONDecodeError is a ValueError
     import openai
 
-    if isinstance(exc, (asyncio.TimeoutError, openai.APITimeoutError)):
+    if isinstance(exc, openai.APITimeoutError):
         return True, None, "timeout"
     if isinstance(exc, openai.APIConnectionError):
         return True, None, f"connection error: {exc}"
     if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        retry = status >= 500 or status in _RETRY_4XX
-        wait = retry_after_s(exc.response.headers) if status == 429 else None
-        return retry, wait, f"HTTP {status}: {exc.message}"
-    if isinstance(exc, (ValueError, openai.APIResponseValidationError, _MalformedResponse)):
-        return True, None, f"malformed response: {exc}"  # json.JSONDecodeError is a ValueError
+        return _status_verdict(exc.status_code, exc.message, exc.response.headers)
+    if isinstance(exc, openai.APIResponseValidationError):
+        return True, None, f"malformed response: {exc}"
     return False, None, f"{type(exc).__name__}: {exc}"
+
+
+def _status_verdict(status: int, message: str, headers: Any) -> tuple[bool, float | None, str]:
+    retry = status >= 500 or status in _RETRY_4XX
+    wait = retry_after_s(headers) if status == 429 else None
+    return retry, wait, f"HTTP {status}: {message}"
 
 
 class _MalformedResponse(Exception):
@@ -88,6 +168,21 @@ def parse_completion(resp: Any, fallback_model: str) -> tuple[str, str, str]:
     return text, choice.finish_reason or "stop", getattr(resp, "model", None) or fallback_model
 
 
+def parse_completion_json(data: Any, fallback_model: str) -> tuple[str, str, str]:
+    """parse_completion for the decoded JSON of a chat completion (the lean path)."""
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not choices or not isinstance(choices, list):
+        raise _MalformedResponse("no choices in the response")
+    choice = choices[0]
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        raise _MalformedResponse("no message in the first choice")
+    text = message.get("content") or message.get("refusal") or ""
+    if not isinstance(text, str):
+        raise _MalformedResponse(f"message content is a {type(text).__name__}, not text")
+    return text, choice.get("finish_reason") or "stop", data.get("model") or fallback_model
+
+
 def served_models(endpoint: str, api_key_env: str = "", timeout_s: float = 5.0) -> list[str]:
     """GET <endpoint>/models (OpenAI protocol); raises OSError/ValueError when it does not answer."""
     import json
@@ -104,11 +199,14 @@ def served_models(endpoint: str, api_key_env: str = "", timeout_s: float = 5.0) 
 
 # -- the backend -----------------------------------------------------------------------------------
 class OpenAIBackend(GenBackend):
-    """AsyncOpenAI client on one event loop per worker; our own retries (the SDK's are disabled).
+    """An HTTP client on one event loop per worker; our own retries (the SDK's are disabled).
 
-    `spec.options`: `loop` ("thread": a long-lived loop thread keeping the connection pool warm, default;
-    "run": `asyncio.run` and a fresh client per batch), `backoff_base_s` (0.5), `backoff_max_s` (30),
-    `seed` for the jitter RNG.
+    `spec.options`: `client` ("lean": transforms/backends/http1.py, keep-alive HTTP/1.1 on asyncio streams,
+    default; "sdk": the `openai` package's AsyncOpenAI; lean falls back to the SDK when the environment sets
+    a proxy for the endpoint), `loop` ("thread": a long-lived loop thread keeping the connection pool warm,
+    default; "run": `asyncio.run` and a fresh client per batch), `backoff_base_s` (0.5), `backoff_max_s` (30),
+    `seed` for the jitter RNG. Both clients send the same JSON body, the same `Authorization: Bearer` header,
+    and give the same results, errors, retries and Retry-After waits.
     """
 
     name = "openai"
@@ -149,12 +247,20 @@ class OpenAIBackend(GenBackend):
         self._mode = opts.get("loop", "thread")
         if self._mode not in ("thread", "run"):
             raise ValueError(f"options.loop must be 'thread' or 'run', got {self._mode!r}")
+        self._kind = opts.get("client", "lean")
+        if self._kind not in ("lean", "sdk"):
+            raise ValueError(f"options.client must be 'lean' or 'sdk', got {self._kind!r}")
+        if self._kind == "lean" and proxy_for(spec.endpoint):
+            log.info("a proxy is set for %s in the environment: using the openai SDK client, which honours it",
+                     spec.endpoint)
+            self._kind = "sdk"
         self._base = float(opts.get("backoff_base_s", BACKOFF_BASE_S))
         self._cap = float(opts.get("backoff_max_s", BACKOFF_MAX_S))
         self._rng = random.Random(opts.get("seed"))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._client: Any = None
+        self._pool: Http1Pool | None = None
         self._sem: asyncio.Semaphore | None = None
         if self._mode == "thread":
             self._start_loop()
@@ -173,16 +279,23 @@ class OpenAIBackend(GenBackend):
         asyncio.run_coroutine_threadsafe(self._open(), self._loop).result()
 
     async def _open(self) -> None:
-        from openai import AsyncOpenAI
+        limit = max(1, int(self.spec.concurrency))
+        if self._kind == "lean":
+            self._pool = Http1Pool(self.spec.endpoint, {"Authorization": f"Bearer {self._api_key}",
+                                                        "User-Agent": "polycap"}, max_idle=limit)
+        else:
+            from openai import AsyncOpenAI
 
-        self._client = AsyncOpenAI(base_url=self.spec.endpoint, api_key=self._api_key, max_retries=0,
-                                   timeout=self.spec.timeout_s)
-        self._sem = asyncio.Semaphore(max(1, int(self.spec.concurrency)))
+            self._client = AsyncOpenAI(base_url=self.spec.endpoint, api_key=self._api_key, max_retries=0,
+                                       timeout=self.spec.timeout_s)
+        self._sem = asyncio.Semaphore(limit)
 
     async def _close_client(self) -> None:
         if self._client is not None:
             await self._client.close()
-        self._client = None
+        if self._pool is not None:
+            await self._pool.close()
+        self._client, self._pool = None, None
 
     def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
         if not requests:
@@ -217,12 +330,16 @@ class OpenAIBackend(GenBackend):
         try:
             kwargs = to_openai_params(req.params)
             messages = to_openai_messages(req.messages, req.images)
+            body = chat_body(self.spec.model, messages, req.params) if self._kind == "lean" else b""
         except (ValueError, TypeError) as exc:  # a bad request is not worth retrying
             return GenResult(req.key, "", "error", self.spec.model, f"bad request: {exc}", attempts=0)
         error = ""
         for attempt in range(1, self.spec.max_retries + 2):
             try:
-                text, finish, model = await self._call(messages, kwargs)
+                if body:
+                    text, finish, model = await self._post(body)
+                else:
+                    text, finish, model = await self._call(messages, kwargs)
                 return GenResult(req.key, text, finish, model, None, attempts=attempt)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a result, never a raise
                 retry, wait, error = classify_error(exc)
@@ -243,3 +360,13 @@ class OpenAIBackend(GenBackend):
                 self._client.chat.completions.create(model=self.spec.model, messages=messages, **kwargs),
                 timeout=self.spec.timeout_s)
         return parse_completion(resp, self.spec.model)
+
+    async def _post(self, body: bytes) -> tuple[str, str, str]:
+        """The lean path's one call: the same bounds as `_call` (semaphore, one timeout for the whole call)."""
+        assert self._sem is not None and self._pool is not None
+        async with self._sem:
+            async with asyncio.timeout(self.spec.timeout_s):
+                resp = await self._pool.post("/chat/completions", body)
+        if not 200 <= resp.status < 300:
+            raise HttpStatusError(resp.status, resp.body, resp.headers)
+        return parse_completion_json(json.loads(resp.body), self.spec.model)
