@@ -15,10 +15,14 @@ from polycap.schemas.config import DedupConfig
 from polycap.transforms.decode import phash_hex
 from polycap.transforms.neardup import (
     CENTRE,
+    EXACT,
     JOINED,
+    MIH,
+    PLAN_SHIFT,
     KeySizes,
     NearMember,
     block_keys,
+    choose_plan,
     first_status,
     key_pairs,
     n_blocks,
@@ -30,12 +34,17 @@ from polycap.transforms.neardup import (
 from polycap.transforms.plumbing import RoutingDoFn, make_reject, route_stage
 
 STAGE = "dedup"
-# Areas count as equal within one step of 2**(1/AREA_STEPS) (~19 %): borders are peeled on a reduced copy
-# (transforms/signature.py), so the content box of a framed or letterboxed copy is off by a pixel or two, which
-# on the small text box of a card is a few percent; within a step, border, quality and caption decide. With
-# 16 steps more letterboxed and framed copies were kept instead of their originals (original_kept_share 0.79
-# in a one-off run of bench/neardup_eval.py, against 0.86 with 4, recorded in bench/results/neardup.json).
-AREA_STEPS = 4
+# Which copy of a cluster is kept (`rank`), measured by bench/neardup_eval.py (original_kept_share). One
+# score, not steps (any step has a boundary that a box peeled a pixel wider crosses):
+#   log2(content area) + quality tier - added-border share
+# tier: lossless 2, lossy at quality >= LOSSY_OK 1, else 0, so a lossless copy beats a lossy one of up to
+# twice its area and a heavily compressed copy counts as half its area; a q80 original and its q90 re-encode
+# are one tier (a re-encode adds no detail). Border share: the part of the image outside the content box (an
+# added frame or letterbox). Score rounded to SCORE_STEP; ties go to the exact content area (a 5 % crop loses
+# to its original), then the exact quality, a caption, the key. (Area in 4 steps an octave, then a bordered flag and the
+# exact quality kept 85.5 % of originals: framed copies peeled a pixel wider and q90 crops of q80 originals won.)
+LOSSY_OK = 70
+SCORE_STEP = 0.02
 MASK64 = (1 << 64) - 1
 
 # phash_hex lives with the decode that computes it; re-exported here, where the dedup contract names it.
@@ -61,15 +70,18 @@ __all__ = ["DedupImages", "phash_hex"]
 
 
 def rank(sample: Sample) -> tuple:
-    """Sort key of the best copy: largest content area (borders peeled), then no added border, then the
-    highest input quality, then carrying a caption, then the key."""
+    """Sort key of the best copy (smaller is better): -score (see LOSSY_OK above), -content area, -quality,
+    no caption, key."""
     h, im = sample.hashes, sample.image
+    whole = (im.orig_width * im.orig_height) or (im.width * im.height)
     if len(h.content_box) == 4:
         area = (h.content_box[2] - h.content_box[0]) * (h.content_box[3] - h.content_box[1])
     else:
-        area = (im.orig_width * im.orig_height) or (im.width * im.height)
-    step = round(math.log2(area) * AREA_STEPS) if area > 0 else 0
-    return (-step, int(h.bordered), -h.quality, int(not sample.source.orig_caption), sample.key)
+        area = whole
+    tier = 2 if h.quality >= 100 else int(h.quality >= LOSSY_OK)
+    border = 1 - area / whole if whole > 0 and 0 < area <= whole else 0.0
+    score = math.log2(area) + tier - border if area > 0 else 0.0
+    return (-round(score / SCORE_STEP), -area, -h.quality, int(not sample.source.orig_caption), sample.key)
 
 
 def to_member(sample: Sample) -> NearMember | None:
@@ -104,6 +116,14 @@ def solid_drops(kv: tuple[str, Iterable[NearMember]]) -> list[tuple[str, tuple[s
     return [(m.key, (kept.key, kept.uri, f"the same flat colour #{colour}")) for m in ordered[1:]]
 
 
+COUNT_KEY = -1     # counted once per item next to the substring values: the item count that picks the plan
+
+
+def _own_values(kv: tuple[str, NearMember], t: int) -> list[int]:
+    """Substring values under both plans (neardup.own_values) and COUNT_KEY: what CountValues counts."""
+    return [COUNT_KEY, *own_values(kv[1].phash, t, MIH), *own_values(kv[1].phash, t, EXACT)]
+
+
 class _KeysFn(beam.DoFn):
     """Member -> (group key, (content key, pHash)) per multi-index key; a key that may hold more than
     dedup.max_key_items (neardup.KeySizes over the side input of heavy substring values) becomes the item's
@@ -115,8 +135,9 @@ class _KeysFn(beam.DoFn):
     def process(self, kv, heavy):
         key, m = kv
         item = (key, m.phash - (1 << 64) if m.phash >> 63 else m.phash)   # signed: a VarInt coder's range
-        if getattr(self, "_heavy", None) is not heavy:     # one KeySizes per side-input value
-            self._heavy, self._sizes = heavy, KeySizes(heavy, self.t, self.bound)
+        if getattr(self, "_heavy", None) is not heavy:     # one plan and KeySizes per side-input value
+            plan = choose_plan(heavy.get(COUNT_KEY, 0), self.t)
+            self._heavy, self._sizes = heavy, KeySizes(heavy, self.t, self.bound, plan)
         for mk, count in self._sizes.keys(m.phash):
             if not count:
                 yield (mk, 1, 0, 0), item
@@ -144,7 +165,8 @@ class _PairsFn(beam.DoFn):
             return
         self.size.update(len(items))
         blocks = [stable_hash(k) % nb for k, _ in items] if lo != hi else None
-        pairs = key_pairs([h & MASK64 for _, h in items], mk >> 32, mk & 0xFFFFFFFF, self.t, blocks)
+        pairs = key_pairs([h & MASK64 for _, h in items], mk >> 32 & 0xFF, mk & 0xFFFFFFFF, self.t, blocks,
+                          mk >> PLAN_SHIFT)
         self.candidates.inc(len(pairs))
         for i, k in pairs:
             yield items[i][0], items[k][0]
@@ -274,8 +296,8 @@ class NearDuplicates(beam.PTransform):
                 | "GroupColour" >> beam.GroupByKey()
                 | "ColourDrops" >> beam.FlatMap(solid_drops))
         rest = members | "Textured" >> beam.Filter(lambda kv: not kv[1].solid)
-        q = KeySizes({}, t, bound).q
-        heavy = (rest | "OwnValues" >> beam.FlatMap(lambda kv: own_values(kv[1].phash, t))
+        q = min(KeySizes({}, t, bound, plan).q for plan in (MIH, EXACT))
+        heavy = (rest | "OwnValues" >> beam.FlatMap(_own_values, t)
                  | "CountValues" >> beam.combiners.Count.PerElement().with_output_types(KV[int, int])
                  | "Heavy" >> beam.Filter(lambda kv: kv[1] > q))
         pairs = (rest | "MihKeys" >> beam.ParDo(_KeysFn(t, bound), beam.pvalue.AsDict(heavy))

@@ -33,7 +33,7 @@ class NearMember:
     """What near-dup search needs of one content key; `rank` sorts the best copy first."""
     key: str
     phash: int
-    rank: tuple        # (-content area, bordered, -quality, no caption, key): smaller is the better copy
+    rank: tuple        # transforms/dedup.rank: smaller is the better copy
     uri: str = ""
     thumb: bytes = b""
     solid: str = ""    # flat-colour class: such images are matched exactly by class, never by pHash
@@ -43,9 +43,32 @@ class NearMember:
 
 def mih_widths(t: int) -> list[int]:
     """Substring widths (high bits first) for radius t: m = ceil((t+1)/3) substrings of ~64/m bits."""
-    m = max(2, math.ceil((t + 1) / 3))   # at least 2, so a substring and an item id pack into 64 bits
+    return _split(max(2, math.ceil((t + 1) / 3)))   # at least 2: a substring and an item id pack into 64 bits
+
+
+def _split(m: int) -> list[int]:
     base, extra = divmod(HASH_BITS, m)
     return [base + 1 if i < extra else base for i in range(m)]
+
+
+# Two plans of the same search, both complete within t. MIH: the substrings above, each item under
+# 1 + width keys per substring (67 for t = 8), keys of ~N / 2**21 items. EXACT: t + 1 substrings, two
+# hashes within t agree exactly on one (pigeonhole), each item under t + 1 keys (9 for t = 8), keys of
+# ~N / 2**7 items: 7x fewer shuffled elements, quadratic key work. `choose_plan` takes EXACT while its
+# keys stay small (an expected EXACT_KEY_ITEMS items), which a count of the items decides at run time.
+MIH, EXACT = 0, 1
+EXACT_KEY_ITEMS = 32
+PLAN_SHIFT = 40      # packed key: plan << 40 | substring index << 32 | meeting value
+
+
+def plan_widths(t: int, plan: int = MIH) -> list[int]:
+    return _split(t + 1) if plan == EXACT else mih_widths(t)
+
+
+def choose_plan(n_items: int, t: int) -> int:
+    """EXACT while its keys are expected to hold <= EXACT_KEY_ITEMS items (and it has >= 4-bit keys)."""
+    w = min(_split(t + 1))
+    return EXACT if w >= 4 and n_items <= EXACT_KEY_ITEMS << w else MIH
 
 
 def substrings(h: np.ndarray, widths: list[int]) -> list[np.ndarray]:
@@ -90,18 +113,19 @@ def pair_filter(ha: np.ndarray, hb: np.ndarray, j: int, meet: np.ndarray, t: int
             & (canonical_meet(subs_a[j], subs_b[j]) == meet))
 
 
-def item_keys(h: int, t: int) -> list[tuple[int, int]]:
-    """The (substring index, meeting value) keys one hash is grouped under: 1 + width per substring."""
-    widths = mih_widths(t)
+def item_keys(h: int, t: int, plan: int = MIH) -> list[tuple[int, int]]:
+    """The (substring index, meeting value) keys one hash is grouped under: 1 + width per substring (MIH),
+    one per substring (EXACT)."""
+    widths = plan_widths(t, plan)
     r = meet_radius(t, widths)
     subs = substrings(np.array([h], dtype=np.uint64), widths)
     return [(j, int(v)) for j, sub in enumerate(subs) for v in meet_values(sub, widths[j], r)[0].tolist()]
 
 
-def own_values(h: int, t: int) -> list[int]:
-    """The hash's substring values, each packed with its index as j << 32 | value (what is counted)."""
-    subs = substrings(np.array([h], dtype=np.uint64), mih_widths(t))
-    return [j << 32 | int(sub[0]) for j, sub in enumerate(subs)]
+def own_values(h: int, t: int, plan: int = MIH) -> list[int]:
+    """The hash's substring values, each packed as plan << 40 | j << 32 | value (what is counted)."""
+    subs = substrings(np.array([h], dtype=np.uint64), plan_widths(t, plan))
+    return [plan << PLAN_SHIFT | j << 32 | int(sub[0]) for j, sub in enumerate(subs)]
 
 
 class KeySizes:
@@ -113,21 +137,23 @@ class KeySizes:
     <= bound items; for one with, the unknown values count q each: an upper bound, so a key is split a
     little early (never late) and the split stays complete whatever the block count."""
 
-    def __init__(self, heavy: dict[int, int], t: int, bound: int):
-        self.t, self.bound = t, bound
-        self.widths = mih_widths(t)
+    def __init__(self, heavy: dict[int, int], t: int, bound: int, plan: int = MIH):
+        self.t, self.bound, self.plan = t, bound, plan
+        self.widths = plan_widths(t, plan)
         self.r = meet_radius(t, self.widths)
         self.q = bound // (max(self.widths) + 1)
         by_j: dict[int, list[tuple[int, int]]] = {}
         for packed, count in heavy.items():
-            by_j.setdefault(packed >> 32, []).append((packed & 0xFFFFFFFF, count))
+            if packed >= 0 and packed >> PLAN_SHIFT == plan:
+                by_j.setdefault(packed >> 32 & 0xFF, []).append((packed & 0xFFFFFFFF, count))
         self.heavy = {j: (np.array([v for v, _ in vc], dtype=np.uint64), np.array([c for _, c in vc], dtype=np.int64))
                       for j, vc in by_j.items()}
 
     def keys(self, h: int) -> list[tuple[int, int]]:
-        """(packed key j << 32 | v, upper bound on its items, or 0 when it cannot exceed the bound)."""
-        out = []
-        for j, v in item_keys(h, self.t):
+        """(packed key plan << 40 | j << 32 | v, upper bound on its items, or 0 when it cannot exceed the
+        bound)."""
+        out, tag = [], self.plan << PLAN_SHIFT
+        for j, v in item_keys(h, self.t, self.plan):
             hv = self.heavy.get(j)
             n = 0
             if hv is not None:
@@ -135,12 +161,12 @@ class KeySizes:
                 if near.any():
                     reach = 1 + self.widths[j] * self.r
                     n = int(hv[1][near].sum()) + (reach - int(near.sum())) * self.q
-            out.append((j << 32 | v, n if n > self.bound else 0))
+            out.append((tag | j << 32 | v, n if n > self.bound else 0))
         return out
 
 
 def key_pairs(hashes: list[int], j: int, meet: int, t: int,
-              blocks: list[int] | None = None) -> list[tuple[int, int]]:
+              blocks: list[int] | None = None, plan: int = MIH) -> list[tuple[int, int]]:
     """Index pairs (i < k) of one key's items that this key owns (within t, first close substring j,
     canonical meeting value). `blocks`: the items' blocks in a split key's (lo, hi) group with lo != hi,
     which owns only the pairs across its two blocks (pairs inside one block belong to (b, b))."""
@@ -152,7 +178,7 @@ def key_pairs(hashes: list[int], j: int, meet: int, t: int,
         b = np.asarray(blocks)
         across = b[i] != b[k]
         i, k = i[across], k[across]
-    ok = pair_filter(h[i], h[k], j, np.full(len(i), meet, dtype=np.uint64), t, mih_widths(t))
+    ok = pair_filter(h[i], h[k], j, np.full(len(i), meet, dtype=np.uint64), t, plan_widths(t, plan))
     return list(zip(i[ok].tolist(), k[ok].tolist()))
 
 

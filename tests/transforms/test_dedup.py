@@ -49,9 +49,15 @@ def run_dedup(samples: list[Sample], cfg: DedupConfig, check_kept, check_rejects
         assert_that(rejects, check_rejects, label="rejects")
 
 
-def test_beam_graph_drops_what_brute_force_pairs_and_centre_rounds_drop():
-    """Multi-index keys (some split into blocks: max_key_items=16 with a 60-copy hot cluster), verified
-    pairs and clustering rounds in Beam give exactly the numpy centre rounds over brute-force pairs."""
+@pytest.mark.parametrize("plan", ["exact", "mih"])
+def test_beam_graph_drops_what_brute_force_pairs_and_centre_rounds_drop(plan, monkeypatch):
+    """Candidate keys under either plan (EXACT: this many items choose it; MIH: forced by allowing EXACT no
+    items; some keys split into blocks: max_key_items=16 with a 60-copy hot cluster), verified pairs and
+    clustering rounds in Beam give exactly the numpy centre rounds over brute-force pairs."""
+    from polycap.transforms import neardup
+
+    if plan == "mih":
+        monkeypatch.setattr(neardup, "EXACT_KEY_ITEMS", 0)
     rng = random.Random(1)
     hashes = []
     for _ in range(120):                      # unrelated hashes, some with planted near copies
@@ -306,3 +312,29 @@ def test_an_exception_in_the_decision_is_an_internal_error_reject_per_sample(mon
         # inputs == kept + rejected: the failed group's two samples are both accounted for
         total = ((kept, rejects) | "Both" >> beam.Flatten() | beam.combiners.Count.Globally())
         assert_that(total, equal_to([len(samples)]), label="conserved")
+
+
+def _copy(w: int, h: int, box: list[int], quality: int, i: int) -> Sample:
+    s = make_sample(f"copy {i}".encode(), uri=f"c{i}")
+    return replace(s, image=replace(s.image, orig_width=w, orig_height=h),
+                   hashes=Hashes(sha256=s.hashes.sha256, content_box=box, quality=quality))
+
+
+def test_rank_prefers_the_original_copy():
+    """The copies bench/neardup_eval.py saw kept instead of their originals (boxes as measured there)."""
+    card = _copy(800, 450, [74, 158, 726, 288], 100, 0)                 # lossless card, text box peeled
+    framed = _copy(854, 504, [100, 186, 754, 316], 90, 1)               # framed q90 copy, box peeled 2 px wider
+    letterboxed = _copy(800, 800, [80, 330, 720, 466], 90, 2)
+    card_crop = _copy(780, 439, [56, 156, 708, 285], 90, 3)
+    card_small = _copy(400, 225, [37, 79, 363, 144], 100, 4)            # half size, lossless: still worse
+    for worse in (framed, letterboxed, card_crop, card_small):
+        assert rank(card) < rank(worse)
+    photo = _copy(512, 600, [0, 0, 512, 600], 80, 5)                    # a q80 JPEG original
+    crop = _copy(499, 585, [0, 0, 499, 585], 90, 6)                     # its 5 % crop at q90
+    border = _copy(572, 660, [30, 30, 542, 630], 90, 7)
+    assert rank(photo) < rank(crop) and rank(photo) < rank(border)
+    strip = _copy(321, 421, [0, 29, 321, 421], 75, 8)                   # a flat strip peeled off
+    q30 = _copy(321, 421, [0, 7, 321, 421], 30, 9)                      # at q30 the strip is no longer flat
+    assert rank(strip) < rank(q30)
+    big_q30 = _copy(2048, 1536, [0, 0, 2048, 1536], 30, 10)             # but 4x the pixels win over quality
+    assert rank(big_q30) < rank(_copy(1024, 768, [0, 0, 1024, 768], 95, 11))

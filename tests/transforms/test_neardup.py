@@ -111,3 +111,26 @@ def test_key_sizes_split_every_key_over_the_bound():
     for mk, n in true.items():
         if n > bound:
             assert split.get(mk, 0) >= n, (mk, n)
+
+
+@pytest.mark.parametrize("t", [0, 3, 8, 12])
+def test_both_plans_find_every_pair_within_t_once(t):
+    """Grouping by item_keys and keeping what key_pairs owns finds exactly the brute-force pairs, each
+    once, under the EXACT plan (t + 1 substrings) and the MIH plan alike; choose_plan switches by size."""
+    from collections import defaultdict
+
+    from polycap.transforms.neardup import EXACT, MIH, choose_plan, item_keys, key_pairs
+
+    h = planted(300, t)
+    d = np.bitwise_count(h[:, None] ^ h[None, :])
+    want = {(i, k) for i, k in combinations(range(len(h)), 2) if d[i, k] <= t}
+    for plan in (EXACT, MIH):
+        groups = defaultdict(list)
+        for i, x in enumerate(h.tolist()):
+            for key in item_keys(x, t, plan):
+                groups[key].append(i)
+        got = []
+        for (j, meet), items in groups.items():
+            got += [(items[a], items[b]) for a, b in key_pairs([int(h[i]) for i in items], j, meet, t, None, plan)]
+        assert len(got) == len(set(got)) and set(got) == want and want
+    assert choose_plan(1000, 8) == EXACT and choose_plan(10_000_000, 8) == MIH
