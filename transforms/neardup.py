@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from itertools import combinations
 
 import numpy as np
 
@@ -113,19 +114,27 @@ def pair_filter(ha: np.ndarray, hb: np.ndarray, j: int, meet: np.ndarray, t: int
             & (canonical_meet(subs_a[j], subs_b[j]) == meet))
 
 
+def substrings_of(h: int, widths: list[int]) -> list[int]:
+    """`substrings` of one hash in plain ints (per item, numpy's call overhead is most of the cost)."""
+    out, shift = [], HASH_BITS
+    for w in widths:
+        shift -= w
+        out.append(h >> shift & ((1 << w) - 1))
+    return out
+
+
 def item_keys(h: int, t: int, plan: int = MIH) -> list[tuple[int, int]]:
     """The (substring index, meeting value) keys one hash is grouped under: 1 + width per substring (MIH),
     one per substring (EXACT)."""
     widths = plan_widths(t, plan)
     r = meet_radius(t, widths)
-    subs = substrings(np.array([h], dtype=np.uint64), widths)
-    return [(j, int(v)) for j, sub in enumerate(subs) for v in meet_values(sub, widths[j], r)[0].tolist()]
+    return [(j, v ^ flip) for j, v in enumerate(substrings_of(h, widths))
+            for flip in [0, *(1 << b for b in range(widths[j] * r))]]
 
 
 def own_values(h: int, t: int, plan: int = MIH) -> list[int]:
     """The hash's substring values, each packed as plan << 40 | j << 32 | value (what is counted)."""
-    subs = substrings(np.array([h], dtype=np.uint64), plan_widths(t, plan))
-    return [plan << PLAN_SHIFT | j << 32 | int(sub[0]) for j, sub in enumerate(subs)]
+    return [plan << PLAN_SHIFT | j << 32 | v for j, v in enumerate(substrings_of(h, plan_widths(t, plan)))]
 
 
 class KeySizes:
@@ -165,6 +174,29 @@ class KeySizes:
         return out
 
 
+SMALL_KEY = 12     # keys of up to this many items are paired in plain ints (most keys hold 2 or 3)
+
+
+def owns(a: int, b: int, j: int, meet: int, t: int, widths: list[int]) -> bool:
+    """`pair_filter` for one pair in plain ints."""
+    if (a ^ b).bit_count() > t:
+        return False
+    s = min(2, t // len(widths))
+    sa, sb = substrings_of(a, widths), substrings_of(b, widths)
+    first = next(i for i, (x, y) in enumerate(zip(sa, sb)) if (x ^ y).bit_count() <= s)
+    if first != j:
+        return False
+    x, y = sa[j], sb[j]
+    d = x ^ y
+    pc = d.bit_count()
+    if pc == 0:
+        return x == meet
+    if pc == 1:
+        return min(x, y) == meet
+    low = d & -d
+    return min(x ^ low, x ^ (d ^ low)) == meet
+
+
 def key_pairs(hashes: list[int], j: int, meet: int, t: int,
               blocks: list[int] | None = None, plan: int = MIH) -> list[tuple[int, int]]:
     """Index pairs (i < k) of one key's items that this key owns (within t, first close substring j,
@@ -172,13 +204,17 @@ def key_pairs(hashes: list[int], j: int, meet: int, t: int,
     which owns only the pairs across its two blocks (pairs inside one block belong to (b, b))."""
     if len(hashes) < 2:
         return []
+    widths = plan_widths(t, plan)
+    if len(hashes) <= SMALL_KEY:
+        return [(i, k) for i, k in combinations(range(len(hashes)), 2)
+                if (blocks is None or blocks[i] != blocks[k]) and owns(hashes[i], hashes[k], j, meet, t, widths)]
     h = np.array(hashes, dtype=np.uint64)
     i, k = np.nonzero(np.triu(np.bitwise_count(h[:, None] ^ h[None, :]) <= t, 1))
     if blocks is not None:
         b = np.asarray(blocks)
         across = b[i] != b[k]
         i, k = i[across], k[across]
-    ok = pair_filter(h[i], h[k], j, np.full(len(i), meet, dtype=np.uint64), t, plan_widths(t, plan))
+    ok = pair_filter(h[i], h[k], j, np.full(len(i), meet, dtype=np.uint64), t, widths)
     return list(zip(i[ok].tolist(), k[ok].tolist()))
 
 
