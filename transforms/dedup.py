@@ -15,7 +15,6 @@ from polycap.schemas.config import DedupConfig
 from polycap.transforms.decode import phash_hex
 from polycap.transforms.neardup import (
     CENTRE,
-    EXACT,
     JOINED,
     MIH,
     PLAN_SHIFT,
@@ -120,8 +119,9 @@ COUNT_KEY = -1     # counted once per item next to the substring values: the ite
 
 
 def _own_values(kv: tuple[str, NearMember], t: int) -> list[int]:
-    """Substring values under both plans (neardup.own_values) and COUNT_KEY: what CountValues counts."""
-    return [COUNT_KEY, *own_values(kv[1].phash, t, MIH), *own_values(kv[1].phash, t, EXACT)]
+    """COUNT_KEY and the MIH substring values (neardup.own_values): what CountValues counts (EXACT is only
+    chosen when no key can pass the bound)."""
+    return [COUNT_KEY, *own_values(kv[1].phash, t, MIH)]
 
 
 class _KeysFn(beam.DoFn):
@@ -136,7 +136,7 @@ class _KeysFn(beam.DoFn):
         key, m = kv
         item = (key, m.phash - (1 << 64) if m.phash >> 63 else m.phash)   # signed: a VarInt coder's range
         if getattr(self, "_heavy", None) is not heavy:     # one plan and KeySizes per side-input value
-            plan = choose_plan(heavy.get(COUNT_KEY, 0), self.t)
+            plan = choose_plan(heavy.get(COUNT_KEY, 0), self.t, self.bound)
             self._heavy, self._sizes = heavy, KeySizes(heavy, self.t, self.bound, plan)
         for mk, count in self._sizes.keys(m.phash):
             if not count:
@@ -296,7 +296,7 @@ class NearDuplicates(beam.PTransform):
                 | "GroupColour" >> beam.GroupByKey()
                 | "ColourDrops" >> beam.FlatMap(solid_drops))
         rest = members | "Textured" >> beam.Filter(lambda kv: not kv[1].solid)
-        q = min(KeySizes({}, t, bound, plan).q for plan in (MIH, EXACT))
+        q = KeySizes({}, t, bound, MIH).q
         heavy = (rest | "OwnValues" >> beam.FlatMap(_own_values, t)
                  | "CountValues" >> beam.combiners.Count.PerElement().with_output_types(KV[int, int])
                  | "Heavy" >> beam.Filter(lambda kv: kv[1] > q))

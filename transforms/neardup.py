@@ -56,7 +56,8 @@ def _split(m: int) -> list[int]:
 # 1 + width keys per substring (67 for t = 8), keys of ~N / 2**21 items. EXACT: t + 1 substrings, two
 # hashes within t agree exactly on one (pigeonhole), each item under t + 1 keys (9 for t = 8), keys of
 # ~N / 2**7 items: 7x fewer shuffled elements, quadratic key work. `choose_plan` takes EXACT while its
-# keys stay small (an expected EXACT_KEY_ITEMS items), which a count of the items decides at run time.
+# keys stay small (an expected EXACT_KEY_ITEMS items) and no key can pass the bound (N <= bound, so EXACT
+# needs no counts of its own values), which a count of the items decides at run time.
 MIH, EXACT = 0, 1
 EXACT_KEY_ITEMS = 32
 PLAN_SHIFT = 40      # packed key: plan << 40 | substring index << 32 | meeting value
@@ -66,10 +67,11 @@ def plan_widths(t: int, plan: int = MIH) -> list[int]:
     return _split(t + 1) if plan == EXACT else mih_widths(t)
 
 
-def choose_plan(n_items: int, t: int) -> int:
-    """EXACT while its keys are expected to hold <= EXACT_KEY_ITEMS items (and it has >= 4-bit keys)."""
+def choose_plan(n_items: int, t: int, bound: int) -> int:
+    """EXACT for at most `bound` items while its keys are expected to hold <= EXACT_KEY_ITEMS items (and it
+    has >= 4-bit keys), else MIH."""
     w = min(_split(t + 1))
-    return EXACT if w >= 4 and n_items <= EXACT_KEY_ITEMS << w else MIH
+    return EXACT if w >= 4 and n_items <= min(bound, EXACT_KEY_ITEMS << w) else MIH
 
 
 def substrings(h: np.ndarray, widths: list[int]) -> list[np.ndarray]:

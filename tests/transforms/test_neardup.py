@@ -133,4 +133,4 @@ def test_both_plans_find_every_pair_within_t_once(t):
         for (j, meet), items in groups.items():
             got += [(items[a], items[b]) for a, b in key_pairs([int(h[i]) for i in items], j, meet, t, None, plan)]
         assert len(got) == len(set(got)) and set(got) == want and want
-    assert choose_plan(1000, 8) == EXACT and choose_plan(10_000_000, 8) == MIH
+    assert choose_plan(1000, 8, 2048) == EXACT and choose_plan(3000, 8, 2048) == MIH == choose_plan(1000, 8, 512)
