@@ -1,6 +1,7 @@
 """The `polycap` command line: parses arguments, loads config, calls a `run()`; no logic lives here."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -75,6 +76,15 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _os_error(e: OSError) -> str:
+    """One line for a filesystem error the job cannot work around (read-only output, permission, disk full)."""
+    where = f": {e.filename}" if e.filename else ""
+    hint = {errno.EROFS: " (the output is on a read-only filesystem)",
+            errno.EACCES: " (no permission to write there)", errno.EPERM: " (not permitted)",
+            errno.ENOSPC: " (the disk is full: free space and rerun; committed shards are kept)"}.get(e.errno or 0, "")
+    return f"{e.strerror or e}{where}{hint}"
+
+
 def _existing(path: str | None) -> str | None:
     """Option callback: a local input path that does not exist is a usage error (exit 2), not an empty result.
     URLs and globs are left to the command (checking them needs the filesystem options)."""
@@ -118,6 +128,8 @@ def run(ctx: typer.Context,
         _fail(str(e), EXIT_USAGE)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         _fail(str(e), 1)
+    except OSError as e:
+        _fail(_os_error(e), 1)
     for line in summary_lines(stats, cfg.output):
         typer.echo(line)
     if not stats["balanced"]:
@@ -159,6 +171,8 @@ def translate(ctx: typer.Context,
         _fail(str(e), EXIT_USAGE)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e), 1)
+    except OSError as e:
+        _fail(_os_error(e), 1)
     typer.echo(json.dumps(stats, indent=2, ensure_ascii=False))
     from polycap.pipelines.translate import nothing_translated
 

@@ -45,9 +45,13 @@ def strip_userinfo(url: str) -> tuple[str, bool]:
     return stripped, stripped != url
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def check_url(url: Any) -> Reason | None:
-    """INVALID_URL for anything that is not an absolute http(s) URL with a host."""
-    if not isinstance(url, str) or not url.strip():
+    """INVALID_URL for anything that is not an absolute http(s) URL with a host, or that holds a control
+    character (CR/LF would smuggle headers; urlsplit silently drops some of them, so check before it)."""
+    if not isinstance(url, str) or not url.strip() or _CONTROL.search(url.strip()):
         return Reason.INVALID_URL
     try:
         parts = urllib.parse.urlsplit(url.strip())
