@@ -49,8 +49,11 @@ MIN_EN_FUNCTION_COUNT = 3
 
 SENTENCE_END = ".!?…。！？"
 # Sources this long that end with a period are sentences; shorter ones may be labels whose Korean
-# translation ends in a noun without a period ("CPU time limit exceeded." -> "CPU 시간 제한 초과")
+# translation ends in a noun without a period
+# ("CPU time limit exceeded." -> "CPU 시간 제한 초과"); Vietnamese translators keep the period from three
+# words on (dev catalogs and even NTREX lines: 0 of 82 references with 3-5 words end without one)
 MIN_SENTENCE_WORDS = 6
+MIN_SENTENCE_WORDS_BY_LANG = {"vi": 3}
 _BRACKETS = [("(", ")"), ("[", "]"), ("{", "}"), ("<", ">"), ("“", "”"), ("«", "»"), ("「", "」"), ("『", "』")]
 
 # -- preambles ------------------------------------------------------------------------------------------
@@ -138,7 +141,7 @@ def check_empty(output: str) -> Reason | None:
     return Reason.GATE_EMPTY if not output.strip() else None
 
 
-def check_truncated(source: str, output: str, finish_reason: str = "stop") -> Reason | None:
+def check_truncated(source: str, output: str, finish_reason: str = "stop", target: str = "") -> Reason | None:
     """Cut off by max_tokens, an unclosed bracket, a source sentence whose translation stops mid-sentence, or
     an ending no complete text has (a Korean object particle or connective, a Vietnamese word cut before
     its vowel). Korean UI labels end in nouns ("CPU 시간 제한 초과", "추가하는 중") and drop the source's
@@ -156,21 +159,72 @@ def check_truncated(source: str, output: str, finish_reason: str = "stop") -> Re
             return Reason.GATE_TRUNCATED
     # A source sentence (not a short label) that ends with punctuation: the output must end a sentence too;
     # Korean predicate endings (-다, -요, -까, -죠) close one without a period
-    if src[-1] in SENTENCE_END and len(src.split()) >= MIN_SENTENCE_WORDS \
+    if src[-1] in SENTENCE_END and len(src.split()) >= MIN_SENTENCE_WORDS_BY_LANG.get(target, MIN_SENTENCE_WORDS) \
             and out[-1] not in SENTENCE_END + ":)\"'”’»」다요까죠":
+        return Reason.GATE_TRUNCATED
+    last = _TOKEN_END.search(out)
+    if last and src[-1].isalnum():
+        # a word copied from the source, cut ("부적절한 Re" for RejectMessage, "Kerb" for Kerberos); not an
+        # inflection ("bytes" -> "byte", "dumped" -> "dump") or a compound's head ("slabinfo" -> "slab")
+        word = last.group(0)
+        src_tokens = set(_TOKEN_ANY.findall(src))
+        if word not in src_tokens and any(t.startswith(word) and t[len(word):].lower() not in _EN_SUFFIXES
+                                           and not _english(t[len(word):]) for t in src_tokens):
+            return Reason.GATE_TRUNCATED
+    # a Korean particle after a copied word, number or placeholder: "dselect에", "%s의", "'%s'를"
+    if _KO_PARTICLE_AFTER_COPY.search(out) and not _EN_OPEN_END.search(src):
         return Reason.GATE_TRUNCATED
     # Korean object particles and connectives cannot end a sentence, a title or a label ("파일을", "A 또는")
     if _EN_OPEN_END.search(src):
         return None
     if _KO_OPEN_PARTICLE.search(out) or _KO_OPEN_END.search(out):
         return Reason.GATE_TRUNCATED
-    last = _WORD.findall(out)[-1:] if out[-1].isalpha() else []
-    if last and last[0].lower() not in _copied_words(src) and _is_latin(last[0][0]) and last[0][1:].islower():
-        word = last[0].lower()
-        # a Vietnamese word cut before its vowel ("nh", "tr"): no syllable is written without one
-        if not re.search("[aăâeêioôơuưy]", _untoned(word)) and any(map(_has_vi_mark, _WORD.findall(out))):
-            return Reason.GATE_TRUNCATED
+    # an opening quote or bracket, a colon, comma or dash where the source ends otherwise: the text went on
+    if out[-1] in _OPENERS and src[-1] not in _OPENERS + "`'\"":
+        return Reason.GATE_TRUNCATED
+    words = _WORD.findall(out) if out[-1].isalpha() else []
+    if words and words[-1].lower() not in _copied_words(src) \
+            and _VI_SHAPED.fullmatch(unicodedata.normalize("NFD", words[-1].lower())) \
+            and words[-1][1:] == words[-1][1:].lower() and words[-1] != words[-1].upper() \
+            and any(map(_has_vi_mark, words)) \
+            and not vi_syllable_ok(words[-1]):
+        return Reason.GATE_TRUNCATED
     return None
+
+
+# (a colon is no opener: "Unable to invoke" -> "다음을 실행할 수 없습니다:", the list follows elsewhere)
+_OPENERS = "([{<“‘«「『,-–—"
+_EN_SUFFIXES = frozenset("s es ed d ing er ers ly".split())
+_TOKEN_END = re.compile(r"(?<![\w%])[A-Za-z][A-Za-z0-9_]*$")
+_TOKEN_ANY = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_KO_PARTICLE_AFTER_COPY = re.compile(
+    r"(?<=[A-Za-z0-9'\"’”)\]>])\s?(?:에서|에게|으로|에|의|와|과|로|을|를|은|는|이|가)$")
+# Vietnamese spelling (Đoàn Thiện Thuật, Ngữ âm tiếng Việt): onsets, and what may close a syllable
+# one syllable's shape (NFD), consonants around one vowel group, in Vietnamese letters (no f, j, w, z): longer
+# or foreign words ("stateoverride") are not judged
+_VI_SHAPED = re.compile(r"[bcdđghklmnpqrstvx]*[aăâeêioôơuưy\u0300-\u0323]*[cghmnpt]*")
+_VI_ONSET = re.compile(r"^(?:ngh|gh|ng|nh|ch|tr|th|kh|ph|gi|qu|[bcdđghklmnprstvx])?")
+_VI_CODA_OK = re.compile(r"(?:[aăâeêioôơuưy]|c|ch|m|n|ng|nh|p|t)$")
+
+
+def vi_syllable_ok(word: str) -> bool:
+    """Whether a lower-case Latin word can be a written Vietnamese syllable: a vowel after the onset, a legal
+    last letter (c, ch, m, n, ng, nh, p, t or a vowel), no ă/â and no iê/yê/uô/ươ left without the sound
+    that must follow them, and a stop final (p, t, c, ch) only under the sắc or nặng tone. A word cut
+    while being written ("rấ" for "rất", "đượ", "k") fails."""
+    w = word.lower()
+    base = _untoned(w)
+    rhyme = _VI_ONSET.sub("", base, count=1)
+    if base.startswith("gi") and not rhyme[:1].isalpha():
+        rhyme = base[1:]                                    # "gì": g + i
+    if not rhyme or not re.match("[aăâeêioôơuưy]", rhyme) or not _VI_CODA_OK.search(rhyme):
+        return False
+    if re.search(r"(?:[ăâ]|iê|yê|uô|ươ)$", rhyme):
+        return False
+    if re.search(r"(?:p|t|c|ch)$", rhyme):
+        tones = set(unicodedata.normalize("NFD", w)) & {"\u0300", "\u0303", "\u0309"}
+        return not tones
+    return True
 
 
 _TONES = dict.fromkeys(map(ord, "\u0300\u0301\u0303\u0309\u0323"))   # the five Vietnamese tone marks
@@ -424,7 +478,7 @@ GATES: list[tuple[str, GateFn]] = [
     ("wrong_language", lambda s, o, t, f: check_wrong_language(_plain(s), _plain(o), t)),
     ("spans", lambda s, o, t, f: check_spans(s, o)),
     ("repetition", lambda s, o, t, f: check_repetition(s, o)),
-    ("ends_mid_sentence", lambda s, o, t, f: check_truncated(s, o, f)),
+    ("ends_mid_sentence", lambda s, o, t, f: check_truncated(s, o, f, t)),
     ("length_ratio", lambda s, o, t, f: check_length_ratio(s, o, t)),
 ]
 

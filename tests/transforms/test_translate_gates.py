@@ -128,3 +128,32 @@ def test_english_lexicon_ships_with_the_package():
     words, names = g.english_lexicon()
     assert len(words) > 50_000 and {"mark", "line", "preserving"} <= words and "stdin" not in words
     assert {"James", "Randy"} <= names and "Meyering" not in names
+
+
+def test_truncation_by_structure():
+    # a copied word cut off; its plural given in the singular or a compound's head is no cut
+    assert g.first_failure("invalid RejectMessage", "부적절한 Re", "ko")[0] == Reason.GATE_TRUNCATED
+    assert g.first_failure("Kerberos", "Kerb", "vi")[0] == Reason.GATE_TRUNCATED
+    assert g.first_failure("free Inodes", "Inode trống", "vi") is None
+    assert g.first_failure("file is unchanged; not dumped", "tập tin chưa thay đổi; không được dump", "vi") is None
+    assert g.first_failure("-m, --slabs  slabinfo", "-m, --slabs  thông tin slab", "vi") is None
+    # a Korean particle after a copied word or placeholder ends nothing
+    assert g.first_failure("Follow dselect selections", "dselect에", "ko")[0] == Reason.GATE_TRUNCATED
+    assert g.first_failure("Entry data of type %s", "타입 %s의", "ko")[0] == Reason.GATE_TRUNCATED
+    # an opening quote or a comma where the source ends on a word; a colon is allowed
+    assert g.first_failure("Refresh the current screen", "Làm mới màn hình hiện tại,", "vi")[0] \
+        == Reason.GATE_TRUNCATED
+    assert g.first_failure("Show the current screen", "Hiện màn hình “", "vi")[0] == Reason.GATE_TRUNCATED
+    assert g.first_failure("Unable to invoke", "다음을 실행할 수 없습니다:", "ko") is None
+
+
+def test_vietnamese_word_cut_mid_syllable():
+    for cut in ("rấ", "đượ", "ngườ", "nghiê", "k"):
+        assert not g.vi_syllable_ok(cut), cut
+    for word in ("rất", "được", "người", "gì", "khuya", "quốc", "các", "tất"):
+        assert g.vi_syllable_ok(word), word
+    assert g.first_failure("Clean water is scarce", "Nước sạch rấ", "vi")[0] == Reason.GATE_TRUNCATED
+    assert g.first_failure("Clean water is scarce", "Nước sạch rất khan hiếm", "vi") is None
+    assert g.first_failure("I/O plugin error", "Lỗi trình cắm V/R", "vi") is None      # an abbreviation
+    assert g.first_failure("It tears us apart.", "Nó làm chúng tôi", "vi")[0] == Reason.GATE_TRUNCATED
+    assert g.first_failure("CPU time limit exceeded.", "CPU 시간 제한 초과", "ko") is None
