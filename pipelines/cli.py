@@ -149,7 +149,9 @@ def translate(ctx: typer.Context,
                   None, "--dataset-info", help="LLaMA-Factory dataset_info.json (default: the one next to IN, "
                   "when an entry names IN's file)"),
               dataset_name: str | None = typer.Option(None, "--dataset-name", help="its entry for IN"),
-              set_: list[str] = typer.Option([], "--set", help="override translate.* values: a.b=c")):
+              set_: list[str] = typer.Option([], "--set", help="override translate.* values: a.b=c"),
+              progress: float = typer.Option(5.0, "--progress", min=0.0,
+                                             help="seconds between progress lines on stderr (0: none)")):
     """Translate an English dataset into other languages, keeping its format and structure."""
     from polycap.pipelines.translate import UsageError
     from polycap.pipelines.translate import run as run_translate
@@ -162,10 +164,10 @@ def translate(ctx: typer.Context,
                             defaults={"enabled": True})
         _existing(inp)     # after the config, so a bad config is reported first
         stats = run_translate(inp, langs, out, tcfg, fmt=fmt, field=field, pipeline_args=ctx.args,
-                              dataset_info=dataset_info, dataset_name=dataset_name)
+                              dataset_info=dataset_info, dataset_name=dataset_name, progress_s=progress)
     except ConfigError as e:
         _fail(f"config: {e}")
-    except FormatError as e:     # the input's format or its dataset_info.json, found before any work starts
+    except FormatError as e:     # the input's format or a dataset_info.json, found before any work starts
         _fail(str(e), EXIT_USAGE)
     except UsageError as e:       # e.g. an output that would overwrite the input: nothing was started
         _fail(str(e), EXIT_USAGE)

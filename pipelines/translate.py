@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import time
+import uuid
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -26,11 +27,21 @@ from polycap.transforms.dataset_formats import (
     RawRecord,
     RecordWriter,
     container_of,
+    count_records,
     read_records,
-    resolve_layout,
     set_slots,
     text_slots,
 )
+from polycap.transforms.dataset_info import (
+    INFO_FILE,
+    InfoEntry,
+    check_output_registry,
+    find_entry,
+    register_output,
+    resolve_layout,
+    unregister_output,
+)
+from polycap.transforms.progress import PROGRESS_DIR, CountProgress, ProgressMonitor, progress_dir
 from polycap.transforms.translate import TextUnit, Translated, TranslateTexts
 
 READ_STAGE = "translate_read"
@@ -74,10 +85,10 @@ class _ExplodeFn(beam.DoFn):
 
 
 class _MergeFn(beam.DoFn):
-    """(index, {raw, results}) -> per language: (lang, (index, container, record)) or a Reject."""
+    """(index, {raw, results}) -> per language: ((lang, part), (index, record)) or a Reject."""
 
-    def __init__(self, fmt: str | Layout, langs: list[str], uri: str):
-        self.fmt, self.langs, self.uri = fmt, langs, uri
+    def __init__(self, langs: list[str], uri: str):
+        self.langs, self.uri = langs, uri
 
     def process(self, element) -> Iterator[Any]:
         index, grouped = element
@@ -98,7 +109,7 @@ class _MergeFn(beam.DoFn):
                     source_name=fs.basename(self.uri)))
                 continue
             texts = {_parse_unit_key(r.key)[1]: r.text for r in mine if r.text is not None}  # all, here
-            yield (lang, index // PART_RECORDS), (index, set_slots(raw.record, self.fmt, lang, texts))
+            yield (lang, index // PART_RECORDS), (index, set_slots(raw.record, lang, texts))
 
 
 class _WritePartFn(beam.DoFn):
@@ -121,18 +132,20 @@ class _WritePartFn(beam.DoFn):
 
 
 class _CommitFileFn(beam.DoFn):
-    """((lang, name), part paths) -> the output file, streamed part by part in input order; parts removed.
+    """((lang, name), part paths) -> the output file, streamed part by part in input order; parts removed;
+    with the input's dataset_info.json entry `info`, the file's entry merged into `<lang>/dataset_info.json`.
     Yields {"kept:<lang>": records written}. A retry after the parts were removed finds the file in place and
-    only counts it."""
+    only counts it (and registers it)."""
 
-    def __init__(self, out_dir: str, in_path: str, container: str):
-        self.out_dir, self.in_path, self.container = out_dir, in_path, container
+    def __init__(self, out_dir: str, in_path: str, container: str, info: InfoEntry | None = None):
+        self.out_dir, self.in_path, self.container, self.info = out_dir, in_path, container, info
 
     def process(self, element) -> Iterator[dict[str, int]]:
         (lang, name), parts = element
         out = fs.join(self.out_dir, lang, name)
         parts_dir = fs.join(self.out_dir, lang, PARTS_DIR, name)
         if not fs.list_dir(parts_dir) and fs.is_file(out):
+            self._register(lang, name)
             yield {f"kept:{lang}": sum(1 for _ in read_records(out))}
             return
         schema = fs.parquet_schema(self.in_path) if self.container == "parquet" else None  # keep column types
@@ -143,7 +156,12 @@ class _CommitFileFn(beam.DoFn):
         writer.close()
         fs.delete_prefix(parts_dir)
         fs.remove_empty_dir(fs.join(self.out_dir, lang, PARTS_DIR))  # only when no other file's parts remain
+        self._register(lang, name)
         yield {f"kept:{lang}": writer.count}
+
+    def _register(self, lang: str, name: str) -> None:
+        if self.info is not None:   # after the file is in place: an entry never names a missing file
+            register_output(fs.join(self.out_dir, lang), self.info, name)
 
 
 class UsageError(ValueError):
@@ -174,20 +192,46 @@ def refuse_outputs_over_inputs(inputs: list[str], files: list[str], dirs: list[s
 def owned_paths(out_dir: str, in_path: str, langs: list[str]) -> tuple[list[str], list[str]]:
     """(files, folders) that translating the dataset file `in_path` into `out_dir` writes or deletes."""
     name = fs.basename(in_path)
-    files = [fs.join(out_dir, lang, name) for lang in langs]
+    files = [fs.join(out_dir, lang, f) for lang in langs for f in (name, INFO_FILE)]
     files += [fs.join(out_dir, STATS_NAME), fs.join(out_dir, INPUTS_FILE)]
     dirs = [fs.join(out_dir, lang, PARTS_DIR, name) for lang in langs]
-    dirs += [fs.join(out_dir, "_cache"), fs.join(out_dir, "rejects", rejects_subdir(in_path))]
+    dirs += [fs.join(out_dir, d) for d in ("_cache", PROGRESS_DIR)]
+    dirs += [fs.join(out_dir, "rejects", rejects_subdir(in_path))]
     return files, dirs
 
 
 def remove_previous_outputs(out_dir: str, in_path: str, langs: list[str]) -> None:
-    """Delete what an earlier run of this input left for these languages (output files, leftover parts), so a
-    run whose records all fail in a language leaves no stale translation behind looking current."""
+    """Delete what an earlier run of this input left for these languages (output files, their dataset_info.json
+    entries, leftover parts), so a run whose records all fail in a language leaves no stale translation behind
+    looking current."""
     name = fs.basename(in_path)
     fs.delete([fs.join(out_dir, lang, name) for lang in langs])
     for lang in langs:
+        unregister_output(fs.join(out_dir, lang), name)
         fs.delete_prefix(fs.join(out_dir, lang, PARTS_DIR, name))
+
+
+@contextlib.contextmanager
+def live_progress(out_dir: str, every_s: float, total: int | None, langs: int) -> Iterator[str]:
+    """A progress folder for one run (`transforms/progress.py`) and the launcher thread that prints its counts
+    every `every_s` seconds (0: none): inputs read, and kept / rejected summed over the `langs` languages. The
+    last line (final totals) is printed when the body ends without error; the folder is removed either way."""
+    folder = progress_dir(out_dir, uuid.uuid4().hex[:12])
+    monitor = ProgressMonitor(folder, every_s, total, per_input=langs).start()
+    ok = False
+    try:
+        yield folder
+        ok = True
+    finally:
+        monitor.stop(final_line=ok)
+        fs.delete_prefix(folder)
+        fs.remove_empty_dir(fs.join(out_dir, PROGRESS_DIR))   # another run's progress may still be there
+
+
+def watch(pc: beam.PCollection, label: str, folder: str, name: str, every_s: float, weight: Any = None) -> None:
+    """Count `pc` into the progress count `name` (nothing when progress is off)."""
+    if every_s > 0:
+        _ = pc | label >> CountProgress(folder, name, every_s, weight)
 
 
 def rejects_subdir(in_path: str) -> str:
@@ -250,16 +294,53 @@ def nothing_translated(stats: dict[str, Any]) -> bool:
     return bool(stats.get("inputs")) and bool(langs) and all(not v.get("kept") for v in langs.values())
 
 
+def build_pipeline(p: beam.Pipeline, in_path: str, out_dir: str, cfg: TranslateConfig, langs: list[str],
+                   layout: Layout, info: InfoEntry | None, progress: str, progress_s: float, started: float) -> None:
+    """The translate job, ending in one worker writing `OUT/_stats.json` after files and rejects are committed.
+    With `progress_s` > 0, records read, kept and rejected (per language) are counted into `progress` too."""
+    uri, container, fields = in_path, container_of(in_path), list(layout.fields)
+    raws = (p | "Input" >> beam.Create([in_path]) | "Read" >> beam.ParDo(_ReadFn())
+            | "Spread" >> beam.Reshuffle())  # one reader per file; the records then fan out to all workers
+    n_inputs = raws | "One" >> beam.Map(lambda _: 1) | "CountInputs" >> beam.CombineGlobally(sum)
+    _ = n_inputs | "WriteInputCount" >> beam.ParDo(WriteCount(fs.join(out_dir, INPUTS_FILE)))
+    parts = (raws
+             | "Explode" >> beam.ParDo(_ExplodeFn(layout, fields, uri)).with_outputs("ok", "bad", main="units"))
+    translated = parts["units"] | "Translate" >> TranslateTexts(cfg, fs.join(out_dir, "_cache", "translate"), langs)
+    by_index = translated | "ByRecord" >> beam.Map(lambda r: (_parse_unit_key(r.key)[0], r))
+    merged = ({"raw": parts["ok"], "results": by_index} | "Join" >> beam.CoGroupByKey()
+              | "Merge" >> beam.ParDo(_MergeFn(langs, uri)).with_outputs("rejects", main="records"))
+    written = (merged["records"] | "ByPart" >> beam.GroupByKey()
+               | "WriteParts" >> beam.ParDo(_WritePartFn(out_dir, in_path)))
+    kept_files = (written | "ByFile" >> beam.GroupByKey()
+                  | "CommitFiles" >> beam.ParDo(_CommitFileFn(out_dir, in_path, container, info)))
+    rejects = (parts["bad"], merged["rejects"]) | "AllRejects" >> beam.Flatten()
+    reject_files = rejects | "WriteRejects" >> WriteRejects(out_dir, rejects_subdir(in_path))
+    watch(raws, "ProgressIn", progress, "inputs", progress_s)
+    watch(merged["records"], "ProgressKept", progress, "kept", progress_s)
+    watch(merged["rejects"], "ProgressRejected", progress, "rejected", progress_s)
+    watch(parts["bad"], "ProgressBad", progress, "rejected", progress_s, lambda _, n=len(langs): n)  # every lang
+    # Counted in the pipeline and written once by a worker after every file is committed (sharding/run_stats.py)
+    counts = (n_inputs | "InputCount" >> beam.Map(lambda n: {"inputs": int(n)}),
+              rejects | "CountRejects" >> CountAll(_reject_count),
+              kept_files | "CountKept" >> CountAll(lambda c: c),
+              reject_files | "CountRejectFiles" >> CountAll(_file_count))
+    _ = (counts | "AllCounts" >> beam.Flatten() | "MergeCounts" >> beam.CombineGlobally(MergeCounts())
+         | "WriteStats" >> beam.ParDo(WriteJson(fs.join(out_dir, STATS_NAME), partial(
+             stats_from_counts, langs=langs, fmt=layout.name, started=started))))
+
+
 def run(in_path: str, to: list[str], out_dir: str, cfg: TranslateConfig, fmt: str = "auto",
         field: str = "caption", pipeline_args: list[str] | None = None, dataset_info: str | None = None,
-        dataset_name: str | None = None, shards: ShardsConfig | None = None) -> dict:
+        dataset_name: str | None = None, shards: ShardsConfig | None = None, progress_s: float = 5.0) -> dict:
     """Translate `in_path` into each language of `to`; returns (and writes) `_stats.json`.
 
     `dataset_info` / `dataset_name`: a LLaMA-Factory dataset_info.json and entry whose formatting, columns and
-    tags say where the texts are (by default the dataset_info.json next to the input, when it names the file).
+    tags say where the texts are (by default the dataset_info.json next to the input, when it names the file);
+    each translated file then gets that entry in its folder's dataset_info.json (`transforms/dataset_info.py`).
 
     Every input record ends as one output record or one reject row per language; a record that cannot be
-    parsed is one BAD_RECORD row (stage translate_read) and counts as rejected in every language.
+    parsed is one BAD_RECORD row (stage translate_read) and counts as rejected in every language. A progress
+    line goes to stderr every `progress_s` seconds (0: none).
 
     Shards (a run dir, shard dir, `.tar` or glob of tars) become one shard set in `out_dir`
     (`pipelines/translate_shards.py`; `shards` sets its max_samples). Refused before any work: a language
@@ -277,50 +358,29 @@ def run(in_path: str, to: list[str], out_dir: str, cfg: TranslateConfig, fmt: st
                              "--dataset-name apply to dataset files")
         from polycap.pipelines.translate_shards import run_shards
 
-        return run_shards(in_path, langs, out_dir, cfg, pipeline_args, shards, started)
+        return run_shards(in_path, langs, out_dir, cfg, pipeline_args, shards, started, progress_s)
     if not fs.exists(in_path):
         raise FileNotFoundError(f"input not found: {in_path}")
-    container = container_of(in_path)
+    container_of(in_path)   # FormatError for a file type no reader knows
     if fmt == "shards":
         raise UsageError(f"translate: --format shards needs a shard dir or .tar, not {in_path}")
     refuse_outputs_over_inputs([in_path], *owned_paths(out_dir, in_path, langs))
     first = _first_record(in_path)  # also: a broken JSON array fails here, before any work starts
     fields = [f.strip() for f in field.split(",") if f.strip()]
-    layout = resolve_layout(fmt, first, container, fields, in_path, dataset_info, dataset_name)
-    fmt = layout.name
+    info = find_entry(in_path, dataset_info, dataset_name)
+    layout = resolve_layout(fmt, first, fields, in_path, info)
+    if info is not None:   # its entry will be merged into each OUT/<lang>/dataset_info.json: check they take it
+        for lang in langs:
+            check_output_registry(fs.join(out_dir, lang), info, fs.basename(in_path))
     fs.mkdirs(out_dir)
     stats_path = fs.join(out_dir, STATS_NAME)
     fs.delete([stats_path])   # a failed run must not leave the previous run's stats looking current
     remove_previous_outputs(out_dir, in_path, langs)
-    uri = in_path
-    opts = PipelineOptions(pipeline_args or [])
-    p = beam.Pipeline(options=opts)
-    raws = (p | "Input" >> beam.Create([in_path]) | "Read" >> beam.ParDo(_ReadFn())
-            | "Spread" >> beam.Reshuffle())  # one reader per file; the records then fan out to all workers
-    n_inputs = raws | "One" >> beam.Map(lambda _: 1) | "CountInputs" >> beam.CombineGlobally(sum)
-    _ = n_inputs | "WriteInputCount" >> beam.ParDo(WriteCount(fs.join(out_dir, INPUTS_FILE)))
-    parts = (raws
-             | "Explode" >> beam.ParDo(_ExplodeFn(layout, fields, uri)).with_outputs("ok", "bad", main="units"))
-    translated = parts["units"] | "Translate" >> TranslateTexts(cfg, fs.join(out_dir, "_cache", "translate"), langs)
-    by_index = translated | "ByRecord" >> beam.Map(lambda r: (_parse_unit_key(r.key)[0], r))
-    merged = ({"raw": parts["ok"], "results": by_index} | "Join" >> beam.CoGroupByKey()
-              | "Merge" >> beam.ParDo(_MergeFn(layout, langs, uri)).with_outputs("rejects", main="records"))
-    written = (merged["records"] | "ByPart" >> beam.GroupByKey()
-               | "WriteParts" >> beam.ParDo(_WritePartFn(out_dir, in_path)))
-    kept_files = (written | "ByFile" >> beam.GroupByKey()
-                  | "CommitFiles" >> beam.ParDo(_CommitFileFn(out_dir, in_path, container)))
-    rejects = (parts["bad"], merged["rejects"]) | "AllRejects" >> beam.Flatten()
-    reject_files = rejects | "WriteRejects" >> WriteRejects(out_dir, rejects_subdir(in_path))
-    # Counted in the pipeline and written once by a worker after every file is committed (sharding/run_stats.py)
-    counts = (n_inputs | "InputCount" >> beam.Map(lambda n: {"inputs": int(n)}),
-              rejects | "CountRejects" >> CountAll(_reject_count),
-              kept_files | "CountKept" >> CountAll(lambda c: c),
-              reject_files | "CountRejectFiles" >> CountAll(_file_count))
-    _ = (counts | "AllCounts" >> beam.Flatten() | "MergeCounts" >> beam.CombineGlobally(MergeCounts())
-         | "WriteStats" >> beam.ParDo(WriteJson(stats_path, partial(stats_from_counts, langs=langs, fmt=fmt,
-                                                                    started=started))))
-    result = p.run()
-    result.wait_until_finish()
+    with live_progress(out_dir, progress_s, count_records(in_path) if progress_s > 0 else None, len(langs)) as prog:
+        p = beam.Pipeline(options=PipelineOptions(pipeline_args or []))
+        build_pipeline(p, in_path, out_dir, cfg, langs, layout, info, prog, progress_s, started)
+        result = p.run()
+        result.wait_until_finish()
     stats = fs.read_json(stats_path)   # written by the pipeline; the launcher reads only this small file
     # Backend request counters are Beam metrics: known to a launcher that waited, not part of _stats.json.
     stats.update({name: _counter(result, name) for name in ("requests", "cache_hits", "retries")})

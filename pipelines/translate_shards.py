@@ -30,7 +30,7 @@ from polycap.pipelines import translate as tr  # the file-format command (it imp
 from polycap.schemas import Reason, Reject
 from polycap.schemas.config import ConfigError, ShardsConfig, TranslateConfig
 from polycap.sharding import fs, record_json
-from polycap.sharding.manifest import MANIFEST_NAME, SHARDS_DIR
+from polycap.sharding.manifest import MANIFEST_NAME, SHARDS_DIR, resolve_dirs
 from polycap.sharding.members import LANG_RE, SHARD_RE
 from polycap.sharding.reader import ShardError, iter_shard, list_shards
 from polycap.sharding.rejects import WriteRejects
@@ -38,6 +38,7 @@ from polycap.sharding.run_stats import STATS_NAME, CountAll, MergeCounts, WriteJ
 from polycap.sharding.staging import STAGING_DIR, clear_staging, stage_bytes, staging_root
 from polycap.sharding.writer import SAFE_KEY_RE, WriteShards
 from polycap.transforms.build_records import build_records
+from polycap.transforms.progress import PROGRESS_DIR
 from polycap.transforms.translate import STAGE, TranslateTexts, merge_sample, sample_units
 
 
@@ -56,6 +57,25 @@ def split_of(shards: list[str], default: str) -> str:
         raise tr.UsageError(f"translate: the input holds shards of splits {', '.join(splits)}; translate one split "
                             f"at a time (e.g. IN/shards/{splits[0]}-*.tar) into the same --out")
     return splits[0]
+
+
+def count_samples(shards: list[str], max_bytes: int = 64 << 20) -> int | None:
+    """How many samples the input's shards hold by their manifest (the progress ETA); None when there is no
+    manifest beside them (of at most `max_bytes`) or it does not list every one of them."""
+    try:
+        mpath = fs.join(resolve_dirs(fs.parent(shards[0]))[0], MANIFEST_NAME)
+        if not fs.is_file(mpath) or fs.size(mpath) > max_bytes:
+            return None
+        rows = fs.read_parquet(mpath, columns=["shard", "shard_samples"]).to_pylist()
+    except (OSError, ValueError, KeyError):
+        return None
+    per_shard = {r["shard"]: r["shard_samples"] for r in rows}
+    names = [fs.basename(s) for s in shards]
+    return sum(per_shard[n] for n in names) if all(n in per_shard for n in names) else None
+
+
+def _kept_langs(counts: dict[str, int]) -> int:
+    return sum(v for k, v in counts.items() if k.startswith("kept:"))
 
 
 def declared_langs(shard: str) -> list[str]:
@@ -87,8 +107,8 @@ def check_langs(langs: list[str], existing: list[str]) -> None:
 def owned_paths(out_dir: str, in_path: str) -> tuple[list[str], list[str]]:
     """(files, folders) that translating `in_path` into `out_dir` as shards writes or deletes."""
     files = [fs.join(out_dir, MANIFEST_NAME), fs.join(out_dir, STATS_NAME), fs.join(out_dir, tr.INPUTS_FILE)]
-    dirs = [fs.join(out_dir, SHARDS_DIR), fs.join(out_dir, STAGING_DIR), fs.join(out_dir, "_cache"),
-            fs.join(out_dir, "rejects", tr.rejects_subdir(in_path))]
+    dirs = [fs.join(out_dir, d) for d in (SHARDS_DIR, STAGING_DIR, "_cache", PROGRESS_DIR)]
+    dirs.append(fs.join(out_dir, "rejects", tr.rejects_subdir(in_path)))
     return files, dirs
 
 
@@ -192,7 +212,7 @@ def stats_from_counts(counts: dict[str, int], langs: list[str], split: str, star
 
 def build_pipeline(p: beam.Pipeline, shards: list[str], in_path: str, langs: list[str], out_dir: str,
                    cfg: TranslateConfig, shards_cfg: ShardsConfig, member_langs: list[str], run_id: str,
-                   started: float) -> None:
+                   started: float, progress: str = "", progress_s: float = 0.0) -> None:
     read = (p | "Shards" >> beam.Create(shards) | "SpreadShards" >> beam.Reshuffle()
             | "Read" >> beam.ParDo(_ReadShardFn()).with_outputs("bad", main="samples"))
     ones = [pc | f"One{i}" >> beam.Map(lambda _: 1) for i, pc in enumerate((read["samples"], read["bad"]))]
@@ -209,6 +229,13 @@ def build_pipeline(p: beam.Pipeline, shards: list[str], in_path: str, langs: lis
               | "Merge" >> beam.ParDo(_MergeShardSampleFn(langs)).with_outputs("rejects", "counts", main="samples"))
     committed = merged["samples"] | "WriteShards" >> WriteShards(shards_cfg, out_dir, member_langs)
     rejects = (read["bad"], unique["dups"], merged["rejects"]) | "AllRejects" >> beam.Flatten()
+    every_lang = len(langs)                              # a sample not read is rejected in every language
+    for i, pc in enumerate((read["samples"], read["bad"])):
+        tr.watch(pc, f"ProgressIn{i}", progress, "inputs", progress_s)
+    tr.watch(merged["counts"], "ProgressKept", progress, "kept", progress_s, _kept_langs)
+    tr.watch(merged["rejects"], "ProgressRejected", progress, "rejected", progress_s)
+    for i, pc in enumerate((read["bad"], unique["dups"])):
+        tr.watch(pc, f"ProgressNotRead{i}", progress, "rejected", progress_s, lambda _, n=every_lang: n)
     reject_files = rejects | "WriteRejects" >> WriteRejects(out_dir, tr.rejects_subdir(in_path))
     counts = (n_inputs | "InputCount" >> beam.Map(lambda n: {"inputs": int(n)}),
               rejects | "CountRejects" >> CountAll(tr._reject_count),
@@ -223,8 +250,9 @@ def build_pipeline(p: beam.Pipeline, shards: list[str], in_path: str, langs: lis
 
 def run_shards(in_path: str, langs: list[str], out_dir: str, cfg: TranslateConfig,
                pipeline_args: list[str] | None = None, shards_cfg: ShardsConfig | None = None,
-               started: float | None = None) -> dict[str, Any]:
-    """Translate a shard input into one shard set in `out_dir` (see the module doc); returns `_stats.json`."""
+               started: float | None = None, progress_s: float = 5.0) -> dict[str, Any]:
+    """Translate a shard input into one shard set in `out_dir` (see the module doc); returns `_stats.json`.
+    Prints a progress line every `progress_s` seconds (0: none), kept and rejected summed over the languages."""
     started = started or time.time()
     shards = input_shards(in_path)
     files, dirs = owned_paths(out_dir, in_path)
@@ -238,11 +266,13 @@ def run_shards(in_path: str, langs: list[str], out_dir: str, cfg: TranslateConfi
     stats_path = fs.join(out_dir, STATS_NAME)
     fs.delete([stats_path])   # a failed run must not leave the previous run's stats looking current
     run_id = uuid.uuid4().hex[:12]
-    p = beam.Pipeline(options=PipelineOptions(pipeline_args or []))
-    build_pipeline(p, shards, in_path, langs, out_dir, cfg, shards_cfg, sorted(set(existing) | set(langs)),
-                   run_id, started)
-    result = p.run()
-    result.wait_until_finish()
+    total = count_samples(shards) if progress_s > 0 else None
+    with tr.live_progress(out_dir, progress_s, total, len(langs)) as progress:
+        p = beam.Pipeline(options=PipelineOptions(pipeline_args or []))
+        build_pipeline(p, shards, in_path, langs, out_dir, cfg, shards_cfg, sorted(set(existing) | set(langs)),
+                       run_id, started, progress, progress_s)
+        result = p.run()
+        result.wait_until_finish()
     stats = fs.read_json(stats_path)
     stats.update({name: tr._counter(result, name) for name in ("requests", "cache_hits", "retries")})
     return stats

@@ -371,6 +371,14 @@ def parquet_schema(path: str) -> Any:
         return pq.ParquetFile(f, pre_buffer=False).schema_arrow
 
 
+def parquet_rows(path: str) -> int:
+    """The row count in a parquet file's footer (no data is read)."""
+    import pyarrow.parquet as pq
+
+    with open_read(path) as f:
+        return int(pq.ParquetFile(f, pre_buffer=False).metadata.num_rows)
+
+
 def write_parquet(path: str, table: Any) -> None:
     """One parquet file, atomically (see `atomic_create`)."""
     import pyarrow.parquet as pq

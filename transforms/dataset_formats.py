@@ -7,17 +7,16 @@ Formats (`--format`; `auto` detects one from the first record and refuses a reco
 - messages: OpenAI chat `messages`: content a string, a list of parts (only `text` parts are translated), or
   null beside `tool_calls`.
 - alpaca: instruction / input / output, optional `history` ([[query, answer], ...]).
-- captions: the `--field` columns (a string or a list of strings each). shards: polycap shards.
+- captions: the `--field` columns (a string or a list of strings each).
 Translated: user, assistant and system turns and the top-level `system` column. Passed through untouched, byte for
 byte: tool turns (roles function_call, observation, tool, function, ipython, and a dataset_info.json's function_tag
 and observation_tag), `tool_calls`, `tools`, images and every other field. A LLaMA-Factory `dataset_info.json`
-entry (found next to the input by its `file_name`, or named with --dataset-info / --dataset-name) sets the
-formatting, columns and tags as LLaMA-Factory's loader reads them (src/llamafactory/data/parser.py, converter.py).
+entry sets the layout instead (transforms/dataset_info.py). Shards are no record format: polycap shards are
+translated by pipelines/translate_shards.py.
 
 Ids and language fields of each output record, for output language L (the source is English):
 - a top-level string `id` ending in `-en` or `_en` (any case) ends in `-L` / `_L` instead; other ids are kept;
-- a top-level `lang` or `language` whose value is an English tag (en, en-US, en_GB, eng, English; any case) becomes L;
-- shards keep English and gain L, so nothing of theirs is renamed.
+- a top-level `lang` or `language` whose value is an English tag (en, en-US, en_GB, eng, English; any case) becomes L.
 """
 from __future__ import annotations
 
@@ -26,23 +25,19 @@ import dataclasses
 import io
 import json
 import os
-import posixpath
 import re
-import tarfile
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from polycap.sharding import fs
-from polycap.sharding.writer import add_members
 
-FORMATS = ("llava", "sharegpt", "messages", "alpaca", "captions", "shards")
+FORMATS = ("llava", "sharegpt", "messages", "alpaca", "captions")  # record formats (shards: not a file)
 Path_ = tuple[Any, ...]   # where a text sits inside a record, e.g. ("conversations", 2, "value")
 Slot = tuple[Path_, str]
 PASS_ROLES = frozenset({"function_call", "observation", "tool", "function", "ipython"})  # tool calls and outputs
 TURN_COLUMNS = ("conversations", "messages")
 TAG_PAIRS = (("from", "value"), ("role", "content"))
-INFO_FILE = "dataset_info.json"     # LLaMA-Factory's dataset registry (columns, tags, formatting)
 _ID_EN = re.compile(r"([-_])en$", re.IGNORECASE)
 _LANG_EN = re.compile(r"en(?:[-_][a-z0-9]+)*|eng|english", re.IGNORECASE)
 
@@ -55,9 +50,8 @@ class FormatError(ValueError):
 class RawRecord:
     index: int                      # position in the input (output keeps this order)
     rid: str                        # record id for reject rows: its `id` field, else "<file>#<index>"
-    record: Any                     # parsed JSON object / parquet row / shard sample dict; None if unparsable
+    record: Any                     # parsed JSON object / parquet row; None if unparsable
     error: str = ""                 # why it could not be parsed
-    container: str = ""             # shards: the tar it came from
 
 
 @dataclass(frozen=True)
@@ -82,7 +76,7 @@ class Layout:
 
 _LAYOUTS = {"llava": Layout("llava", "conversations", "from", "value"), "sharegpt": Layout("sharegpt"),
             "messages": Layout("messages", "messages", "role", "content"), "alpaca": Layout("alpaca"),
-            "captions": Layout("captions"), "shards": Layout("shards")}
+            "captions": Layout("captions")}
 
 
 def layout_of(fmt: str | Layout, fields: Sequence[str] = ("caption",)) -> Layout:
@@ -90,7 +84,7 @@ def layout_of(fmt: str | Layout, fields: Sequence[str] = ("caption",)) -> Layout
     if isinstance(fmt, Layout):
         return fmt
     if fmt not in _LAYOUTS:
-        raise FormatError(f"--format: {fmt!r} is not one of auto, {', '.join(FORMATS)}")
+        raise FormatError(f"--format: {fmt!r} is not one of auto, {', '.join(FORMATS)} (shards: for shard input)")
     return dataclasses.replace(_LAYOUTS[fmt], fields=tuple(fields))
 
 
@@ -104,9 +98,7 @@ def _rid(name: str, i: int, rec: Any) -> str:
 
 
 def container_of(path: str) -> str:
-    """json | jsonl | parquet | shards, from the path."""
-    if path.endswith(".tar") or fs.is_dir(path):
-        return "shards"
+    """json | jsonl | parquet, from the path's extension."""
     ext = os.path.splitext(path)[1].lower()
     if ext in (".jsonl", ".ndjson"):
         return "jsonl"
@@ -114,33 +106,15 @@ def container_of(path: str) -> str:
         return "parquet"
     if ext == ".json":
         return "json"
-    raise FormatError(f"{path}: unknown file type (expected .json, .jsonl, .parquet, a .tar or a shard dir)")
-
-
-def _read_shards(path: str) -> Iterator[RawRecord]:
-    from polycap.sharding.reader import ShardError, iter_shard, list_shards
-
-    shards = [path] if path.endswith(".tar") else list_shards(path)
-    i = 0
-    for shard in shards:
-        try:
-            for s in iter_shard(shard):
-                rec = {"key": s.key, "jpg": s.jpg, "json": s.json, "texts": dict(s.texts)}
-                yield RawRecord(i, s.key, rec, container=fs.basename(shard))
-                i += 1
-        except ShardError as e:
-            yield RawRecord(i, fs.basename(shard), None, str(e), fs.basename(shard))
-            i += 1
+    raise FormatError(f"{path}: unknown file type (expected .json, .jsonl or .parquet; shards: a .tar or shard dir)")
 
 
 def read_records(path: str) -> Generator[RawRecord, None, None]:
     """Every record of the file in order; an unparsable one comes with `record=None` and `error`.
 
-    JSONL, parquet and shards are streamed; a JSON array is parsed whole (it cannot be split)."""
+    JSONL and parquet are streamed; a JSON array is parsed whole (it cannot be split)."""
     kind, name = container_of(path), fs.basename(path)
-    if kind == "shards":
-        yield from _read_shards(path)
-    elif kind == "parquet":
+    if kind == "parquet":
         i = 0
         for batch in fs.iter_parquet(path, batch_size=1024):  # streamed, not read whole
             for row in batch.to_pylist():
@@ -165,22 +139,39 @@ def read_records(path: str) -> Generator[RawRecord, None, None]:
             yield RawRecord(i, _rid(name, i, rec), rec)
 
 
+def count_records(path: str, max_bytes: int = 128 << 20) -> int | None:
+    """How many records the file holds, when that is cheap to learn (the progress ETA): a parquet file's footer,
+    or a local JSON / JSONL file of at most `max_bytes` (read once more). None otherwise: the count is then known
+    only as the records are read."""
+    kind = container_of(path)
+    try:
+        if kind == "parquet":
+            return fs.parquet_rows(path)
+        if not fs.is_local(path) or fs.size(path) > max_bytes:
+            return None
+        if kind == "json":
+            data = json.loads(fs.read_bytes(path).decode("utf-8"))
+            return len(data) if isinstance(data, list) else 1
+        with fs.open_read(path) as f:
+            return sum(1 for line in f if line.strip())     # read_records skips blank lines only
+    except (OSError, ValueError):
+        return None     # the reader reports what is wrong with the file
+
+
 # -- which format ----------------------------------------------------------------------------------
-_PICK = "pass --format llava|sharegpt|messages|alpaca|captions (or --dataset-info with its column names)"
+PICK_FORMAT = "pass --format llava|sharegpt|messages|alpaca|captions (or --dataset-info with its column names)"
 
 
-def detect_format(record: Any, container: str) -> str:
-    """llava | sharegpt | messages | alpaca | captions | shards, from the container and one record's keys.
+def detect_format(record: Any) -> str:
+    """llava | sharegpt | messages | alpaca | captions, from one record's keys (whatever file holds it).
     FormatError when the record fits two formats."""
-    if container == "shards":
-        return "shards"
     if not isinstance(record, dict):
         return "captions"  # text_slots then names what is wrong with the record
     found = [f"`{k}`" for k in TURN_COLUMNS if isinstance(record.get(k), list)]
     if isinstance(record.get("instruction"), str) and "output" in record:
         found.append("`instruction`/`output`")
     if len(found) > 1:
-        raise FormatError(f"ambiguous record: it has {' and '.join(found)}; {_PICK}")
+        raise FormatError(f"ambiguous record: it has {' and '.join(found)}; {PICK_FORMAT}")
     if not found:
         return "captions"
     if found[0] == "`instruction`/`output`":
@@ -189,7 +180,7 @@ def detect_format(record: Any, container: str) -> str:
     turns = [t for t in record[key] if isinstance(t, dict)]
     tags = {pair for t in turns for pair in TAG_PAIRS if pair[0] in t}
     if len(tags) > 1:
-        raise FormatError(f"ambiguous record: `{key}` turns have both `from` and `role`; {_PICK}")
+        raise FormatError(f"ambiguous record: `{key}` turns have both `from` and `role`; {PICK_FORMAT}")
     tools = "tools" in record or any(t.get("from", t.get("role")) in PASS_ROLES for t in turns)
     if key == "conversations":
         return "llava" if tags <= {TAG_PAIRS[0]} and not tools else "sharegpt"
@@ -197,86 +188,6 @@ def detect_format(record: Any, container: str) -> str:
                                                 for t in turns)):
         return "messages"
     return "sharegpt"
-
-
-def _info_entry(in_path: str, info_path: str | None, name: str | None) -> tuple[dict[str, Any] | None, str]:
-    """The dataset_info.json entry for `in_path` and where it is written ("<file>#<name>"); (None, "") when
-    no dataset_info.json lies next to the input or none of its entries names the input's file."""
-    path = info_path or fs.join(fs.parent(in_path), INFO_FILE)
-    if not info_path and not fs.is_file(path):
-        if name:
-            raise FormatError(f"--dataset-name {name}: no {INFO_FILE} next to {in_path}; pass --dataset-info PATH")
-        return None, ""
-    try:
-        info = fs.read_json(path)
-    except (OSError, ValueError) as e:
-        raise FormatError(f"{path}: cannot read it as JSON ({e})") from e
-    if not isinstance(info, dict):
-        raise FormatError(f"{path}: expected an object of dataset entries")
-    if name:
-        if not isinstance(info.get(name), dict):
-            raise FormatError(f"--dataset-name {name!r} is not an entry of {path}")
-        return info[name], f"{path}#{name}"
-    base = fs.basename(in_path)
-    hits = [k for k, v in info.items()
-            if isinstance(v, dict) and isinstance(v.get("file_name"), str)
-            and posixpath.basename(v["file_name"].rstrip("/")) == base]
-    if len(hits) > 1:
-        raise FormatError(f"{path}: entries {', '.join(hits)} all name {base}; pick one with --dataset-name")
-    if not hits:
-        if info_path:
-            raise FormatError(f"{path}: no entry has file_name {base}; pick one with --dataset-name")
-        return None, ""
-    return info[hits[0]], f"{path}#{hits[0]}"
-
-
-def layout_from_info(entry: dict[str, Any], origin: str) -> Layout:
-    """A LLaMA-Factory dataset_info.json entry as a Layout: `formatting` (alpaca, the default | sharegpt |
-    openai), `columns` and `tags`, with LLaMA-Factory's defaults for what the entry leaves out."""
-    formatting, cols, tags = entry.get("formatting", "alpaca"), entry.get("columns") or {}, entry.get("tags") or {}
-    if formatting not in ("alpaca", "sharegpt", "openai"):
-        raise FormatError(f"{origin}: formatting {formatting!r} is not alpaca, sharegpt or openai")
-    if entry.get("ranking"):
-        raise FormatError(f"{origin}: ranking (chosen/rejected) datasets are not supported")
-    if not isinstance(cols, dict) or not isinstance(tags, dict):
-        raise FormatError(f"{origin}: `columns` and `tags` must be objects")
-    system = cols.get("system") or "system"
-    if formatting == "alpaca":
-        return Layout("alpaca", system=system, prompt=cols.get("prompt") or "instruction",
-                      query=cols.get("query") or "input", response=cols.get("response") or "output",
-                      history=cols.get("history") or "history", origin=origin)
-    t = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
-         "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system", **tags}
-    passing = {t["observation_tag"], t["function_tag"]}
-    roles = passing | {t["user_tag"], t["assistant_tag"], t["system_tag"]}
-    return Layout("sharegpt" if formatting == "sharegpt" else "messages", cols.get("messages") or "conversations",
-                  t["role_tag"], t["content_tag"], system=system, pass_roles=frozenset(passing - {None}),
-                  roles=frozenset(roles - {None}), origin=origin)
-
-
-def resolve_layout(fmt: str, first: Any, container: str, fields: Sequence[str], in_path: str,
-                   info_path: str | None = None, info_name: str | None = None) -> Layout:
-    """The layout a whole input is read with: its dataset_info.json entry (explicit, or next to the input and
-    naming its file), else `fmt`, else the format detected from the first parsable record `first`.
-    FormatError (naming the option to pass) when the formats disagree or the record fits none or two."""
-    if container != "shards":
-        entry, origin = _info_entry(in_path, info_path, info_name)
-        if entry is not None:
-            lay = dataclasses.replace(layout_from_info(entry, origin), fields=tuple(fields))
-            if fmt not in ("auto", lay.name) and not (fmt == "llava" and lay.name == "sharegpt"):
-                raise FormatError(f"--format {fmt} disagrees with {origin} ({lay.name}); drop one of them")
-            return lay
-    elif info_path or info_name:
-        raise FormatError("--dataset-info / --dataset-name apply to dataset files, not to shards")
-    if fmt == "auto":
-        fmt = detect_format(first, container)
-        if fmt == "captions" and isinstance(first, dict) and not any(f in first for f in fields):
-            keys = ", ".join(sorted(map(str, first))[:12])
-            raise FormatError(f"{fs.basename(in_path)}: cannot tell the format of its first record (keys: {keys}): "
-                              f"no conversations, messages, instruction/output or {', '.join(fields)} field; "
-                              f"{_PICK}, with --field NAME for captions")
-        return dataclasses.replace(layout_of(fmt, fields), detected=True)
-    return layout_of(fmt, fields)
 
 
 # -- text slots ------------------------------------------------------------------------------------
@@ -326,7 +237,7 @@ def _turn_names(record: dict[str, Any], lay: Layout) -> tuple[str, str, str]:
         keys = [k for k in TURN_COLUMNS if isinstance(record.get(k), list)]
         if len(keys) != 1:
             raise FormatError("no `conversations` or `messages` list" if not keys else
-                              f"both `conversations` and `messages`; {_PICK}")
+                              f"both `conversations` and `messages`; {PICK_FORMAT}")
         key = keys[0]
     if lay.role_tag and lay.content_tag:
         return key, lay.role_tag, lay.content_tag
@@ -385,18 +296,10 @@ def text_slots(record: Any, fmt: str | Layout, fields: Sequence[str] = ("caption
     """Every (path, English text) of a record that gets translated; FormatError if malformed.
     `fmt` is a format name (its default names, with the caption `fields`) or a Layout (which has its own)."""
     lay = layout_of(fmt, fields)
-    if lay.name == "shards":
-        out: list[Slot] = []
-        if isinstance(record["texts"].get("en"), str):
-            out.append((("texts", "en"), record["texts"]["en"]))
-        conv = (record["json"].get("conversations") or {}).get("en")
-        if conv:
-            out += _turns(conv, ("json", "conversations", "en"), "from", "value", _LAYOUTS["llava"])
-        return out
     if not isinstance(record, dict):
         raise FormatError(f"expected a JSON object, got {type(record).__name__}")
     if lay.detected:
-        detect_format(record, "json")  # later records too: one that fits two formats is not guessed at
+        detect_format(record)  # later records too: one that fits two formats is not guessed at
     if lay.name in ("llava", "sharegpt", "messages"):
         key, role_tag, content_tag = _turn_names(record, lay)
         return _system_slot(record, lay) + _turns(record.get(key), (key,), role_tag, content_tag, lay)
@@ -416,24 +319,16 @@ def retag(record: dict[str, Any], lang: str) -> None:
             record[k] = lang
 
 
-def set_slots(record: Any, fmt: str | Layout, lang: str, texts: dict[Path_, str]) -> Any:
+def set_slots(record: Any, lang: str, texts: dict[Path_, str]) -> Any:
     """A deep copy of `record` with every slot replaced by its translation and ids / language fields retagged
-    (module docstring); all else is untouched.
-
-    Shards keep English and gain the language: `texts[lang]` and `json.conversations[lang]`."""
-    shards = (fmt.name if isinstance(fmt, Layout) else fmt) == "shards"
+    (module docstring); all else is untouched. A slot's path says where its text goes, whatever the format."""
     rec = copy.deepcopy(record)
     for path, text in texts.items():
-        if shards:
-            path = ("texts", lang) if path[0] == "texts" else ("json", "conversations", lang) + path[3:]
-            if path[0] == "json":
-                convs = rec["json"].setdefault("conversations", {})
-                convs.setdefault(lang, copy.deepcopy(record["json"]["conversations"]["en"]))
         cur = rec
         for p in path[:-1]:
             cur = cur[p]
         cur[path[-1]] = text
-    if not shards and isinstance(rec, dict):
+    if isinstance(rec, dict):
         retag(rec, lang)
     return rec
 
@@ -494,23 +389,3 @@ class RecordWriter:
             self._text("\n]\n" if self.count else "[]\n")
         self._file.__exit__(None, None, None)
 
-
-def write_records(path: str, container: str, records: list[Any], schema: Any = None) -> None:
-    """Write records in the input's container; written to a temp name, then renamed."""
-    if container == "shards":
-        with fs.atomic_create(path) as f:
-            _write_tar(f, records)
-        return
-    w = RecordWriter(path, container, schema)
-    for r in records:
-        w.write(r)
-    w.close()
-
-
-def _write_tar(fileobj: Any, records: list[dict[str, Any]]) -> None:
-    with tarfile.open(fileobj=fileobj, mode="w|") as tf:
-        for r in records:
-            members = [(f"{r['key']}.jpg", r["jpg"]),
-                       (f"{r['key']}.json", json.dumps(r["json"], ensure_ascii=False, sort_keys=True).encode())]
-            members += [(f"{r['key']}.{lang}.txt", t.encode("utf-8")) for lang, t in sorted(r["texts"].items())]
-            add_members(tf, members)

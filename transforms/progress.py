@@ -139,19 +139,21 @@ def _secs(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
-def progress_line(counts: dict[str, int], elapsed: float, total: int | None = None) -> str:
-    """`inputs 120/400 (24.0/s), kept 80, rejected 30, 27% done, ETA 12s` (no total: no share and no ETA)."""
+def progress_line(counts: dict[str, int], elapsed: float, total: int | None = None, per_input: int = 1) -> str:
+    """`inputs 120/400 (24.0/s), kept 80, rejected 30, 27% done, ETA 12s` (no total: no share and no ETA).
+    `per_input` > 1: each input settles that many times (`polycap translate`: once per language), so kept and
+    rejected are sums over the languages and the line says so."""
     inputs, kept, rejected = counts.get("inputs", 0), counts.get("kept", 0), counts.get("rejected", 0)
     rate = inputs / elapsed if elapsed > 0 else 0.0
     line = f"{_secs(elapsed)}: inputs {inputs}{f'/{total}' if total else ''} ({rate:.1f}/s), kept {kept}, " \
-           f"rejected {rejected}"
+           f"rejected {rejected}" + (f" (summed over {per_input} languages)" if per_input > 1 else "")
     if total:
         if inputs < total:              # still reading: ETA of the reading stage at its rate so far
             if rate > 0:
                 line += f", reading ETA {_secs((total - inputs) / rate)}"
         else:                           # every input read: ETA of the rest at the rate samples settle
-            done = kept + rejected
-            line += f", {min(100, 100 * done // max(total, 1))}% settled"
+            done = (kept + rejected) / max(per_input, 1)
+            line += f", {min(100, int(100 * done // max(total, 1)))}% settled"
             if 0 < done < total:
                 line += f", ETA {_secs((total - done) * elapsed / done)}"
     return line
@@ -162,8 +164,8 @@ class ProgressMonitor:
     last line from the final counts)."""
 
     def __init__(self, folder: str, every_s: float = 5.0, total: int | None = None, stream: IO[str] | None = None,
-                 prefix: str = "[polycap] progress "):
-        self.folder, self.every_s, self.total = folder, every_s, total
+                 prefix: str = "[polycap] progress ", per_input: int = 1):
+        self.folder, self.every_s, self.total, self.per_input = folder, every_s, total, per_input
         self.stream = stream or sys.stderr
         self.prefix = prefix
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
@@ -177,7 +179,7 @@ class ProgressMonitor:
             self.last = read_progress(self.folder)
         except Exception:  # noqa: BLE001 - a failed listing only skips one line
             return
-        line = self.prefix + progress_line(self.last, time.monotonic() - self.t0, self.total)
+        line = self.prefix + progress_line(self.last, time.monotonic() - self.t0, self.total, self.per_input)
         if self.tty:
             self.stream.write("\r\x1b[2K" + line + ("\n" if final else ""))
         else:

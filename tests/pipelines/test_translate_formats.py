@@ -1,7 +1,8 @@
 """`polycap translate` knows the formats: tool turns, `tool_calls` and `tools` come out byte for byte, the top-level
 `system` is translated, ids and language fields follow the rule of transforms/dataset_formats.py, LLaMA-Factory
 dataset_info.json columns and tags are honoured, and every output still loads in the re-implemented upstream
-loader of tests/sharding/test_export.py (LLaMA-Factory's parser.py + converter.py)."""
+loader of tests/sharding/test_export.py (LLaMA-Factory's parser.py + converter.py): with the dataset_info.json
+translate writes into OUT/<lang>/ when the input came with one."""
 from __future__ import annotations
 
 import json
@@ -99,11 +100,13 @@ def _same(a, b) -> bool:
     return json.dumps(a, ensure_ascii=False) == json.dumps(b, ensure_ascii=False)
 
 
-def _loads_upstream(tmp_path, name, info, entry) -> int:
-    """The translated file, next to the input's dataset_info.json, read by LLaMA-Factory's loader logic."""
-    ko = tmp_path / "out" / "ko"
-    (ko / "dataset_info.json").write_text(json.dumps(info))
-    return llamafactory_load(str(ko), entry)
+def _loads_upstream(tmp_path, entry) -> int:
+    """OUT/ko as translate left it (its own dataset_info.json), read by LLaMA-Factory's loader logic."""
+    return llamafactory_load(str(tmp_path / "out" / "ko"), entry)
+
+
+def _registry(tmp_path, lang="ko") -> dict:
+    return json.loads((tmp_path / "out" / lang / "dataset_info.json").read_text())
 
 
 def test_sharegpt_tool_turns_pass_through_and_system_is_translated(tmp_path):
@@ -120,7 +123,8 @@ def test_sharegpt_tool_turns_pass_through_and_system_is_translated(tmp_path):
                 assert a["from"] == b["from"] and a["value"] != b["value"]
     assert (out[0]["id"], out[0]["lang"], out[1]["id"]) == ("wx-0-ko", "ko", "wx-1")   # the id / lang rule
     assert llamafactory_load(str(tmp_path / "in"), "toolcall") == 2                  # the input loads...
-    assert _loads_upstream(tmp_path, "toolcall.json", GLAIVE_INFO, "toolcall") == 2   # ...and so does ours
+    assert _loads_upstream(tmp_path, "toolcall") == 2                                # ...and so does ours
+    assert _registry(tmp_path) == GLAIVE_INFO                                         # the same entry
 
 
 def test_openai_tool_calls_and_tool_messages_pass_through(tmp_path):
@@ -131,7 +135,7 @@ def test_openai_tool_calls_and_tool_messages_pass_through(tmp_path):
     assert all(a["content"] != b["content"] for a, b in zip(src, new) if a["role"] != "tool" and a["content"])
     assert _same(OPENAI[0]["tools"], out[0]["tools"]) and out[0]["id"] == "oa_7_ko"
     assert llamafactory_load(str(tmp_path / "in"), "chat") == 1
-    assert _loads_upstream(tmp_path, "chat.jsonl", OPENAI_INFO, "chat") == 1
+    assert _loads_upstream(tmp_path, "chat") == 1
 
 
 def test_openai_content_parts_translate_text_parts_only(tmp_path):
@@ -157,7 +161,9 @@ def test_alpaca_with_system_and_history(tmp_path, with_info):
     assert out[0]["history"][0][0] != ALPACA[0]["history"][0][0]
     assert (out[0]["id"], out[1]["id"], out[1]["language"]) == ("a-0-ko", "a-1", "ko")
     if with_info:
-        assert _loads_upstream(tmp_path, "alp.json", ALPACA_INFO, "alp") == 2
+        assert _loads_upstream(tmp_path, "alp") == 2
+    else:      # nothing says how LLaMA-Factory should read it: no dataset_info.json is made up
+        assert not (tmp_path / "out" / "ko" / "dataset_info.json").exists()
 
 
 def test_role_content_tags_under_conversations_are_translated(tmp_path):
@@ -168,18 +174,54 @@ def test_role_content_tags_under_conversations_are_translated(tmp_path):
     info = {"roles": {"file_name": "roles.json", "formatting": "sharegpt",
                       "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
                                "assistant_tag": "assistant"}}}
-    assert _loads_upstream(tmp_path, "roles.json", info, "roles") == 1
+    (tmp_path / "out" / "ko" / "dataset_info.json").write_text(json.dumps(info))   # the input had none
+    assert _loads_upstream(tmp_path, "roles") == 1
 
 
 def test_llamafactory_demo_with_its_dataset_info_still_loads(eval_dir, tmp_path):
-    """The real mllm_demo.json, its dataset_info.json found beside it; output + images load upstream."""
+    """The real mllm_demo.json, its dataset_info.json found beside it; output + images load upstream with the
+    dataset_info.json translate wrote (only the images are the user's to bring along)."""
     src = eval_dir / "text" / "llamafactory"
-    stats = run(str(src / "mllm_demo.json"), ["ko"], str(tmp_path / "out"), CFG)
+    stats = run(str(src / "mllm_demo.json"), ["ko", "vi"], str(tmp_path / "out"), CFG)
     assert stats["format"] == "sharegpt" and stats["langs"]["ko"]["kept"] == 6
+    upstream = json.loads((src / "dataset_info.json").read_text())
+    for lang in ("ko", "vi"):
+        out = tmp_path / "out" / lang
+        assert _registry(tmp_path, lang) == {"mllm_demo": upstream["mllm_demo"]}   # this input's entry only
+        shutil.copytree(src / "mllm_demo_data", out / "mllm_demo_data")
+        assert llamafactory_load(str(out), "mllm_demo") == 6
+
+
+def test_a_second_input_merges_into_the_output_registry_and_a_failed_rerun_leaves_no_entry(tmp_path):
+    """Two inputs translated into one OUT share OUT/ko/dataset_info.json (each entry kept, both load); an
+    entry the user added there stays; a rerun whose every record fails removes its file and its entry."""
+    _translate(tmp_path, "toolcall.json", GLAIVE, {**GLAIVE_INFO, **ALPACA_INFO})
+    (tmp_path / "out" / "ko" / "dataset_info.json").write_text(json.dumps(
+        {"mine": {"file_name": "mine.json"}, **_registry(tmp_path)}))
+    _translate(tmp_path, "alp.json", ALPACA)              # the dataset_info.json beside it names it too
+    assert list(_registry(tmp_path)) == ["mine", "toolcall", "alp"]
+    assert _loads_upstream(tmp_path, "toolcall") == 2 and _loads_upstream(tmp_path, "alp") == 2
+    _write(tmp_path / "in" / "alp.json", [{"instruction": 3}])      # now every record is a bad_record
+    stats = run(str(tmp_path / "in" / "alp.json"), ["ko"], str(tmp_path / "out"), CFG)
+    assert stats["langs"]["ko"]["kept"] == 0 and not (tmp_path / "out" / "ko" / "alp.json").exists()
+    assert list(_registry(tmp_path)) == ["mine", "toolcall"]
+
+
+def test_an_output_registry_entry_of_the_same_name_for_another_file_is_refused_before_any_work(tmp_path):
+    from polycap.pipelines.cli import EXIT_USAGE, app
+
     ko = tmp_path / "out" / "ko"
-    shutil.copy(src / "dataset_info.json", ko)
-    shutil.copytree(src / "mllm_demo_data", ko / "mllm_demo_data")
-    assert llamafactory_load(str(ko), "mllm_demo") == 6
+    ko.mkdir(parents=True)
+    theirs = {"toolcall": {"file_name": "their_file.json"}}
+    (ko / "dataset_info.json").write_text(json.dumps(theirs))
+    (tmp_path / "in").mkdir()
+    _write(tmp_path / "in" / "toolcall.json", GLAIVE)
+    (tmp_path / "in" / "dataset_info.json").write_text(json.dumps(GLAIVE_INFO))
+    r = CliRunner().invoke(app, ["translate", str(tmp_path / "in" / "toolcall.json"), "--to", "ko", "--out",
+                                 str(tmp_path / "out"), "--set", f"backend={FAKE}", "--set", "model=fake"])
+    assert r.exit_code == EXIT_USAGE and "'toolcall' loads another file" in r.output
+    assert json.loads((ko / "dataset_info.json").read_text()) == theirs and sorted(ko.iterdir()) == [
+        ko / "dataset_info.json"]
 
 
 def test_the_upstream_loader_check_can_fail(tmp_path):

@@ -24,7 +24,7 @@ def structure(path, field):
     """Per record: format, the record with texts blanked, and the `<image>` positions (slot, count)."""
     out = []
     for r in read_records(path):
-        fmt = detect_format(r.record, "json")
+        fmt = detect_format(r.record)
         slots = text_slots(r.record, fmt, field.split(","))
         out.append((fmt, len(slots), [(p, len(re.findall(r"<image>", t)), t.startswith("<image>"))
                                       for p, t in slots]))

@@ -4,11 +4,12 @@ import pytest
 
 from polycap.transforms.dataset_formats import (
     FormatError,
+    RecordWriter,
+    count_records,
     detect_format,
     read_records,
     set_slots,
     text_slots,
-    write_records,
 )
 
 LLAVA = {"id": "1", "image": "a.jpg", "conversations": [{"from": "human", "value": "<image>\nWhat?"},
@@ -21,18 +22,17 @@ OPENAI = {"messages": [{"role": "user", "content": [{"type": "image_url", "image
 
 
 def test_detect_each_format():
-    assert detect_format(LLAVA, "json") == "llava"
-    assert detect_format(SHAREGPT, "json") == "sharegpt"
-    assert detect_format(OPENAI, "jsonl") == "messages"
-    assert detect_format({"caption": "x"}, "parquet") == "captions"
-    assert detect_format(None, "shards") == "shards"
+    assert detect_format(LLAVA) == "llava"
+    assert detect_format(SHAREGPT) == "sharegpt"
+    assert detect_format(OPENAI) == "messages"
+    assert detect_format({"caption": "x"}) == "captions"
 
 
 @pytest.mark.parametrize("rec,fmt,n", [(LLAVA, "llava", 2), (SHAREGPT, "sharegpt", 2), (OPENAI, "messages", 2)])
 def test_slots_round_trip_only_changes_text(rec, fmt, n):
     slots = text_slots(rec, fmt, ["caption"])
     assert len(slots) == n
-    out = set_slots(rec, fmt, "ko", {p: f"T{i}" for i, (p, _) in enumerate(slots)})
+    out = set_slots(rec, "ko", {p: f"T{i}" for i, (p, _) in enumerate(slots)})
     assert [t for _, t in text_slots(out, fmt, [])] == [f"T{i}" for i in range(n)]
     strip = json.dumps(out).replace("T0", "").replace("T1", "")
     orig = json.dumps(rec)
@@ -46,7 +46,7 @@ def test_caption_fields_strings_and_lists_other_fields_copied():
     rec = {"id": 3, "captions": ["a", "b"], "note": "x", "bbox": [0.1, 0.2]}
     slots = text_slots(rec, "captions", ["captions"])
     assert [p for p, _ in slots] == [("captions", 0), ("captions", 1)]
-    out = set_slots(rec, "captions", "vi", {p: "z" for p, _ in slots})
+    out = set_slots(rec, "vi", {p: "z" for p, _ in slots})
     assert out == {"id": 3, "captions": ["z", "z"], "note": "x", "bbox": [0.1, 0.2]}
 
 
@@ -67,18 +67,33 @@ def test_jsonl_bad_line_is_a_record_with_error_and_blank_lines_are_skipped(tmp_p
     assert "line 2" in recs[1].error
 
 
-def test_write_parquet_and_json_round_trip(tmp_path):
+def test_write_parquet_and_json_round_trip_and_count(tmp_path):
     rows = [{"caption": "ảnh", "n": 1}, {"caption": "사진", "n": 2}]
     for name in ("a.parquet", "a.json", "a.jsonl"):
-        write_records(str(tmp_path / name), name.split(".")[1], rows)
+        w = RecordWriter(str(tmp_path / name), name.split(".")[1])
+        for r in rows:
+            w.write(r)
+        w.close()
         assert [r.record for r in read_records(str(tmp_path / name))] == rows
+        assert count_records(str(tmp_path / name)) == 2
+
+
+def test_count_records_counts_what_read_records_yields_or_says_it_does_not_know(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"caption": "a"}\n{broken\n\n{"caption": "b"}\n', encoding="utf-8")
+    assert count_records(str(p)) == len(list(read_records(str(p)))) == 3    # a broken line is a record
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps([{"caption": "x"}] * 50))
+    assert count_records(str(big)) == 50 and count_records(str(big), max_bytes=100) is None
+    (tmp_path / "cut.json").write_text('[{"caption": "x"},')
+    assert count_records(str(tmp_path / "cut.json")) is None
+    with pytest.raises(FormatError, match="shards: a .tar"):
+        count_records(str(tmp_path / "x.tar"))
 
 
 @pytest.mark.parametrize("records", [[], [{"a": 1, "b": ["x", {"c": "한국어 <image>"}]}],
                                      [{"a": 1}, {"a": 2, "t": "Tiếng Việt\nline"}, [1, 2], "s"]])
 def test_streamed_json_is_byte_identical_to_json_dump(tmp_path, records):
-    from polycap.transforms.dataset_formats import RecordWriter
-
     w = RecordWriter(str(tmp_path / "o.json"), "json")
     for r in records:
         w.write(r)
@@ -91,8 +106,6 @@ def test_streamed_json_is_byte_identical_to_json_dump(tmp_path, records):
 def test_streamed_parquet_batches_keep_the_given_schema(tmp_path, monkeypatch):
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from polycap.transforms.dataset_formats import RecordWriter
 
     schema = pa.schema([("caption", pa.string()), ("n", pa.int64()), ("note", pa.string())])
     monkeypatch.setattr(RecordWriter, "PARQUET_BATCH", 3)
@@ -134,12 +147,12 @@ def _texts(rec, fmt):
 
 
 def test_tool_turns_and_tool_calls_are_not_slots_and_pass_through():
-    assert detect_format(GLAIVE, "json") == "sharegpt"
+    assert detect_format(GLAIVE) == "sharegpt"
     assert _texts(GLAIVE, "sharegpt") == ["You are a helpful assistant.", "Weather in Seoul?", "It is 21 degrees."]
-    assert detect_format(TOOL_CALLS, "jsonl") == "messages"
+    assert detect_format(TOOL_CALLS) == "messages"
     assert _texts(TOOL_CALLS, "messages") == ["Use the tools.", "Weather here?", "It is 21 degrees."]
     for rec, fmt in ((GLAIVE, "sharegpt"), (TOOL_CALLS, "messages")):
-        out = set_slots(rec, fmt, "ko", {p: "번역" for p, _ in text_slots(rec, fmt)})
+        out = set_slots(rec, "ko", {p: "번역" for p, _ in text_slots(rec, fmt)})
         turns = out.get("conversations") or out["messages"]
         orig = rec.get("conversations") or rec["messages"]
         for a, b in zip(orig, turns):
@@ -148,7 +161,7 @@ def test_tool_turns_and_tool_calls_are_not_slots_and_pass_through():
             else:
                 assert a != b
         assert out.get("tools") == rec.get("tools")
-    assert set_slots(GLAIVE, "sharegpt", "ko", {("system",): "시스템"})["system"] == "시스템"
+    assert set_slots(GLAIVE, "ko", {("system",): "시스템"})["system"] == "시스템"
 
 
 def test_null_content_is_malformed_unless_it_calls_tools():
@@ -160,16 +173,16 @@ def test_null_content_is_malformed_unless_it_calls_tools():
 def test_llamafactory_sharegpt_with_role_content_tags_under_conversations():
     rec = {"conversations": [{"role": "user", "content": "<image>Who?"}, {"role": "assistant", "content": "Kane."}],
            "images": ["1.jpg"]}
-    assert detect_format(rec, "json") == "sharegpt"
+    assert detect_format(rec) == "sharegpt"
     assert _texts(rec, "sharegpt") == ["<image>Who?", "Kane."]
 
 
 def test_alpaca_is_detected_and_system_history_instruction_input_output_are_slots():
-    assert detect_format(ALPACA, "json") == "alpaca"
+    assert detect_format(ALPACA) == "alpaca"
     slots = text_slots(ALPACA, "alpaca")
     assert [p for p, _ in slots] == [("system",), ("history", 0, 0), ("history", 0, 1), ("instruction",),
                                       ("input",), ("output",)]
-    out = set_slots(ALPACA, "alpaca", "vi", {p: f"v{i}" for i, (p, _) in enumerate(slots)})
+    out = set_slots(ALPACA, "vi", {p: f"v{i}" for i, (p, _) in enumerate(slots)})
     assert out == {"system": "v0", "history": [["v1", "v2"]], "instruction": "v3", "input": "v4", "output": "v5"}
     with pytest.raises(FormatError, match="history"):
         text_slots({**ALPACA, "history": [["only one"]]}, "alpaca")
@@ -180,7 +193,7 @@ def test_alpaca_is_detected_and_system_history_instruction_input_output_are_slot
                                  {"messages": [{"from": "human", "value": "a"}, {"role": "user", "content": "b"}]}])
 def test_ambiguous_records_name_the_format_option(rec):
     with pytest.raises(FormatError, match="--format"):
-        detect_format(rec, "json")
+        detect_format(rec)
 
 
 @pytest.mark.parametrize("before,after", [
@@ -190,91 +203,5 @@ def test_ambiguous_records_name_the_format_option(rec):
     ({"lang": "en-US"}, {"lang": "ko"}), ({"lang": "fr"}, {"lang": "fr"}), ({"lang": "eng"}, {"lang": "ko"})])
 def test_ids_and_language_fields_follow_the_documented_rule(before, after):
     rec = {"caption": "A cat.", **before}
-    out = set_slots(rec, "captions", "ko", {("caption",): "고양이"})
+    out = set_slots(rec, "ko", {("caption",): "고양이"})
     assert out == {"caption": "고양이", **after}
-
-
-def test_shard_records_are_never_retagged():
-    rec = {"key": "k", "jpg": b"", "json": {"id": "a-en", "lang": "en"}, "texts": {"en": "A cat."}}
-    out = set_slots(rec, "shards", "ko", {("texts", "en"): "고양이"})
-    assert out["json"] == rec["json"] and out["texts"] == {"en": "A cat.", "ko": "고양이"}
-
-
-# -- dataset_info.json -----------------------------------------------------------------------------
-CUSTOM = {"dialog": [{"speaker": "customer", "text": "Hello there."},
-                     {"speaker": "agent", "text": "Hi! How can I help?"},
-                     {"speaker": "customer", "text": "Call the tool."},
-                     {"speaker": "call", "text": CALL}, {"speaker": "result", "text": '{"ok": true}'},
-                     {"speaker": "agent", "text": "Done."}],
-          "sys": "You are an agent."}
-CUSTOM_INFO = {"custom": {"file_name": "custom.json", "formatting": "sharegpt",
-                          "columns": {"messages": "dialog", "system": "sys"},
-                          "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "customer",
-                                   "assistant_tag": "agent", "function_tag": "call", "observation_tag": "result"}}}
-
-
-def _info_dir(tmp_path, info, records, name="custom.json"):
-    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
-    (tmp_path / name).write_text(json.dumps(records))
-    return str(tmp_path / name)
-
-
-def test_dataset_info_next_to_the_input_sets_columns_and_tags(tmp_path):
-    from polycap.transforms.dataset_formats import resolve_layout
-
-    path = _info_dir(tmp_path, CUSTOM_INFO, [CUSTOM])
-    lay = resolve_layout("auto", CUSTOM, "json", ["caption"], path)
-    assert (lay.name, lay.messages, lay.role_tag, lay.content_tag, lay.system) == \
-        ("sharegpt", "dialog", "speaker", "text", "sys")
-    assert lay.origin.endswith("dataset_info.json#custom")
-    assert _texts(CUSTOM, lay) == ["You are an agent.", "Hello there.", "Hi! How can I help?", "Call the tool.",
-                                   "Done."]
-    bad = {**CUSTOM, "dialog": CUSTOM["dialog"] + [{"speaker": "bot", "text": "?"}]}
-    with pytest.raises(FormatError, match="role 'bot'"):             # LLaMA-Factory would drop it as broken
-        text_slots(bad, lay)
-    with pytest.raises(FormatError, match="disagrees"):
-        resolve_layout("alpaca", CUSTOM, "json", ["caption"], path)
-
-
-def test_dataset_info_options_and_their_errors(tmp_path):
-    from polycap.transforms.dataset_formats import resolve_layout
-
-    path = _info_dir(tmp_path, {**CUSTOM_INFO, "copy": {**CUSTOM_INFO["custom"]}}, [CUSTOM])
-    with pytest.raises(FormatError, match="--dataset-name"):         # two entries name the file
-        resolve_layout("auto", CUSTOM, "json", ["caption"], path)
-    assert resolve_layout("auto", CUSTOM, "json", ["caption"], path, info_name="copy").messages == "dialog"
-    with pytest.raises(FormatError, match="'nope'"):
-        resolve_layout("auto", CUSTOM, "json", ["caption"], path, info_name="nope")
-    other = tmp_path / "sub"
-    other.mkdir()
-    (other / "a.json").write_text(json.dumps([ALPACA]))
-    assert resolve_layout("auto", ALPACA, "json", ["caption"], str(other / "a.json")).name == "alpaca"  # no info
-    with pytest.raises(FormatError, match="no entry has file_name a.json"):
-        resolve_layout("auto", ALPACA, "json", ["caption"], str(other / "a.json"),
-                       info_path=str(tmp_path / "dataset_info.json"))
-    info = {"a": {"file_name": "a.json", "columns": {"prompt": "q", "response": "a", "system": "s"}}}
-    (other / "dataset_info.json").write_text(json.dumps(info))
-    lay = resolve_layout("auto", None, "json", ["caption"], str(other / "a.json"))
-    rec = {"q": "Name a fruit.", "a": "An apple.", "s": "Be brief.", "instruction": "not a column here"}
-    assert (lay.name, _texts(rec, lay)) == ("alpaca", ["Be brief.", "Name a fruit.", "An apple."])
-
-
-def test_auto_detection_refuses_a_record_it_cannot_place():
-    from polycap.transforms.dataset_formats import resolve_layout
-
-    with pytest.raises(FormatError, match="--format") as e:
-        resolve_layout("auto", {"question": "x", "answer": "y"}, "jsonl", ["caption"], "/nowhere/x.jsonl")
-    assert "answer, question" in str(e.value)
-    assert resolve_layout("auto", {"question": "x"}, "jsonl", ["question"], "/nowhere/x.jsonl").name == "captions"
-    with pytest.raises(FormatError, match="--format: 'coco'"):
-        resolve_layout("coco", {}, "jsonl", ["caption"], "/nowhere/x.jsonl")
-
-
-def test_a_later_record_that_fits_two_formats_is_malformed_when_detected():
-    from polycap.transforms.dataset_formats import resolve_layout
-
-    lay = resolve_layout("auto", LLAVA, "json", ["caption"], "/nowhere/x.json")
-    both = {**LLAVA, "messages": [{"role": "user", "content": "Hidden."}]}
-    with pytest.raises(FormatError, match="ambiguous"):
-        text_slots(both, lay)
-    assert len(text_slots(both, "llava")) == 2     # an explicit --format reads its own column only
