@@ -7,9 +7,10 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
 from itertools import pairwise
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 
 from polycap.schemas import OcrLine, OcrResult, Reason, Reject, Sample
@@ -55,6 +56,13 @@ def quad_box(quad: list[int]) -> list[int]:
     """Axis-aligned [x1, y1, x2, y2] enclosing a grid quad."""
     xs, ys = quad[0::2], quad[1::2]
     return [min(xs), min(ys), max(xs), max(ys)]
+
+
+def _rotate_grid_point(x: float, y: float, k: int) -> tuple[float, float]:
+    """A grid point on the stored image -> the same point on `np.rot90(image, k)`."""
+    for _ in range(k % 4):
+        x, y = y, GRID - x
+    return x, y
 
 
 def rotate_grid_box(box: list[int], k: int) -> list[int]:
@@ -178,21 +186,55 @@ def _floating_split(items: list, em: float) -> tuple[list, list, list] | None:
     return best[1] if best else None
 
 
+class _Placed(NamedTuple):
+    """A line on the upright page: its centre line (centre point, slope dy/dx along the text) and height.
+    Skewed lines (a photo taken at an angle, a scanned page 2-6 degrees off) are grouped into rows along
+    their own slope, not by axis-aligned y ranges, which overlap between consecutive skewed lines."""
+
+    line: OcrLine
+    cx: float
+    cy: float
+    slope: float
+    height: float
+    width: float
+
+
+def _place(ln: OcrLine, pts: list[tuple[float, float]]) -> _Placed:
+    """Centre line of a line quad (4 points in any order around it): the longer pair of opposite edges runs
+    along the text. Vertical text (steeper than 45 degrees) gets slope 0, i.e. axis-aligned rows."""
+    p = np.asarray(pts, dtype=np.float64)
+    e01, e12 = p[1] - p[0], p[2] - p[1]
+    along, across = (e01, e12) if np.hypot(*e01) >= np.hypot(*e12) else (e12, e01)
+    along = along + ((p[2] - p[3]) if along is e01 else (p[3] - p[0]))   # both long edges, same direction
+    slope = float(along[1] / along[0]) if abs(along[0]) > abs(along[1]) else 0.0
+    height = float(np.hypot(*across))
+    width = float(np.hypot(*along)) / 2
+    cx, cy = (float(v) for v in p.mean(axis=0))
+    return _Placed(ln, cx, cy, slope, max(height, 1e-6), width)
+
+
 def _rows(items: list) -> list[OcrLine]:
-    """Top-to-bottom rows, left-to-right within a row; a line joins a row when it overlaps the row's
-    vertical span by at least half the smaller height."""
-    rows: list[tuple[list[float], list]] = []
-    for box, ln in sorted(items, key=lambda kb: ((kb[0][1] + kb[0][3]) / 2, kb[0][0])):
-        top, bottom = box[1], box[3]
-        if rows:
-            span, members = rows[-1]
-            overlap = min(bottom, span[1]) - max(top, span[0])
-            if overlap >= 0.5 * min(max(bottom - top, 1e-6), max(span[1] - span[0], 1e-6)):
-                span[0], span[1] = min(span[0], top), max(span[1], bottom)
-                members.append((box, ln))
-                continue
-        rows.append(([top, bottom], [(box, ln)]))
-    return [ln for _, members in rows for _, ln in sorted(members, key=lambda kb: kb[0][0])]
+    """Top-to-bottom rows, left-to-right within a row. A line joins the row whose centre line (that of its
+    widest member, extended along its slope) passes within half a line height (the larger of the two) of the
+    line's centre; for axis-aligned boxes that is the old rule "vertical overlap >= half the smaller height"."""
+    rows: list[list[tuple[Box, _Placed]]] = []
+    refs: list[_Placed] = []
+    for box, pl in sorted(items, key=lambda kb: (kb[1].cy, kb[0][0])):
+        best, best_d = None, 0.0
+        for i, ref in enumerate(refs):
+            d = abs(pl.cy - (ref.cy + ref.slope * (pl.cx - ref.cx)))
+            if d <= 0.5 * max(pl.height, ref.height) and (best is None or d < best_d):
+                best, best_d = i, d
+        if best is None:
+            rows.append([(box, pl)])
+            refs.append(pl)
+        else:
+            rows[best].append((box, pl))
+            if pl.width > refs[best].width:
+                refs[best] = pl
+    mid_x = sum(pl.cx for _, pl in items) / max(len(items), 1)
+    order = sorted(range(len(rows)), key=lambda i: refs[i].cy + refs[i].slope * (mid_x - refs[i].cx))
+    return [pl.line for i in order for _, pl in sorted(rows[i], key=lambda kb: kb[0][0])]
 
 
 def _xy_cut(items: list, depth: int = 0) -> list[OcrLine]:
@@ -221,7 +263,10 @@ def reading_order(lines: list[OcrLine], k: int = 0, size: tuple[int, int] | None
     items = []
     for ln in lines:
         x1, y1, x2, y2 = rotate_grid_box(ln.box, k)
-        items.append(((x1 * sx, y1 * sy, (x2 + 1) * sx, (y2 + 1) * sy), ln))
+        quad = ln.quad if len(ln.quad) == 8 else [ln.box[i] for i in (0, 1, 2, 1, 2, 3, 0, 3)]
+        pts = [_rotate_grid_point(x, y, k) for x, y in zip(quad[0::2], quad[1::2])]
+        placed = _place(ln, [(x * sx, y * sy) for x, y in pts])
+        items.append(((x1 * sx, y1 * sy, (x2 + 1) * sx, (y2 + 1) * sy), placed))
     return _xy_cut(items)
 
 

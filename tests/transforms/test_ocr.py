@@ -256,3 +256,43 @@ def test_failed_batch_goes_through_dead_letters(fake_engine, monkeypatch):
          [("reject", f"mem://{i}", "ocr", "ocr_failed", True) for i in range(3)])
     _run(samples, OcrConfig(enabled=True, on_failure="keep", batch_size=2),
          [("sample", f"mem://{i}", "failed", None, "paddleocr", True) for i in range(3)], [])
+
+
+def _skewed_paragraph(angle_deg: float, n: int = 3, size=(800, 600)) -> list[OcrLine]:
+    """`n` lines 600 px wide, 30 px tall, 40 px apart, turned by `angle_deg` about the page centre (a card
+    photographed or scanned a few degrees off); quads as a detector gives them, on the grid."""
+    w, h = size
+    a = np.deg2rad(angle_deg)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    out = []
+    for i in range(n):
+        y0 = 250 + 40 * i
+        corners = np.array([[100, y0], [700, y0], [700, y0 + 30], [100, y0 + 30]], dtype=float)
+        pts = (corners - (w / 2, h / 2)) @ rot.T + (w / 2, h / 2)
+        quad = ocr.normalize_quad([float(v) for p in pts for v in p], w, h)
+        out.append(OcrLine(text=f"line{i}", box=ocr.quad_box(quad), quad=quad, score=0.9))
+    return out
+
+
+@pytest.mark.parametrize("angle", [-6, -5, 5, 6])
+def test_skewed_lines_are_read_line_by_line(angle):
+    # en-rotated-007 in bench/results/ocr_ko_vi.json: at 2-6 degrees the axis-aligned boxes of consecutive
+    # lines overlap by more than half a height, and lines 2 and 3 were read as one row, right part first
+    lines = _skewed_paragraph(angle)
+    b1, b2 = lines[1].box, lines[2].box
+    assert min(b1[3], b2[3]) - max(b1[1], b2[1]) >= 0.5 * min(b1[3] - b1[1], b2[3] - b2[1])   # old rule's trap
+    assert [ln.text for ln in ocr.reading_order(_shuffled(lines), 0, (800, 600))] == ["line0", "line1", "line2"]
+
+
+def test_skewed_row_keeps_words_of_one_line_together():
+    # two boxes on one skewed line (a word gap) stay one row, left part first, before the next line
+    lines = _skewed_paragraph(5, n=2)
+    a, b = lines[0], lines[1]
+    qa = a.quad
+    left = OcrLine("L", [], [qa[0], qa[1], (qa[0] + qa[2]) // 2, (qa[1] + qa[3]) // 2,
+                                (qa[4] + qa[6]) // 2, (qa[5] + qa[7]) // 2, qa[6], qa[7]], 0.9)
+    right = OcrLine("R", [], [(qa[0] + qa[2]) // 2, (qa[1] + qa[3]) // 2, qa[2], qa[3], qa[4], qa[5],
+                                 (qa[4] + qa[6]) // 2, (qa[5] + qa[7]) // 2], 0.9)
+    left = OcrLine("L", ocr.quad_box(left.quad), left.quad, 0.9)
+    right = OcrLine("R", ocr.quad_box(right.quad), right.quad, 0.9)
+    assert [ln.text for ln in ocr.reading_order([b, right, left], 0, (800, 600))] == ["L", "R", "line1"]
