@@ -241,6 +241,7 @@ def prompts_for(cfg: TranslateConfig, langs: list[str]) -> dict[str, Prompt]:
 
 # -- Beam ------------------------------------------------------------------------------------------
 REQUESTS = "requests"
+_VERDICTS_KEPT = 20_000   # judged (chunk, answer) pairs a worker remembers (texts of a few KB each)
 
 
 class _AdvanceFn(beam.DoFn):
@@ -253,9 +254,11 @@ class _AdvanceFn(beam.DoFn):
     def __init__(self, cfg: TranslateConfig, prompts: dict[str, Prompt], cache_root: str | None):
         self.cfg, self.prompts, self.cache_root = cfg, prompts, cache_root
         self.cache: ResultCache | None = None
+        self.verdicts: dict[tuple, tuple[str | None, Reason | None, str]] = {}
 
     def setup(self):
         self.cache = ResultCache(self.cache_root) if (self.cache_root and self.cfg.cache) else None
+        self.verdicts = {}
         self.c_req = Metrics.counter(STAGE, "requests")
         self.c_hit = Metrics.counter(STAGE, "cache_hits")
         self.c_retry = Metrics.counter(STAGE, "retries")
@@ -285,13 +288,28 @@ class _AdvanceFn(beam.DoFn):
             if fresh and self.cache is not None and not result.error:
                 self.cache.put(key, {"text": result.text, "finish_reason": result.finish_reason,
                                      "model": result.model})
-            text, reason, detail = judge(chunk, result)
+            text, reason, detail = self._judge(chunk, result)
             if reason is None or chunk.attempt > 1 or reason == Reason.TRANSLATE_FAILED:
                 yield _ChunkDone(chunk, text, str(reason) if reason else None, detail, cached=not fresh)
                 return
             self.c_retry.inc()
             chunk = replace(chunk, attempt=2, prev_reason=str(reason))
             result, fresh = None, False
+
+    def _judge(self, chunk: _Chunk, result: GenResult) -> tuple[str | None, Reason | None, str]:
+        """`judge`, remembered per worker for the same chunk of the same text and the same answer: a dataset
+        repeats its prompts ("Describe the image in detail." thousands of times), and their cached
+        answers would otherwise run every gate again."""
+        if result.error:
+            return judge(chunk, result)
+        memo = (chunk.unit_text, chunk.index, chunk.count, chunk.lang, result.text, result.finish_reason)
+        verdict = self.verdicts.get(memo)
+        if verdict is None:
+            verdict = judge(chunk, result)
+            if len(self.verdicts) >= _VERDICTS_KEPT:
+                self.verdicts.clear()
+            self.verdicts[memo] = verdict
+        return verdict
 
 
 class _AssembleFn(RoutingDoFn):
@@ -303,7 +321,10 @@ class _AssembleFn(RoutingDoFn):
         self.provenance = provenance
 
     def process(self, element) -> Iterator[Translated]:
-        (unit_key, lang), done = element
+        if isinstance(element, _ChunkDone):   # a unit of one chunk: no grouping needed
+            unit_key, lang, done = element.chunk.unit_key, element.chunk.lang, [element]
+        else:
+            (unit_key, lang), done = element
         out = assemble(unit_key, lang, list(done), self.provenance[lang])
         self.count("texts_kept" if out.text is not None else f"texts_dropped_{out.reason}")
         yield out
@@ -340,10 +361,14 @@ class TranslateTexts(beam.PTransform):
         third = answered2 | "JudgeRetry" >> beam.ParDo(advance).with_outputs(REQUESTS, main="done")
         done = (first["done"], second["done"], third["done"]) | "AllChunks" >> beam.Flatten()
         provenance = {lang: provenance_for(cfg, p) for lang, p in self.prompts.items()}
-        return (done
-                | "ByUnit" >> beam.Map(lambda d: ((d.chunk.unit_key, d.chunk.lang), d))
-                | "Group" >> beam.GroupByKey()
-                | "Assemble" >> beam.ParDo(_AssembleFn(provenance)))
+        # most units are one chunk: those are assembled where they finish, only split ones are grouped
+        single, split = done | "OneChunk" >> beam.Partition(lambda d, _: 0 if d.chunk.count == 1 else 1, 2)
+        whole = single | "AssembleOne" >> beam.ParDo(_AssembleFn(provenance))
+        joined = (split
+                  | "ByUnit" >> beam.Map(lambda d: ((d.chunk.unit_key, d.chunk.lang), d))
+                  | "Group" >> beam.GroupByKey()
+                  | "Assemble" >> beam.ParDo(_AssembleFn(provenance)))
+        return (whole, joined) | "Translated" >> beam.Flatten()
 
 
 # -- samples (polycap run) -------------------------------------------------------------------------

@@ -68,3 +68,14 @@ def test_registered_backend_runs_in_multi_processing_direct_runner(tmp_path):
         res = p | beam.Create([TextUnit("a", "A red cup."), TextUnit("b", "A blue cup.")]) | TranslateTexts(cfg)
         assert_that(res | beam.Map(lambda r: (r.key, r.lang, r.reason)), equal_to([("a", "ko", None),
                                                                                  ("b", "ko", None)]))
+
+
+def test_the_model_stages_do_not_import_torch_through_beam():
+    # Beam's ModelManager (torch + scipy, ~2 s and ~200 MB a worker) is only for use_model_manager=True
+    import subprocess
+    import sys
+
+    code = ("import sys, polycap.transforms.translate, polycap.transforms.caption, apache_beam.ml.inference.base as b;"
+            "print(sorted({'torch', 'scipy'} & set(sys.modules)), b.ModelManager)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["[]", "None"]

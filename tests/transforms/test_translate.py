@@ -80,3 +80,27 @@ def test_translate_samples_keeps_partial_languages_and_rejects_only_total_failur
                     label="samples")
         assert_that(rejects | beam.Map(lambda r: (isinstance(r, Reject), r.key, str(r.reason), r.stage)),
                     equal_to([(True, bad.key, "gate_english_left", "translate")]), label="rejects")
+
+
+def test_a_worker_judges_the_same_chunk_and_answer_once(monkeypatch):
+    import polycap.transforms.translate as tr
+    from polycap.transforms.backends.base import GenResult
+    from polycap.transforms.translate import TranslateConfig as _Cfg
+    from polycap.transforms.translate import _AdvanceFn, plan_chunks, prompts_for
+
+    cfg = _Cfg(backend=FAKE, model="fake", to=["ko"])
+    fn = _AdvanceFn(cfg, prompts_for(cfg, ["ko"]), None)
+    fn.setup()
+    calls = []
+    real = tr.judge
+    monkeypatch.setattr(tr, "judge", lambda c, r: calls.append(r.text) or real(c, r))
+    ok = GenResult("k", "빨간 컵이 나무 탁자 위에 있다.")
+    for unit_key in ("a", "b", "c"):   # one text in three records, the same answer each time (a cache hit)
+        (chunk,) = plan_chunks(TextUnit(unit_key, "A red cup on a wooden table."), "ko", 2000)
+        (done,) = fn.process((chunk, type("P", (), {"inference": ok})()))
+        assert done.text == ok.text and done.chunk.unit_key == unit_key and done.reason is None
+    assert calls == [ok.text]
+    bad = GenResult("k", "A red cup on a wooden table.")   # another answer is judged anew, and fails
+    (retry,) = fn.process((chunk, type("P", (), {"inference": bad})()))
+    assert calls == [ok.text, bad.text]
+    assert retry.tag == tr.REQUESTS and retry.value[0].attempt == 2   # English left: the strict prompt is asked
