@@ -42,7 +42,8 @@ from bench import write_result
 from polycap.schemas import Reject, Sample
 from polycap.schemas.config import DecodeConfig, DedupConfig
 from polycap.transforms.decode import DecodeFailure, decode_bytes, decode_sample, phash_hex
-from polycap.transforms.dedup import DedupImages
+from polycap.transforms.dedup import DedupImages, to_member
+from polycap.transforms.pixel_check import BLOCK_TESTS, detail_match
 from polycap.transforms.signature import encoding_quality, signature
 from tests.conftest import make_sample
 
@@ -259,6 +260,7 @@ def generated_set_eval() -> dict:
     cluster, why = clusters(files)
     cpu = time.process_time() - t0
     info = {r["file"]: r for r in labels}
+    check = pixel_check(list(_SAMPLES), info)   # _SAMPLES: what clusters() decoded
     members: dict[str, list[str]] = defaultdict(list)
     for f, c in cluster.items():
         members[c].append(f)
@@ -302,6 +304,43 @@ def generated_set_eval() -> dict:
         "original_kept_share": round(len(orig_kept) / len(with_variants), 4),
         "kept_instead_of_original": kept_instead,
         "decode_plus_dedup_cpu_s": round(cpu, 1),
+        "pixel_check": check,
+    }
+
+
+PIXEL_CHECK_RADIUS = 16   # pairs judged: wider than max_hamming, so the margin is seen beyond the radius
+
+
+def pixel_check(samples: list[Sample], info: dict[str, dict]) -> dict:
+    """neardup.detail_match on every pair of the generated set within content pHash PIXEL_CHECK_RADIUS:
+    distinct pairs that pass (target 0) and how close they come (also with each BLOCK_TESTS share lowered
+    by `margin`), labelled original-variant pairs that fail, by pHash radius."""
+    members = [(s.source.uri, m) for s in samples if (m := to_member(s)) is not None and not m.solid]
+    distinct, variants = [], []
+    for (fa, a), (fb, b) in combinations(members, 2):
+        dist = (a.phash ^ b.phash).bit_count()
+        ra, rb = info[fa], info[fb]
+        if dist > PIXEL_CHECK_RADIUS or a.key == b.key:
+            continue
+        if ra["group"] != rb["group"]:
+            distinct.append((dist, *detail_match(a.thumb, b.thumb)[:2], fa, fb))
+        elif "original" in (ra["role"], rb["role"]) and ra["role"] != rb["role"]:
+            v = fb if ra["role"] == "original" else fa
+            variants.append((dist, *detail_match(a.thumb, b.thumb)[:2], v, info[v]["role"]))
+    margin = 0.04
+    near = sorted(distinct, key=lambda r: -min(s / need for s, (_, need) in zip(r[2], BLOCK_TESTS)))
+    fails = [r for r in variants if not r[1]]
+    return {
+        "radius": PIXEL_CHECK_RADIUS, "block_tests": [list(t) for t in BLOCK_TESTS],
+        "distinct_pairs": len(distinct), "distinct_pairs_passing": sum(r[1] for r in distinct),
+        f"distinct_pairs_passing_with_shares_lowered_{margin}": sum(
+            all(s >= need - margin for s, (_, need) in zip(r[2], BLOCK_TESTS)) for r in distinct),
+        "closest_distinct": [{"phash_distance": r[0], "shares": [round(x, 3) for x in r[2]], "a": r[3], "b": r[4]}
+                             for r in near[:5]],
+        "variant_pairs_passing_by_radius": {t: f"{sum(r[1] for r in variants if r[0] <= t)}/"
+                                               f"{sum(1 for r in variants if r[0] <= t)}" for t in (8, 10, 12, 16)},
+        "variant_pairs_failing": [{"phash_distance": r[0], "shares": [round(x, 3) for x in r[2]], "file": r[3]}
+                                  for r in sorted(fails)],
     }
 
 
@@ -393,7 +432,8 @@ def main() -> dict:
     generated = generated_set_eval()
     shared = shared_eval(pairs, files, grp, data)
     out = {
-        "dedup_images": {"config": "DedupConfig() defaults: max_hamming 8, pixel check neardup.MIN_DETAIL_CORR",
+        "dedup_images": {"config": f"DedupConfig() defaults: max_hamming {DedupConfig().max_hamming}, pixel check "
+                                   f"pixel_check.BLOCK_TESTS {list(BLOCK_TESTS)}",
                          "generated_set": generated, "shared_eval": shared},
         "signature_ms": signature_ms(),
         "dedup_stage": dedup_stage(),

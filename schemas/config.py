@@ -172,7 +172,7 @@ class FilterConfig(Section):
 class DedupConfig(Section):
     exact: bool = True
     near: bool = True
-    max_hamming: int = 8
+    max_hamming: int = 10         # content pHash radius of near-dup candidates (each verified by neardup.same_picture)
     max_key_items: int = 2048       # no near-dup key holds more items: bigger ones are split into blocks
     center_rounds: int = 4          # clustering rounds; nodes still undecided after them are kept
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.typehints import KV, Tuple
+from apache_beam.typehints import KV, Any, Tuple
 
 from polycap.schemas import Reason, Reject, Sample
 from polycap.schemas.config import DedupConfig
@@ -52,14 +52,15 @@ __all__ = ["DedupImages", "phash_hex"]
 # Data flow (no step holds the dataset in one place, nothing is keyed by None, no image bytes in a shuffle):
 #  1. Each sample -> a NearMember (key, content pHash, rank, uri, 1 KB thumbnail, flat-colour class); exact
 #     copies of one key are one item wherever they meet (the best copy, as `decide` keeps it).
-#  2. Flat-colour members: grouped per colour class, the best kept, the rest dropped (pHash says nothing
-#     about a flat image).
-#  3. Others: (key, pHash) under the multi-index-hashing keys (transforms/neardup.py: 67 keys for t = 8).
-#     Substring values are counted (3 per item); the heavy ones (a side input) bound each key's size
+#  2. Flat-colour members (a second output of the same step): grouped per colour class, the best kept, the
+#     rest dropped (pHash says nothing about a flat image).
+#  3. Others: (key, pHash) under the multi-index-hashing keys (transforms/neardup.py: 68 keys for t = 10,
+#     or t + 1 = 11 exact-substring keys while the item count allows, neardup.choose_plan).
+#     Substring values are counted (4 per item); the heavy ones (a side input) bound each key's size
 #     (neardup.KeySizes), and a key that may exceed dedup.max_key_items is split into hash-block pairs.
 #     Each key group emits the candidate pairs it owns (every pair within t exactly once).
-#  4. Two joins on the content key bring both members' thumbnails to a pair; `same_picture` verifies it:
-#     an edge from the better copy to the worse.
+#  4. Two joins on the content key bring both members' thumbnails to a pair; `same_picture` verifies it
+#     (transforms/pixel_check.py): an edge from the better copy to the worse.
 #  5. dedup.center_rounds rounds of clustering around centres over the edges (one GroupByKey a round, per
 #     node: its state, its out-edges and its better neighbours' last status): a node joins the best centre
 #     among its verified better neighbours, so a dropped copy always names a kept one it was checked against
@@ -276,9 +277,14 @@ def _key_by_content(s: Sample) -> tuple[str, Sample]:
     return s.key, s
 
 
-def _member_kv(s: Sample) -> list[tuple[str, NearMember]]:
+FLAT = "flat"
+
+
+def _member_kv(s: Sample) -> Iterable:
+    """(key, member) of a textured image; a flat-colour one goes to the FLAT output as (colour, member)."""
     m = to_member(s)
-    return [(m.key, m)] if m is not None else []
+    if m is not None:
+        yield beam.pvalue.TaggedOutput(FLAT, (m.solid, m)) if m.solid else (m.key, m)
 
 
 class NearDuplicates(beam.PTransform):
@@ -290,12 +296,10 @@ class NearDuplicates(beam.PTransform):
 
     def expand(self, pcoll):
         t, bound = self.cfg.max_hamming, self.cfg.max_key_items
-        members = pcoll | "Members" >> beam.FlatMap(_member_kv)
-        flat = (members | "FlatColour" >> beam.Filter(lambda kv: bool(kv[1].solid))
-                | "ByColour" >> beam.Map(lambda kv: (kv[1].solid, kv[1]))
-                | "GroupColour" >> beam.GroupByKey()
+        members = pcoll | "Members" >> beam.FlatMap(_member_kv).with_outputs(FLAT, main="rest")
+        flat = (members[FLAT] | "GroupColour" >> beam.GroupByKey()
                 | "ColourDrops" >> beam.FlatMap(solid_drops))
-        rest = members | "Textured" >> beam.Filter(lambda kv: not kv[1].solid)
+        rest = members.rest
         q = KeySizes({}, t, bound, MIH).q
         heavy = (rest | "OwnValues" >> beam.FlatMap(_own_values, t)
                  | "CountValues" >> beam.combiners.Count.PerElement().with_output_types(KV[int, int])
@@ -307,7 +311,7 @@ class NearDuplicates(beam.PTransform):
         firsts = ({"m": rest, "pairs": pairs} | "JoinFirst" >> beam.CoGroupByKey()
                   | "FirstOfPair" >> beam.FlatMap(first_of_pair))
         nodes = ({"m": rest, "firsts": firsts} | "JoinSecond" >> beam.CoGroupByKey()
-                 | "Verify" >> beam.ParDo(_VerifyFn(t)))
+                 | "Verify" >> beam.ParDo(_VerifyFn(t)).with_output_types(KV[str, Any]))
         rounds = self.cfg.center_rounds
         for r in range(1, rounds + 1):
             nodes = (nodes | f"GroupRound{r}" >> beam.GroupByKey()

@@ -19,14 +19,9 @@ from itertools import combinations
 
 import numpy as np
 
+from polycap.transforms.pixel_check import BLOCK_TESTS, detail_match
+
 HASH_BITS = 64
-THUMB_SIDE = 32
-# Pixel check: correlation of the high-pass 32x32 thumbnails (thumbnail minus its 3x3 box mean). Why 0.75:
-# on the set bench/neardup_data.py builds, distinct text cards / documents / screenshots of one layout
-# within pHash Hamming 12 (920 pairs) reached 0.744; 430 of the 450 original-variant pairs within 12 scored
-# >= 0.75, and with pHash <= 8 as well 423 of all 456 pass (0.93). A one-off
-# measurement, tuned on that set; not yet recorded by a bench/results file).
-MIN_DETAIL_CORR = 0.75
 
 
 @dataclass(frozen=True)
@@ -176,7 +171,7 @@ class KeySizes:
         return out
 
 
-SMALL_KEY = 12     # keys of up to this many items are paired in plain ints (most keys hold 2 or 3)
+SMALL_KEY = 32     # keys of up to this many items are paired in plain ints (numpy is faster above ~32 items)
 
 
 def owns(a: int, b: int, j: int, meet: int, t: int, widths: list[int]) -> bool:
@@ -304,17 +299,6 @@ def block_keys(item_key: str, nb: int) -> list[tuple[int, int]]:
 
 # ---- pixel check and the best copy -----------------------------------------------------------------
 
-def detail(thumb: bytes) -> np.ndarray:
-    """Zero-mean, unit-norm high-pass of a 32x32 gray thumbnail (thumbnail minus its 3x3 box mean)."""
-    a = np.frombuffer(thumb, np.uint8).astype(np.float32).reshape(THUMB_SIDE, THUMB_SIDE)
-    p = np.pad(a, 1, mode="edge")
-    blur = sum(p[y:y + THUMB_SIDE, x:x + THUMB_SIDE] for y in range(3) for x in range(3)) / 9.0
-    hp = (a - blur).ravel()
-    hp -= hp.mean()
-    n = float(np.linalg.norm(hp))
-    return hp / n if n > 1e-6 else hp
-
-
 def same_picture(a: NearMember, b: NearMember, t: int) -> tuple[bool, str]:
     """The verification of one candidate pair: pHash within t and matching fine detail; (verdict, detail)."""
     dist = (a.phash ^ b.phash).bit_count()
@@ -322,9 +306,11 @@ def same_picture(a: NearMember, b: NearMember, t: int) -> tuple[bool, str]:
         return False, f"pHash Hamming {dist} > {t}"
     if not a.thumb or not b.thumb:
         return True, f"pHash Hamming {dist} <= {t} (no thumbnail to check)"
-    corr = float(detail(a.thumb) @ detail(b.thumb))
-    ok = corr >= MIN_DETAIL_CORR
-    return ok, f"pHash Hamming {dist} <= {t}, detail correlation {corr:.2f} {'>=' if ok else '<'} {MIN_DETAIL_CORR}"
+    ok, shares, (scale, _, _) = detail_match(a.thumb, b.thumb)
+    blocks = ", ".join(f"{s:.2f} >= {c}" for s, (c, _) in zip(shares, BLOCK_TESTS))
+    where = "" if scale == 1.0 else f" at a {scale:.3g} crop"
+    return ok, (f"pHash Hamming {dist} <= {t}, detail blocks correlating {blocks}{where} "
+                f"({'match' if ok else 'too few'})")
 
 
 # ---- clustering around centres ---------------------------------------------------------------------

@@ -154,7 +154,7 @@ def test_best_copy_is_kept_and_border_crop_recompress_variants_merge(eval_dir):
         assert sorted(r.source_uri for r in rows) == ["a_framed.jpg", "b_q30.jpg", "c_crop5.jpg"]
         for r in rows:
             assert r.detail.startswith(f"near duplicate of {orig.key} (pHash Hamming"), r.detail
-            assert "detail correlation" in r.detail and "kept z_original.png" in r.detail
+            assert "detail blocks correlating" in r.detail and "kept z_original.png" in r.detail
 
     run_dedup([framed, q30, crop, orig], DedupConfig(), equal_to([orig.key]), check_rejects)
 
@@ -168,6 +168,26 @@ def test_distinct_text_cards_of_one_layout_are_not_merged():
              ("의회의 이름을 바꾸려는 계획이 있다", "ko")]
     samples = [decoded(png_bytes(card(t, lang)), f"card{i}") for i, (t, lang) in enumerate(texts)]
     run_dedup(samples, DedupConfig(), equal_to([s.key for s in samples]), equal_to([]))
+
+
+def test_watermarked_card_and_cropped_texture_merge_distinct_pages_stay():
+    """The default radius and pixel check through the Beam graph: a watermarked text card and a 5 % crop
+    of a textured photo are dropped for their originals; pages of one template are all kept."""
+    from tests.transforms.test_neardup import centred_card, crop5, page, photo_like, watermarked
+
+    card_im = centred_card(["Welsh AMs worried about", "looking like muppets", "in the assembly"])
+    texture = photo_like(3)
+    orig_card, orig_tex = decoded(png_bytes(card_im), "card.png"), decoded(png_bytes(texture), "texture.png")
+    marked = decoded(jpeg_of(watermarked(card_im), 85), "card_watermark.jpg")
+    cropped = decoded(jpeg_of(crop5(texture, 1.0, 0.0), 90), "texture_crop5.jpg")
+    pages = [decoded(png_bytes(page(seed)), f"page{seed}.png") for seed in range(1, 6)]
+
+    def check_rejects(rows):
+        got = sorted((r.source_uri, r.detail.split()[3]) for r in rows)
+        assert got == sorted([("card_watermark.jpg", orig_card.key), ("texture_crop5.jpg", orig_tex.key)]), got
+
+    run_dedup([marked, cropped, orig_card, orig_tex, *pages], DedupConfig(),
+              equal_to([orig_card.key, orig_tex.key, *(p.key for p in pages)]), check_rejects)
 
 
 def near_dup_samples(eval_dir: Path) -> list[Sample]:
