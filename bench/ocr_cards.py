@@ -85,21 +85,23 @@ def _draw(lines: list[str], font, fg, bg, pad: int):
     return img
 
 
-def render_card(lines: list[str], lang: str, condition: str, rng: random.Random, eval_dir: Path = EVAL):
-    """One RGB card (PIL image) showing `lines` under `condition`; returns (image, font file name)."""
+def render_card(lines: list[str], lang: str, condition: str, rng: random.Random, eval_dir: Path = EVAL,
+                font: str | None = None):
+    """One RGB card (PIL image) showing `lines` under `condition`; returns (image, font file name). `font`
+    (one of FONTS[lang]) instead of a random one."""
     from PIL import Image, ImageFont
 
-    name, index = rng.choice(FONTS[lang])
+    name, index = (font, dict(FONTS[lang])[font]) if font else rng.choice(FONTS[lang])
     size = rng.randint(13, 15) if condition == "small" else rng.randint(24, 30)
-    font = ImageFont.truetype(str(font_path(name)), size, index=index)
+    face = ImageFont.truetype(str(font_path(name)), size, index=index)
     pad = max(12, size)
     if condition == "low_contrast":
         g = rng.randint(200, 225)
-        panel = _draw(lines, font, (g - 70, g - 70, g - 70, 255), (g, g, g, 255), pad)
+        panel = _draw(lines, face, (g - 70, g - 70, g - 70, 255), (g, g, g, 255), pad)
     elif condition == "photo":
-        panel = _draw(lines, font, (15, 15, 15, 255), (255, 255, 255, 170), pad)
+        panel = _draw(lines, face, (15, 15, 15, 255), (255, 255, 255, 170), pad)
     else:
-        panel = _draw(lines, font, (20, 20, 20, 255), (255, 255, 255, 255), pad)
+        panel = _draw(lines, face, (20, 20, 20, 255), (255, 255, 255, 255), pad)
     margin = 40
     canvas_size = (panel.width + 2 * margin, panel.height + 2 * margin)
     if condition == "photo":

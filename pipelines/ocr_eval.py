@@ -130,22 +130,28 @@ def run_stage(samples: list[Sample], cfg: Any, beam_args: list[str] | None = Non
 
 
 def lang_checker(cfg: Any) -> Any:
-    """A function `lang -> (readable, why not)` for rows like `zh+en`, from the recognizer's dictionary."""
+    """A function `lang -> (readable, why not)` for rows like `zh+en`: the main recognizer's dictionary plus
+    the languages the installed script recognizers add (Tesseract kor / vie, trueocr; ocr_script)."""
     from polycap.transforms.backends.ocr_models import (
         RAPID_LANGS,
         check_ocr_models,
         unsupported_langs,
     )
+    from polycap.transforms.backends.ocr_script import INSTALL_KO, INSTALL_VI, script_langs
 
-    charset = check_ocr_models(cfg).charset if cfg.backend != "rapidocr" else frozenset()
+    models = check_ocr_models(cfg)
+    charset = models.charset if cfg.backend != "rapidocr" else frozenset()
+    extra = script_langs({k: Path(v) for k, v in models.scripts.items()})
+    fixes = {"ko": f"Korean is read by Tesseract kor: {INSTALL_KO}", "vi": f"Vietnamese: {INSTALL_VI}"}
 
     def check(lang: str) -> tuple[bool, str]:
         langs = [x for x in lang.split("+") if x]
         bad = sorted(set(langs) - RAPID_LANGS) if cfg.backend == "rapidocr" else unsupported_langs(langs, charset)
+        bad = [b for b in bad if b not in extra]
         if not bad:
             return True, ""
-        return False, (f"recognizer cannot read {', '.join(bad)}"
-                       + (" (Korean needs korean_PP-OCRv5_mobile_rec in ocr.model_dir)" if "ko" in bad else ""))
+        hints = [fixes[b] for b in bad if b in fixes]
+        return False, f"recognizer cannot read {', '.join(bad)}" + (f" ({'; '.join(hints)})" if hints else "")
     return check
 
 

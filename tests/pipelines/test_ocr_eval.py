@@ -55,5 +55,31 @@ def test_run_reports_cer_per_language_and_speed(eval_dir, tmp_path):
     assert rep["by_lang"]["en"]["cer"] == 0.0
     assert rep["by_lang"]["zh"]["cer"] <= 0.25
     ko = rep["by_lang"]["ko"]
-    assert ko["status"] == "unsupported" and ko["cer"] is None and "korean_PP-OCRv5_mobile_rec" in ko["reason"]
+    if "ko" in _script_langs():     # Tesseract kor installed: the Korean row is read and scored
+        assert ko["cer"] is not None and ko.get("status") != "unsupported", ko
+    else:
+        assert ko["status"] == "unsupported" and ko["cer"] is None and "tesseract-ocr-kor" in ko["reason"]
     assert rep["images_per_s"] > 0 and rep["engine_images_per_s"] >= rep["images_per_s"]
+
+
+def _script_langs() -> set[str]:
+    from polycap.transforms.backends import ocr_models, ocr_script
+
+    return ocr_script.script_langs(ocr_script.prepare_script_models(ocr_models.default_cache_dir()))
+
+
+def test_lang_checker_knows_the_script_recognizers(monkeypatch):
+    from polycap.transforms.backends import ocr_script
+
+    cfg = OcrConfig(enabled=True, langs=["en"])
+    monkeypatch.setattr(ocr_script, "script_langs", lambda found: {"ko", "vi"})
+    check = ocr_eval.lang_checker(cfg)
+    assert check("ko+en") == (True, "") and check("vi") == (True, "")
+    monkeypatch.setattr(ocr_script, "script_langs", lambda found: set())
+    check = ocr_eval.lang_checker(cfg)
+    ok, why = check("ko+en")
+    assert not ok and "recognizer cannot read ko" in why and "tesseract-ocr-kor" in why
+    assert "korean_PP-OCRv5" not in why   # the old message named a model no package ships
+    ok, why = check("vi")
+    assert not ok and "tesseract-ocr-vie" in why and "trueocr" in why
+    assert check("en") == (True, "")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from polycap.transforms.backends import ocr_script as S
@@ -28,6 +29,28 @@ def test_suspect_first_readings():
     assert S.is_suspect("口品亡口品亡口品亡口品亡", 0.9, line, cjk_langs=False)
     assert not S.is_suspect("口品亡口品亡口品亡口品亡", 0.9, line, cjk_langs=True)
     assert not S.is_suspect("Invoice 2024-07 total 318", 0.98, line, cjk_langs=False)
+
+
+def test_a_hangul_line_with_one_english_word_is_suspect():
+    # ko-rotated-005: PP-OCR read a whole line of Hangul + "(Ford)" as "“(Ford),]" at 0.80 and the line was kept
+    line = [0.0, 0.0, 560.0, 0.0, 560.0, 40.0, 0.0, 40.0]           # aspect 14
+    assert S.is_suspect("“(Ford),]", 0.80, line, cjk_langs=False)
+    assert not S.is_suspect("Europe did not have it all their own", 0.99, line, cjk_langs=False)
+    assert not S.is_suspect("口品亡口品亡口品亡", 0.9, line, cjk_langs=True)     # Han is full width
+
+
+def test_background_padding_does_not_smear_glyphs_at_the_edge():
+    gray = np.full((20, 40), 200, np.uint8)
+    gray[:, -2:] = 40                       # a stroke touching the right edge of the crop
+    out = S.pad_background(gray, 8)
+    assert out.shape == (36, 56) and out.dtype == np.uint8
+    assert (out[:, -8:] == 200).all() and (out[:8] == 200).all()   # margin is the background grey
+    assert (out[8:-8, 8:-8] == gray).all()
+
+
+def test_latin_run_readings():
+    assert S.is_latin_run("(Batman)") and S.is_latin_run("1,127") and S.is_latin_run("‘Café’")
+    assert not S.is_latin_run("(Palu)フ") and not S.is_latin_run("明三") and not S.is_latin_run("().")
 
 
 def test_flip_quad_turns_the_line_and_keeps_top_left_first():
@@ -134,3 +157,68 @@ def test_vietnamese_without_a_vietnamese_recognizer_is_unsupported_script(runner
     res, _ = _read(runner, card)
     assert res.status == "unsupported_script"
     assert not any(S.has_vi_letters(ln.text) for ln in res.lines)   # no line kept with letters missing
+
+
+def _render(lines: list[str], condition: str, font: str = "NanumGothic.ttf", seed: int = 3):
+    import random
+
+    from bench.ocr_cards import MissingFonts, render_card
+
+    try:
+        return render_card(lines, "ko", condition, random.Random(seed), font=font)[0]
+    except MissingFonts as e:
+        pytest.skip(str(e))
+
+
+def _read_image(runner, img):
+    from polycap.transforms.ocr import to_ocr_result
+
+    return to_ocr_result(runner.read(np.asarray(img.convert("RGB"))), 0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("condition", ["low_contrast", "small"])
+def test_english_words_inside_korean_lines(runner, condition):
+    """`kor` has no Latin letters: "(Slack)" came out as "(513010)", "(Halloween)" as "(13110\\4660)" on
+    low-contrast cards. The non-Hangul runs are re-read by PP-OCR's recognizer."""
+    lines = ["구글 드라이브(Google Drive), 슬랙(Slack)과", "할로윈(Halloween)에 딱 알맞은 마스크"]
+    res = _read_image(runner, _render(lines, condition))
+    pred = "\n".join(ln.text for ln in res.lines)
+    assert res.status == "ok", res.error
+    for word in ("(Google Drive)", "(Slack)", "(Halloween)"):
+        assert word in pred, pred
+    assert "구글" in pred and "알맞은" in pred
+
+
+def _tight_crop(text: str, font: str, size: int = 32):
+    from PIL import Image, ImageDraw, ImageFont
+
+    from bench.ocr_cards import MissingFonts, font_path
+
+    try:
+        f = ImageFont.truetype(str(font_path(font)), size)
+    except MissingFonts as e:
+        pytest.skip(str(e))
+    x0, y0, x1, y1 = f.getbbox(text)
+    img = Image.new("RGB", (x1 - x0 + 6, y1 - y0 + 6), (235, 235, 235))
+    ImageDraw.Draw(img).text((3 - x0, 3 - y0), text, font=f, fill=(60, 60, 60))
+    return img
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("text,font", [("바탕으로", "NanumGothic.ttf"), ("만행은", "NanumMyeongjo.ttf"),
+                                       ("SPEED", "DejaVuSans.ttf"), ("197", "DejaVuSans.ttf")])
+def test_word_crops_are_read_whole(runner, text, font):
+    """A tight word crop (a recognition data set, a cut-out sign): the detector finds no line on Hangul and
+    cuts letters off Latin ones, and a job that reads Vietnamese must not turn "SPEED" into "gố)"."""
+    img = _tight_crop(text, font)
+    assert img.height <= 128
+    res = _read_image(runner, img)
+    assert res.status == "ok" and [ln.text for ln in res.lines] == [text], (res.status, res.lines)
+
+
+@pytest.mark.slow
+def test_korean_word_crop_without_a_korean_recognizer_is_unsupported_script(runner, monkeypatch):
+    monkeypatch.setattr(runner.router, "ko", None)
+    res = _read_image(runner, _tight_crop("바탕으로", "NanumGothic.ttf"))
+    assert res.status == "unsupported_script" and not res.lines

@@ -77,7 +77,8 @@ class OcrRunner:
         self.engine = make_engine(cfg, models)
         self.orientation = DocOrientation(models.orientation) if models.orientation else None
         # Lines by script: Korean / Vietnamese re-read, unreadable scripts reported (even with no recognizer)
-        self.router = ScriptRouter({k: Path(v) for k, v in models.scripts.items()}, list(cfg.langs))
+        self.router = ScriptRouter({k: Path(v) for k, v in models.scripts.items()}, list(cfg.langs),
+                                   latin=getattr(self.engine, "read_crops", None))
         self.models = {"det": models.det_name, "rec": models.rec_name, **self.engine.extra_models,
                        **self.router.models}
         if self.orientation is not None:
@@ -88,7 +89,11 @@ class OcrRunner:
         angle, angle_score = self.orientation.predict(rgb) if self.orientation else (0, 0.0)
         k = angle // 90  # content turned clockwise by `angle`: turn it back counter-clockwise
         upright = np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
-        routed = self.router.route(upright, self.engine.recognize(upright))
+        lines = self.engine.recognize(upright)
+        if is_word_crop(rgb) and len(lines) <= 1 and hasattr(self.engine, "read_crops"):
+            upright, k, lines = self._word_crop(rgb, upright, k, lines)
+            angle = k * 90
+        routed = self.router.route(upright, lines)
         if routed.flipped:  # a Hangul page the orientation classifier (trained without Hangul) turned over
             k, angle = (k + 2) % 4, (angle + 180) % 360
         h, w = rgb.shape[:2]
@@ -96,6 +101,37 @@ class OcrRunner:
         return {"lines": lines, "width": w, "height": h, "angle": angle, "angle_score": angle_score,
                 "engine": self.engine.name, "models": dict(self.models), "error": None,
                 "unsupported": routed.unsupported}
+
+
+    def _word_crop(self, rgb: np.ndarray, upright: np.ndarray, k: int, lines: list) -> tuple[np.ndarray, int, list]:
+        """A word or line crop read whole. The detector finds nothing on a tight Hangul crop and cuts letters
+        off tight Latin ones ("197" -> "19", "Future" -> "Fure"), and the page-orientation classifier,
+        trained on pages, turns a third of the word crops in ../shared/eval/ocr over. The whole crop is read
+        as stored and as turned; the best-scored reading wins over the detector's one line, if any."""
+        cands = [(rgb, 0)] + ([(upright, k)] if k else [])
+        reads = self.engine.read_crops([np.ascontiguousarray(c[:, :, ::-1]) for c, _ in cands])
+        (text, score), (img, kk) = max(zip(reads, cands), key=lambda rc: rc[0][1])
+        best_line = lines[0][2] if lines else 0.0
+        if score >= WORD_CROP_MIN_SCORE and score > best_line:
+            h, w = img.shape[:2]
+            return img, kk, [(text, [0.0, 0.0, float(w), 0.0, float(w), float(h), 0.0, float(h)], score)]
+        if best_line < WORD_CROP_MIN_SCORE and self.router.ko is not None:
+            # PP-OCR reads Hangul as Han garbage at ~0.5 and the classifier turns Hangul crops: an empty first
+            # reading of the crop as stored that only the Korean recognizer can claim (the router drops it
+            # otherwise)
+            h, w = rgb.shape[:2]
+            return rgb, 0, [("", [0.0, 0.0, float(w), 0.0, float(w), float(h), 0.0, float(h)], 0.0)]
+        return upright, k, lines
+
+
+# A word / line crop (a text-recognition data set, a cut-out sign): one line of text at most this tall.
+WORD_CROP_MAX_H, WORD_CROP_MAX_W = 128, 640
+WORD_CROP_MIN_SCORE = 0.5    # as OcrConfig.min_score's default; photos without text read at < 0.45
+
+
+def is_word_crop(rgb: np.ndarray) -> bool:
+    h, w = rgb.shape[:2]
+    return h <= WORD_CROP_MAX_H and w <= WORD_CROP_MAX_W
 
 
 def make_engine(cfg: Any, models: OcrModels) -> Any:

@@ -9,6 +9,7 @@ holding their folders, or empty to let PaddleOCR fetch them into its own cache.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -95,7 +96,9 @@ class PaddleOcrEngine:
                                 f"{type(e).__name__}: {str(e)[:400]}") from None
         self.name = f"paddleocr {paddleocr.__version__} ({cfg.engine}, {cfg.device})"
         self.extra_models: dict[str, str] = {}
-        self.cfg = cfg
+        self.cfg, self.models = cfg, models
+        self._rec: Any = None            # the recognizer alone, for read_crops (loaded on first use)
+        self._rec_lock = threading.Lock()
 
     def recognize(self, rgb: np.ndarray) -> list[tuple[str, list[float], float]]:
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])  # PaddleX treats arrays as OpenCV BGR
@@ -105,3 +108,20 @@ class PaddleOcrEngine:
                 quad = [float(v) for v in np.asarray(poly, dtype=np.float64).reshape(-1)[:8]]
                 out.append((str(text), quad, float(score)))
         return out
+
+    def read_crops(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:
+        """The recognizer alone on upright line crops (BGR): [(text, score)]. The script router reads the
+        English words inside Korean lines with it. PaddleOCR's public TextRecognition on the same model
+        folder, loaded on the first call (a job without Korean never loads it)."""
+        if not crops:
+            return []
+        with self._rec_lock:
+            if self._rec is None:
+                from paddleocr import TextRecognition
+
+                kw: dict[str, Any] = {"model_name": self.models.rec_name, "device": self.cfg.device,
+                                      "engine": self.cfg.engine}
+                if self.models.rec_dir:
+                    kw["model_dir"] = self.models.rec_dir
+                self._rec = TextRecognition(**kw)
+            return [(str(r["rec_text"]), float(r["rec_score"])) for r in self._rec.predict(list(crops))]

@@ -42,6 +42,7 @@ import shutil
 import tempfile
 import threading
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,11 @@ INSTALL_VI = "apt-get install tesseract-ocr-vie, or pip install 'polycap[ocr]' (
 
 # Thresholds, from the rendered cards in bench/results/ocr_ko_vi.json.
 SUSPECT_SCORE = 0.75       # PP-OCR reads Hangul as Han/digits at 0.35-0.71
-MIN_DENSITY = 0.6          # characters per box aspect unit; Latin reads 1.4-2.5, Hangul as garbage < 0.3
+MIN_DENSITY = 1.0          # characters (full-width: 2) per box aspect unit; Latin / Vietnamese lines read
+                           # 1.2-2.8, Hangul lines < 1.0 ("“(Ford),]" for Hangul with one English word: 0.64)
 KO_MIN_CONF = 0.55         # Tesseract mean word confidence / 100; Latin lines read as `kor` score < 0.5
+VI_MIN_CONF = 0.6          # Vietnamese re-reads kept on the cards score 0.85-0.97; "SPEED" read as `vie` is
+                           # "gố)" at 0.05
 KO_MIN_HANGUL = 0.5        # share of letters that are Hangul in an accepted Korean reading
 _VI_ONLY = set("ăĂđĐơƠưƯĩĨũŨ") | {chr(c) for c in range(0x1EA0, 0x1EFA)}
 # Letters PP-OCRv6 can write that hint at Vietnamese: a page with one is re-read line by line in Vietnamese.
@@ -113,7 +117,9 @@ def is_suspect(text: str, score: float, quad: list[float], cjk_langs: bool) -> b
     body = text.replace(" ", "")
     if not body or score < SUSPECT_SCORE:
         return True
-    if len(body) < MIN_DENSITY * box_aspect(quad):
+    # full-width characters (Han, kana) count twice: a line of Chinese fills its box with half as many
+    width = sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in body)
+    if width < MIN_DENSITY * box_aspect(quad):
         return True
     return han_count(body) > 0 and not cjk_langs
 
@@ -133,6 +139,12 @@ def crop_quad(rgb: np.ndarray, quad: list[float], min_height: int = 32) -> np.nd
         s = min_height / h
         out = cv2.resize(out, (max(1, round(w * s)), min_height), interpolation=cv2.INTER_CUBIC)
     return out
+
+
+def pad_background(gray: np.ndarray, pad: int) -> np.ndarray:
+    """`gray` with a `pad`-pixel margin of its background grey: the median of its border pixels."""
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    return np.ascontiguousarray(np.pad(gray, pad, constant_values=int(np.median(border))), dtype=np.uint8)
 
 
 def flip_quad(quad: list[float], width: int, height: int) -> list[float]:
@@ -201,7 +213,10 @@ class TesseractLines:
         lib.TessBaseAPISetPageSegMode(self.handle, 7)  # PSM_SINGLE_LINE
 
     def padded(self, gray: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(np.pad(gray, self.PAD, mode="edge"), dtype=np.uint8)
+        """The line with a margin of its background grey (the median border pixel). Replicating the edge
+        instead smeared a glyph that touches the crop into a stroke: trailing "-", "." and "“" readings, and
+        Latin words on low-contrast cards read as digits (ko cards 5.9 -> 3.9 % CER)."""
+        return pad_background(gray, self.PAD)
 
     def read(self, gray: np.ndarray, symbols: bool = False) -> tuple[str, float, list[Symbol]]:
         """(text, mean word confidence 0..1, symbols when asked) for one line image."""
@@ -244,12 +259,24 @@ class TesseractLines:
             self.handle = None
 
 
+LATIN_MIN_SCORE = 0.5      # PP-OCR's score for its reading of a non-Hangul run inside a Korean line
+# What a run re-read by the Latin recognizer may hold: ASCII, Latin-1 letters, general punctuation (quotes,
+# dashes); a reading with Han or kana is PP-OCR guessing at a Hangul syllable the run's box cut into.
+_LATIN_RUN = {chr(c) for c in range(0x20, 0x7F)} | {chr(c) for c in range(0xC0, 0x250)} | set("‘’“”–—…·€£¥°")
+
+
+def is_latin_run(text: str) -> bool:
+    """A reading fit to replace a non-Hangul run of a Korean line: letters or digits, nothing but Latin."""
+    return any(c.isalnum() for c in text) and all(c in _LATIN_RUN for c in text)
+
+
 def latin_runs(syms: list[Symbol]) -> list[tuple[int, int]]:
     """[start, end) symbol ranges of non-Hangul runs holding a letter or digit inside a Korean reading:
     where the `kor` model (no Latin letters) wrote digits or look-alikes for an English word."""
     runs, start = [], None
     for i, s in enumerate([*syms, Symbol("가", 1.0, (0, 0, 0, 0), True)]):
-        if hangul_share(s.text) == 0 and not (s.text.isspace()):
+        # a lone jamo is `kor` guessing at a Latin letter ("(Google" -> "(ㅎoogle"): only syllables end a run
+        if not any(0xAC00 <= ord(c) <= 0xD7A3 for c in s.text) and not s.text.isspace():
             start = i if start is None else start
             continue
         if start is not None and any(c.isalnum() for x in syms[start:i] for c in x.text):
@@ -272,6 +299,10 @@ class TrueOcrLines:
         if not crops:
             return []
         return [(p.text, p.confidence) for p in self.rec.predict(crops)]
+
+
+# Reads line crops (BGR arrays) -> [(text, score 0..1)]: the main engine's recognizer (OcrRunner passes it).
+LineReader = Callable[[list[np.ndarray]], list[tuple[str, float]]]
 
 
 # ---- model folders ----------------------------------------------------------------------------------
@@ -353,7 +384,8 @@ class Routed:
 class ScriptRouter:
     """Re-reads lines by script with the installed recognizers. One per worker (see OcrRunner)."""
 
-    def __init__(self, found: dict[str, Path], langs: list[str]):
+    def __init__(self, found: dict[str, Path], langs: list[str], latin: LineReader | None = None):
+        self.latin = latin     # the main recognizer on line crops (BGR): reads the English words in Korean lines
         tessdata = found[TESS] / "tessdata" if TESS in found else Path()
         have = {p.name.split(".")[0] for p in tessdata.glob("*.traineddata")} if TESS in found else set()
         self.ko = TesseractLines(tessdata, "kor") if "kor" in have else None
@@ -373,8 +405,10 @@ class ScriptRouter:
                                      else TRUEOCR_VI)
 
     def _latin_fix(self, gray: np.ndarray, text: str, syms: list[Symbol]) -> str:
-        """The Korean reading with each non-Hangul run re-read by Tesseract `eng` where that finds letters."""
-        assert self.eng is not None and self.ko is not None
+        """The Korean reading with each non-Hangul run re-read by the main recognizer (PP-OCR has Latin
+        letters, digits and punctuation; `kor` reads "(Batman)" as "(630080)" and "1,127" as "1.127"), or by
+        Tesseract `eng` without one, where that reading is Latin, digits and punctuation only."""
+        assert self.ko is not None
         pos, i = [], 0                      # text index of each symbol (the text is the symbols + spaces)
         for sym in syms:
             j = text.find(sym.text, i)
@@ -383,12 +417,29 @@ class ScriptRouter:
             pos.append(j)
             i = j + len(sym.text)
         img = self.ko.padded(gray)
-        for start, end in reversed(latin_runs(syms)):
-            x0 = max(0, min(s.box[0] for s in syms[start:end]) - 4)
-            x1 = min(img.shape[1], max(s.box[2] for s in syms[start:end]) + 4)
-            eng, conf, _ = self.eng.read(img[:, x0:x1])
-            if has_latin(eng) and conf >= KO_MIN_CONF:
-                text = text[:pos[start]] + eng + text[pos[end - 1] + len(syms[end - 1].text):]
+        runs = latin_runs(syms)
+        crops = []
+        for start, end in runs:
+            # `kor`'s boxes for letters it has no glyph for sit up to ~1/4 line height right of the ink: on the
+            # left that much margin (or a "(" is lost), on the right 4 px but never into the next syllable,
+            # which `kor` often half-reads as junk inside the run ("7}"; a crop into it reads "(Palu)7H")
+            x0 = max(0, min(s.box[0] for s in syms[start:end]) - max(4, img.shape[0] // 4))
+            x1 = min(img.shape[1], max(s.box[2] for s in syms[start:end]) + 4,
+                     syms[end].box[0] if end < len(syms) else img.shape[1])
+            crops.append(img[:, x0:max(x1, x0 + 1)])
+        if self.latin is not None:
+            import cv2
+
+            reads = self.latin([cv2.cvtColor(c, cv2.COLOR_GRAY2BGR) for c in crops])
+            ok = [is_latin_run(t) and conf >= LATIN_MIN_SCORE for t, conf in reads]
+        elif self.eng is not None:
+            reads = [self.eng.read(c)[:2] for c in crops]
+            ok = [has_latin(t) and is_latin_run(t) and conf >= KO_MIN_CONF for t, conf in reads]
+        else:
+            return text
+        for (start, end), (new, _), good in reversed(list(zip(runs, reads, ok))):
+            if good:
+                text = text[:pos[start]] + new.strip() + text[pos[end - 1] + len(syms[end - 1].text):]
         return text
 
     def _korean(self, rgb: np.ndarray, quad: list[float]) -> tuple[str, float, bool] | None:
@@ -398,8 +449,14 @@ class ScriptRouter:
         assert self.ko is not None
         gray = cv2.cvtColor(crop_quad(rgb, quad), cv2.COLOR_RGB2GRAY)
         best = None
-        for flipped, img in ((False, gray), (True, np.ascontiguousarray(gray[::-1, ::-1]))):
-            text, conf, syms = self.ko.read(img, symbols=self.eng is not None)
+        # as cropped, turned over (a Hangul page the orientation classifier turned), and only when neither
+        # reads as Korean, binarized (Otsu): grey text crossed by a white rule (PaddleOCR's korean/1.jpg)
+        for flipped, img in ((False, gray), (True, np.ascontiguousarray(gray[::-1, ::-1])), (False, None)):
+            if img is None:
+                if best is not None:
+                    break
+                img = cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[1]
+            text, conf, syms = self.ko.read(img, symbols=self.latin is not None or self.eng is not None)
             if hangul_share(text) >= KO_MIN_HANGUL and conf >= KO_MIN_CONF and (best is None or conf > best[1]):
                 best = (text, conf, flipped, img, syms)
             if best and best[1] >= 0.8:
@@ -407,7 +464,7 @@ class ScriptRouter:
         if best is None:
             return None
         text, conf, flipped, img, syms = best
-        if self.eng is not None and latin_runs(syms):
+        if (self.latin is not None or self.eng is not None) and latin_runs(syms):
             text = self._latin_fix(img, text, syms)
         return text, conf, flipped
 
@@ -454,7 +511,8 @@ class ScriptRouter:
             for i, (text, conf) in zip(vi_idx, reads):
                 words = text.split()
                 # without Vietnamese on the page, a stray tone mark on an English line is not enough
-                if has_vi_letters(text) and (hinted or sum(map(has_vi_letters, words)) >= 0.3 * len(words)):
+                if (has_vi_letters(text) and conf >= VI_MIN_CONF
+                        and (hinted or sum(map(has_vi_letters, words)) >= 0.3 * len(words))):
                     out[i] = (text, out[i][1], conf, False)
                     res.rerouted["vi"] = res.rerouted.get("vi", 0) + 1
         h, w = rgb.shape[:2]
