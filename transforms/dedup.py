@@ -59,8 +59,9 @@ __all__ = ["DedupImages", "phash_hex"]
 #     Substring values are counted (4 per item); the heavy ones (a side input) bound each key's size
 #     (neardup.KeySizes), and a key that may exceed dedup.max_key_items is split into hash-block pairs.
 #     Each key group emits the candidate pairs it owns (every pair within t exactly once).
-#  4. Two joins on the content key bring both members' thumbnails to a pair; `same_picture` verifies it
-#     (transforms/pixel_check.py): an edge from the better copy to the worse.
+#  4. A join of members and pairs on the content key sends each member of a pair to the pair's second key
+#     (a GroupByKey of pair members only); there `same_picture` verifies the pair (transforms/pixel_check.py):
+#     an edge from the better copy to the worse.
 #  5. dedup.center_rounds rounds of clustering around centres over the edges (one GroupByKey a round, per
 #     node: its state, its out-edges and its better neighbours' last status): a node joins the best centre
 #     among its verified better neighbours, so a dropped copy always names a kept one it was checked against
@@ -149,7 +150,8 @@ class _KeysFn(beam.DoFn):
 
 
 class _PairsFn(beam.DoFn):
-    """One key group -> the candidate pairs (key_a, key_b) it owns."""
+    """One key group -> the candidate pairs (key_a, key_b, key_a < key_b) it owns, each as (key_a, key_b)
+    and (key_b, ""): the first key learns its partner, the second that it is one."""
 
     def __init__(self, t: int):
         self.t = t
@@ -171,21 +173,25 @@ class _PairsFn(beam.DoFn):
         self.candidates.inc(len(pairs))
         for i, k in pairs:
             yield items[i][0], items[k][0]
+            yield items[k][0], ""
 
 
-def first_of_pair(kv: tuple[str, dict[str, list]]) -> Iterable[tuple[str, NearMember]]:
-    """Join 1: the first member of each candidate pair travels to the second's key."""
+def first_of_pair(kv: tuple[str, dict[str, list]]) -> Iterable[tuple[str, tuple[str, NearMember]]]:
+    """The join of members and pairs: a member travels to the key of each partner it comes first to, and
+    to its own key when it comes second in a pair, so the next GroupByKey holds only members of pairs."""
     _, grouped = kv
-    pairs, ms = list(grouped["pairs"]), list(grouped["m"])
-    if pairs and ms:
-        a = best_member(ms)
-        for b in pairs:
-            yield b, a
+    ms = list(grouped["m"])
+    partners = set(grouped["pairs"]) if ms else set()
+    if partners:
+        m = best_member(ms)
+        for b in partners:
+            yield (b, ("first", m)) if b else (m.key, ("second", m))
 
 
 class _VerifyFn(beam.DoFn):
-    """Join 2: both members of a pair meet; a verified pair becomes an edge better -> worse, sent to both
-    nodes: the better one learns its out-edge, the worse one that it has a better neighbour."""
+    """At the second key of its pairs, both members of each pair meet; a verified pair becomes an edge
+    better -> worse, sent to both nodes: the better one learns its out-edge, the worse one that it has a
+    better neighbour."""
 
     def __init__(self, t: int):
         self.t = t
@@ -193,11 +199,12 @@ class _VerifyFn(beam.DoFn):
         self.verified = Metrics.counter(STAGE, "pairs_verified")
 
     def process(self, kv):
-        _, grouped = kv
-        firsts, ms = list(grouped["firsts"]), list(grouped["m"])
-        if not firsts or not ms:
+        _, values = kv
+        firsts = [m for role, m in values if role == "first"]
+        seconds = [m for role, m in values if role == "second"]
+        if not firsts or not seconds:
             return
-        b = best_member(ms)
+        b = seconds[0]
         for a in firsts:
             ok, how = same_picture(a, b, self.t)
             if not ok:
@@ -308,9 +315,9 @@ class NearDuplicates(beam.PTransform):
                  .with_output_types(KV[Tuple[int, int, int, int], Tuple[str, int]])
                  | "GroupKeys" >> beam.GroupByKey()
                  | "OwnedPairs" >> beam.ParDo(_PairsFn(t)).with_output_types(KV[str, str]))
-        firsts = ({"m": rest, "pairs": pairs} | "JoinFirst" >> beam.CoGroupByKey()
-                  | "FirstOfPair" >> beam.FlatMap(first_of_pair))
-        nodes = ({"m": rest, "firsts": firsts} | "JoinSecond" >> beam.CoGroupByKey()
+        nodes = ({"m": rest, "pairs": pairs} | "JoinPairs" >> beam.CoGroupByKey()
+                 | "ToSecond" >> beam.FlatMap(first_of_pair)
+                 | "GroupPairs" >> beam.GroupByKey()
                  | "Verify" >> beam.ParDo(_VerifyFn(t)).with_output_types(KV[str, Any]))
         rounds = self.cfg.center_rounds
         for r in range(1, rounds + 1):
