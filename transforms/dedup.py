@@ -52,8 +52,8 @@ __all__ = ["DedupImages", "phash_hex"]
 # Data flow (no step holds the dataset in one place, nothing is keyed by None, no image bytes in a shuffle):
 #  1. Each sample -> a NearMember (key, content pHash, rank, uri, 1 KB thumbnail, flat-colour class); exact
 #     copies of one key are one item wherever they meet (the best copy, as `decide` keeps it).
-#  2. Flat-colour members (a second output of the same step): grouped per colour class, the best kept, the
-#     rest dropped (pHash says nothing about a flat image).
+#  2. Flat-colour members (a second output of the same step) meet per colour class in step 4's GroupByKey:
+#     an edge from the best to every other (pHash says nothing about a flat image).
 #  3. Others: (key, pHash) under the multi-index-hashing keys (transforms/neardup.py: 68 keys for t = 10,
 #     or t + 1 = 11 exact-substring keys while the item count allows, neardup.choose_plan).
 #     Substring values are counted (4 per item); the heavy ones (a side input) bound each key's size
@@ -105,16 +105,21 @@ def best_member(members: Iterable[NearMember]) -> NearMember:
     return min(members, key=member_order)
 
 
-def solid_drops(kv: tuple[str, Iterable[NearMember]]) -> list[tuple[str, tuple[str, str, str]]]:
-    """One flat-colour class: every content key but the best dropped, naming it."""
-    colour, members = kv
+def edge(better: NearMember, worse: NearMember, how: str) -> list[tuple[str, tuple]]:
+    """A verified pair as the clustering rounds read it: the better node learns its out-edge, the worse one
+    that it has a better neighbour."""
+    return [(better.key, ("out", (worse.key, how), better.rank, better.uri)), (worse.key, ("in",))]
+
+
+def solid_edges(colour: str, members: Iterable[NearMember]) -> list[tuple[str, tuple]]:
+    """One flat-colour class: an edge from its best content key to every other (pHash says nothing about a
+    flat image), so the rounds keep the best and drop the rest naming it."""
     best: dict[str, NearMember] = {}
     for m in members:
         if m.key not in best or member_order(m) < member_order(best[m.key]):
             best[m.key] = m
-    ordered = sorted(best.values(), key=member_order)
-    kept = ordered[0]
-    return [(m.key, (kept.key, kept.uri, f"the same flat colour #{colour}")) for m in ordered[1:]]
+    kept, *rest = sorted(best.values(), key=member_order)
+    return [e for m in rest for e in edge(kept, m, f"the same flat colour {colour}")]
 
 
 COUNT_KEY = -1     # counted once per item next to the substring values: the item count that picks the plan
@@ -190,8 +195,7 @@ def first_of_pair(kv: tuple[str, dict[str, list]]) -> Iterable[tuple[str, tuple[
 
 class _VerifyFn(beam.DoFn):
     """At the second key of its pairs, both members of each pair meet; a verified pair becomes an edge
-    better -> worse, sent to both nodes: the better one learns its out-edge, the worse one that it has a
-    better neighbour."""
+    better -> worse. A flat-colour class (key "#rrggbb", not a content key) becomes its `solid_edges`."""
 
     def __init__(self, t: int):
         self.t = t
@@ -199,7 +203,10 @@ class _VerifyFn(beam.DoFn):
         self.verified = Metrics.counter(STAGE, "pairs_verified")
 
     def process(self, kv):
-        _, values = kv
+        key, values = kv
+        if key.startswith("#"):
+            yield from solid_edges(key, (m for _, m in values))
+            return
         firsts = [m for role, m in values if role == "first"]
         seconds = [m for role, m in values if role == "second"]
         if not firsts or not seconds:
@@ -211,9 +218,7 @@ class _VerifyFn(beam.DoFn):
                 self.failed.inc()
                 continue
             self.verified.inc()
-            better, worse = sorted((a, b), key=member_order)
-            yield better.key, ("out", (worse.key, how), better.rank, better.uri)
-            yield worse.key, ("in",)
+            yield from edge(*sorted((a, b), key=member_order), how)
 
 
 def node_round(kv: tuple[str, Iterable[tuple]], last: bool) -> Iterable[tuple[str, tuple]]:
@@ -288,10 +293,11 @@ FLAT = "flat"
 
 
 def _member_kv(s: Sample) -> Iterable:
-    """(key, member) of a textured image; a flat-colour one goes to the FLAT output as (colour, member)."""
+    """(key, member) of a textured image; a flat-colour one goes to the FLAT output as ("#rrggbb", member),
+    keyed for the GroupByKey that meets the members of each pair."""
     m = to_member(s)
     if m is not None:
-        yield beam.pvalue.TaggedOutput(FLAT, (m.solid, m)) if m.solid else (m.key, m)
+        yield beam.pvalue.TaggedOutput(FLAT, (f"#{m.solid}", ("flat", m))) if m.solid else (m.key, m)
 
 
 class NearDuplicates(beam.PTransform):
@@ -304,8 +310,6 @@ class NearDuplicates(beam.PTransform):
     def expand(self, pcoll):
         t, bound = self.cfg.max_hamming, self.cfg.max_key_items
         members = pcoll | "Members" >> beam.FlatMap(_member_kv).with_outputs(FLAT, main="rest")
-        flat = (members[FLAT] | "GroupColour" >> beam.GroupByKey()
-                | "ColourDrops" >> beam.FlatMap(solid_drops))
         rest = members.rest
         q = KeySizes({}, t, bound, MIH).q
         heavy = (rest | "OwnValues" >> beam.FlatMap(_own_values, t)
@@ -315,15 +319,16 @@ class NearDuplicates(beam.PTransform):
                  .with_output_types(KV[Tuple[int, int, int, int], Tuple[str, int]])
                  | "GroupKeys" >> beam.GroupByKey()
                  | "OwnedPairs" >> beam.ParDo(_PairsFn(t)).with_output_types(KV[str, str]))
-        nodes = ({"m": rest, "pairs": pairs} | "JoinPairs" >> beam.CoGroupByKey()
-                 | "ToSecond" >> beam.FlatMap(first_of_pair)
+        to_second = ({"m": rest, "pairs": pairs} | "JoinPairs" >> beam.CoGroupByKey()
+                     | "ToSecond" >> beam.FlatMap(first_of_pair))
+        nodes = ((to_second, members[FLAT]) | "WithFlat" >> beam.Flatten()
                  | "GroupPairs" >> beam.GroupByKey()
                  | "Verify" >> beam.ParDo(_VerifyFn(t)).with_output_types(KV[str, Any]))
         rounds = self.cfg.center_rounds
         for r in range(1, rounds + 1):
             nodes = (nodes | f"GroupRound{r}" >> beam.GroupByKey()
                      | f"Round{r}" >> beam.FlatMap(node_round, r == rounds))
-        return (flat, nodes) | "AllDrops" >> beam.Flatten()
+        return nodes
 
 
 class DedupImages(beam.PTransform):
