@@ -234,7 +234,9 @@ def test_sigkill_during_the_s3_commit_then_rerun_converges(s3_server, eval_dir, 
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert killed_mid_commit, "the run ended before its commit could be interrupted"
-    res = _polycap(["run", str(cfg), "--", *s3.args], cwd)                 # the rerun
+    res = _polycap(["run", str(cfg), "--", *s3.args], cwd)                 # the killed run's lock is still there
+    assert res.returncode == 2 and "no longer running" in res.stderr and "--break-lock" in res.stderr, res.stderr
+    res = _polycap(["run", str(cfg), "--break-lock", "--", *s3.args], cwd)  # the rerun
     assert res.returncode == 0, res.stderr[-3000:]
     clean = _config(tmp_path / "clean.json", f"s3://{bucket}/src", f"s3://{bucket}/clean", max_samples=1)
     res = _polycap(["run", str(clean), "--", *s3.args], cwd)
