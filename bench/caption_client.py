@@ -1,7 +1,8 @@
 """Caption-stage client throughput and per-request client overhead against FakeOpenAIServer.
 
 The fake server (instant, scripted answers) runs in its own process so this process's CPU time is the
-client's alone: building the request (base64 of a real JPEG), the OpenAI SDK, our retry loop, asyncio.
+client's alone: building the request (base64 of a real JPEG), the HTTP client (the lean one, default, or the
+OpenAI SDK), our retry loop, asyncio. Points run interleaved (lean, sdk, lean, sdk ... per setting).
 Run: `.venv/bin/python -m bench.caption_client` -> bench/results/caption_client.json
 """
 from __future__ import annotations
@@ -11,13 +12,16 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import sys
+import threading
 import time
 from pathlib import Path
 
 from bench import write_result
 
-PLAN = ((1, 150), (8, 300), (64, 400))   # (concurrency, requests) per loop mode
+PLAN = ((1, 150), (8, 300), (64, 400), (256, 800))   # (concurrency, requests) per loop mode
 LOOPS = ("thread", "run")
+CLIENTS = ("lean", "sdk")
 
 
 def _serve(queue, stop) -> None:
@@ -54,12 +58,13 @@ def _requests(n: int, image: bytes):
             for i in range(n)]
 
 
-def run_point(url: str, server_pid: int, loop: str, concurrency: int, n: int, image: bytes) -> dict:
+def run_point(url: str, server_pid: int, loop: str, concurrency: int, n: int, image: bytes,
+              client: str = "lean") -> dict:
     from polycap.schemas.config import EndpointConfig
     from polycap.transforms.backends.gen_openai import OpenAIBackend
 
     spec = EndpointConfig("openai", model="fake-vlm", endpoint=url, api_key_env="", concurrency=concurrency,
-                          timeout_s=30, options={"loop": loop})
+                          timeout_s=30, options={"loop": loop, "client": client})
     backend = OpenAIBackend(spec)
     batch = max(8, 2 * concurrency)  # what RunInference would hand over per call
     reqs = _requests(n, image)
@@ -71,7 +76,7 @@ def run_point(url: str, server_pid: int, loop: str, concurrency: int, n: int, im
     wall = time.perf_counter() - t0
     cpu, srv = time.process_time() - cpu0, _proc_cpu_s(server_pid) - srv0
     backend.close()
-    return {"loop": loop, "concurrency": concurrency, "batch_size": batch, "requests": n,
+    return {"client": client, "loop": loop, "concurrency": concurrency, "batch_size": batch, "requests": n,
             "errors": sum(r.error is not None for r in results),
             "duplicates": n - len({r.key for r in results}),
             "wall_s": round(wall, 3), "requests_per_s": round(n / wall, 1),
@@ -79,7 +84,34 @@ def run_point(url: str, server_pid: int, loop: str, concurrency: int, n: int, im
             "server_cpu_ms_per_request": round(1000 * srv / n, 3)}
 
 
+def one_point(argv: list[str]) -> None:
+    """`--url URL --client lean|sdk --concurrency N --requests M`: one point against a server already up, for
+    timing whole client processes from outside (startup included); `--serve` starts such a server."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--serve", action="store_true")
+    ap.add_argument("--url")
+    ap.add_argument("--client", default="lean")
+    ap.add_argument("--loop", default="thread")
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--requests", type=int, default=2000)
+    args = ap.parse_args(argv)
+    if args.serve:
+        from tests.fakes.openai_server import FakeOpenAIServer
+
+        with FakeOpenAIServer() as srv:
+            print(srv.url, flush=True)
+            threading.Event().wait()
+    point = run_point(args.url, os.getpid(), args.loop, args.concurrency, args.requests, _photo_jpeg(),
+                      args.client)
+    print(json.dumps({k: v for k, v in point.items() if not k.startswith("server")}))
+
+
 def main() -> None:
+    if len(sys.argv) > 1:
+        one_point(sys.argv[1:])
+        return
     ctx = mp.get_context("spawn")
     queue, stop = ctx.Queue(), ctx.Event()
     server = ctx.Process(target=_serve, args=(queue, stop), daemon=True)
@@ -87,19 +119,25 @@ def main() -> None:
     url, pid = queue.get(timeout=60)
     image = _photo_jpeg()
     points = []
+    load_before = round(os.getloadavg()[0], 1)
     try:
         for loop in LOOPS:
             for concurrency, n in PLAN:
-                point = run_point(url, pid, loop, concurrency, n, image)
-                print(json.dumps(point))
-                points.append(point)
+                for client in CLIENTS:
+                    point = run_point(url, pid, loop, concurrency, n, image, client)
+                    print(json.dumps(point), flush=True)
+                    points.append(point)
     finally:
         stop.set()
         server.join(timeout=10)
     out = {"bench": "caption_client", "what": "OpenAIBackend against FakeOpenAIServer (instant replies, "
-           "separate process), one real 512x512 JPEG per request, ~800-char answers",
+           "separate process), one real 512x512 JPEG per request, ~800-char answers; client lean (default) "
+           "and sdk (the openai package) in turn at each setting",
            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus (shared)",
-           "load_avg_1m_at_end": round(os.getloadavg()[0], 1),
+           "load_avg_1m_at_start": load_before, "load_avg_1m_at_end": round(os.getloadavg()[0], 1),
+           "lean_over_sdk_cpu": {f"{a['loop']}/{a['concurrency']}": round(
+               a["client_cpu_ms_per_request"] / b["client_cpu_ms_per_request"], 3)
+               for a, b in zip(points[::2], points[1::2])},
            "note": "wall-clock rates on a shared 2-core box are noisy; client_cpu_ms_per_request is the "
                    "robust number (1000 / it = requests/s one client core can drive)",
            "image_bytes": len(image), "points": points}
