@@ -69,6 +69,10 @@ def test_paddle_kwargs_are_offline_and_explicit(model_dir):
     assert kw["use_doc_orientation_classify"] is False and kw["use_doc_unwarping"] is False
     assert kw["use_textline_orientation"] is False
     assert kw["text_recognition_model_dir"] == str(model_dir / "PP-OCRv6_small_rec")
+    # one ONNX Runtime thread per worker process on CPU; GPU workers keep ORT's own settings
+    assert kw["engine_config"] == {"intra_op_num_threads": 1, "inter_op_num_threads": 1}
+    gpu = paddle_kwargs(_cfg(model_dir, device="gpu:0"), check_ocr_models(_cfg(model_dir)))
+    assert "engine_config" not in gpu
 
 
 def test_only_large_images_are_detected_at_det_max_side():

@@ -27,7 +27,9 @@ class DocOrientation:
     def __init__(self, path: str, min_score: float = 0.6):
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = opts.inter_op_num_threads = 1   # one worker per core (ocr_paddle.ort_threads)
+        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self.min_score = min_score
 

@@ -442,8 +442,10 @@ class ScriptRouter:
                 text = text[:pos[start]] + new.strip() + text[pos[end - 1] + len(syms[end - 1].text):]
         return text
 
-    def _korean(self, rgb: np.ndarray, quad: list[float]) -> tuple[str, float, bool] | None:
-        """(text, conf, flipped) when the line reads as Korean, else None."""
+    def _korean(self, rgb: np.ndarray, quad: list[float], try_flip: bool = True) -> tuple[str, float, bool] | None:
+        """(text, conf, flipped) when the line reads as Korean, else None. `try_flip=False` once a line of the
+        page has read as Korean the right way up (the turned-over read is then skipped: one `kor` call less
+        per line)."""
         import cv2
 
         assert self.ko is not None
@@ -452,6 +454,8 @@ class ScriptRouter:
         # as cropped, turned over (a Hangul page the orientation classifier turned), and only when neither
         # reads as Korean, binarized (Otsu): grey text crossed by a white rule (PaddleOCR's korean/1.jpg)
         for flipped, img in ((False, gray), (True, np.ascontiguousarray(gray[::-1, ::-1])), (False, None)):
+            if flipped and not try_flip:
+                continue
             if img is None:
                 if best is not None:
                     break
@@ -481,12 +485,14 @@ class ScriptRouter:
         """Lines (text, quad px, score) of one upright image -> routed lines; see the module docstring."""
         out: list[tuple[str, list[float], float, bool]] = []   # (text, quad, score, flipped)
         res = Routed([])
+        upright_ko = False                 # a line of this page read as Korean the right way up
         vi_page = any(has_vi_letters(t) for t, _, _ in lines) or is_vietnamese(" ".join(t for t, _, _ in lines))
         for text, quad, score in lines:
             text = text.strip()
             suspect = is_suspect(text, score, quad, self.cjk_langs)
             if suspect and self.ko is not None:
-                ko = self._korean(rgb, quad)
+                ko = self._korean(rgb, quad, try_flip=not upright_ko)
+                upright_ko = upright_ko or bool(ko and not ko[2])
                 if ko:
                     out.append((ko[0], quad, ko[1], ko[2]))
                     res.rerouted["ko"] = res.rerouted.get("ko", 0) + 1
