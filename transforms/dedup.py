@@ -181,7 +181,7 @@ class _PairsFn(beam.DoFn):
             yield items[k][0], ""
 
 
-def first_of_pair(kv: tuple[str, dict[str, list]]) -> Iterable[tuple[str, tuple[str, NearMember]]]:
+def to_second_key(kv: tuple[str, dict[str, list]]) -> Iterable[tuple[str, tuple[str, NearMember]]]:
     """The join of members and pairs: a member travels to the key of each partner it comes first to, and
     to its own key when it comes second in a pair, so the next GroupByKey holds only members of pairs."""
     _, grouped = kv
@@ -320,7 +320,7 @@ class NearDuplicates(beam.PTransform):
                  | "GroupKeys" >> beam.GroupByKey()
                  | "OwnedPairs" >> beam.ParDo(_PairsFn(t)).with_output_types(KV[str, str]))
         to_second = ({"m": rest, "pairs": pairs} | "JoinPairs" >> beam.CoGroupByKey()
-                     | "ToSecond" >> beam.FlatMap(first_of_pair))
+                     | "ToSecond" >> beam.FlatMap(to_second_key))
         nodes = ((to_second, members[FLAT]) | "WithFlat" >> beam.Flatten()
                  | "GroupPairs" >> beam.GroupByKey()
                  | "Verify" >> beam.ParDo(_VerifyFn(t)).with_output_types(KV[str, Any]))
