@@ -222,3 +222,18 @@ def test_korean_word_crop_without_a_korean_recognizer_is_unsupported_script(runn
     monkeypatch.setattr(runner.router, "ko", None)
     res = _read_image(runner, _tight_crop("바탕으로", "NanumGothic.ttf"))
     assert res.status == "unsupported_script" and not res.lines
+
+
+@pytest.mark.slow
+def test_without_the_engines_recognizer_english_words_go_to_tesseract_eng(found, runner):
+    """The rapidocr backend lends no recognizer: Tesseract `eng` reads the English words in Korean lines
+    (weaker: here "(Slack)" stays "(9130)", so only the longer word is asserted)."""
+    from pathlib import Path
+
+    router = S.ScriptRouter({k: Path(v) for k, v in found.items()}, ["en", "ko"])
+    assert router.latin is None and router.eng is not None and "+ eng" in router.models["rec_ko"]
+    assert runner.router.eng is None and "Latin runs" in runner.models["rec_ko"]
+    img = np.asarray(_render(["구글 드라이브(Google Drive)와 슬랙(Slack)"], "clean").convert("RGB"))
+    lines = runner.engine.recognize(img)
+    text = " ".join(t for t, _, _ in router.route(img, lines).lines)
+    assert "(Google" in text and "드라이브" in text and "슬랙" in text, text

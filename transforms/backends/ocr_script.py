@@ -7,9 +7,12 @@ as nothing or as Chinese-looking garbage and drops Vietnamese letters ("Người
 scores. Detection stays PP-OCRv6; each detected line's first reading decides whether it is re-read:
 
 - Korean: a *suspect* line (no text, a low score, too few characters for the box, or Han characters when
-  the job reads no Chinese/Japanese) is re-read by Tesseract `kor`; its reading is kept when it is mostly
-  Hangul and Tesseract is confident. A Hangul page the orientation classifier turned upside down is
-  re-read turned back (the classifier was trained without Hangul).
+  the job reads no Chinese/Japanese) is re-read by Tesseract `kor` on the line crop padded with its
+  background grey; its reading is kept when it is mostly Hangul and Tesseract is confident (else it is
+  tried once more binarized). `kor` has no Latin letters, so each non-Hangul run inside the reading
+  (an English word, a number) is re-read by the main engine's recognizer (PP-OCR) on that part of the
+  crop. A Hangul page the orientation classifier turned upside down is re-read turned back (the
+  classifier was trained without Hangul).
 - Vietnamese: when the job reads Vietnamese (`ocr.langs`), or a page shows Vietnamese (a letter only
   Vietnamese uses, or langdetect), every line with Latin letters is re-read by the Vietnamese recognizer and
   its reading is kept when it has letters only Vietnamese uses (ă, đ, ơ, ư, ĩ, ũ, U+1EA0-1EF9).
@@ -389,7 +392,8 @@ class ScriptRouter:
         tessdata = found[TESS] / "tessdata" if TESS in found else Path()
         have = {p.name.split(".")[0] for p in tessdata.glob("*.traineddata")} if TESS in found else set()
         self.ko = TesseractLines(tessdata, "kor") if "kor" in have else None
-        self.eng = TesseractLines(tessdata, "eng") if "eng" in have and self.ko else None
+        # Tesseract `eng` reads the English words in Korean lines only where the engine lends no recognizer
+        self.eng = TesseractLines(tessdata, "eng") if "eng" in have and self.ko and latin is None else None
         self.vi: TesseractLines | TrueOcrLines | None = None
         if "vie" in have:       # 2.0 % CER on the rendered cards against trueocr's 3.9 % (ocr_ko_vi.json)
             self.vi = TesseractLines(tessdata, "vie")
@@ -399,7 +403,8 @@ class ScriptRouter:
         self.vi_always = "vi" in langs   # the job reads Vietnamese: every Latin line, even a lone word
         self.models = {}
         if self.ko:
-            self.models["rec_ko"] = "tesseract kor" + (" + eng" if self.eng else "") + f" ({TESSDATA_VERSION})"
+            latin_by = " + rec (Latin runs)" if self.latin else " + eng" if self.eng else ""
+            self.models["rec_ko"] = f"tesseract kor ({TESSDATA_VERSION}){latin_by}"
         if self.vi:
             self.models["rec_vi"] = (f"tesseract vie ({TESSDATA_VERSION})" if isinstance(self.vi, TesseractLines)
                                      else TRUEOCR_VI)
