@@ -198,7 +198,7 @@ class OcrConfig(Section):
     orientation: bool = True
     engine: OcrEngine = "onnxruntime"
     det_model: str = "PP-OCRv6_small_det"   # PaddleOCR model name = folder name under model_dir
-    rec_model: str = ""             # "" = by langs (PP-OCRv6_small_rec; ko -> korean_PP-OCRv5_mobile_rec)
+    rec_model: str = ""             # "" = PP-OCRv6_small_rec; Korean/Vietnamese lines: ocr_script routing
     # Detection (paddleocr backend) runs at most at det_max_side px on the long side; 0 = PaddleOCR's own
     # sizing. The det_* thresholds: 0 = PaddleOCR's defaults. Why 960: bench/results/ocr.json.
     det_max_side: int = 960
