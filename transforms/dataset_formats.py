@@ -109,6 +109,21 @@ def container_of(path: str) -> str:
     raise FormatError(f"{path}: unknown file type (expected .json, .jsonl or .parquet; shards: a .tar or shard dir)")
 
 
+def _not_utf8(rec: Any) -> str:
+    """Why `rec` cannot be written back as UTF-8 (a lone surrogate from a JSON `\\ud800` escape, or bytes that
+    were not UTF-8 in a JSONL line), or "" when it can."""
+    try:
+        json.dumps(rec, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"not valid UTF-8 text ({e.reason} at character {e.start}): a lone surrogate or undecodable bytes"
+    return ""
+
+
+def _record(i: int, name: str, rec: Any, where: str) -> RawRecord:
+    why = _not_utf8(rec)
+    return RawRecord(i, _rid(name, i, rec), None, f"{where}: {why}") if why else RawRecord(i, _rid(name, i, rec), rec)
+
+
 def read_records(path: str) -> Generator[RawRecord, None, None]:
     """Every record of the file in order; an unparsable one comes with `record=None` and `error`.
 
@@ -121,7 +136,8 @@ def read_records(path: str) -> Generator[RawRecord, None, None]:
                 yield RawRecord(i, _rid(name, i, row), row)
                 i += 1
     elif kind == "jsonl":
-        with fs.open_read(path) as raw, io.TextIOWrapper(raw, encoding="utf-8") as f:
+        # surrogateescape: a line with bytes that are not UTF-8 becomes one bad record, not a failed file
+        with fs.open_read(path) as raw, io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape") as f:
             for i, line in enumerate(f):
                 if not line.strip():
                     continue  # a blank line (e.g. the trailing one) is not a record
@@ -130,13 +146,13 @@ def read_records(path: str) -> Generator[RawRecord, None, None]:
                 except json.JSONDecodeError as e:
                     yield RawRecord(i, f"{name}#{i}", None, f"line {i + 1}: {e}")
                     continue
-                yield RawRecord(i, _rid(name, i, rec), rec)
+                yield _record(i, name, rec, f"line {i + 1}")
     else:
         data = json.loads(fs.read_bytes(path).decode("utf-8"))  # a broken array cannot be split: fail loudly
         if not isinstance(data, list):
             data = [data]
         for i, rec in enumerate(data):
-            yield RawRecord(i, _rid(name, i, rec), rec)
+            yield _record(i, name, rec, f"record {i}")
 
 
 def count_records(path: str, max_bytes: int = 128 << 20) -> int | None:

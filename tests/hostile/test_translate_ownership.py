@@ -108,3 +108,36 @@ def test_a_retranslation_whose_records_all_fail_leaves_no_stale_output(tmp_path)
     assert not (out / "ko" / "a.jsonl").exists()                           # the previous translation is gone
     stats = json.loads((out / "_stats.json").read_text())
     assert stats["inputs"] == 1 and stats["langs"]["ko"] == {"kept": 0, "rejected": 1, "balanced": True}
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_lone_surrogate_in_one_record_is_one_reject_not_a_crash(tmp_path, suffix):
+    """JSON may escape a lone surrogate (`\\ud800`) that no UTF-8 writer accepts: that record is a reject with
+    a reason, the others are translated."""
+    good = [{"id": "a-en", "caption": "A red cup."}, {"id": "c-en", "caption": "A blue cup."}]
+    bad = '{"id": "b-en", "caption": "A cup \\ud800 on a table."}'
+    src = tmp_path / f"in{suffix}"
+    if suffix == ".jsonl":
+        src.write_text("\n".join([json.dumps(good[0]), bad, json.dumps(good[1])]) + "\n")
+    else:
+        src.write_text("[" + ",".join([json.dumps(good[0]), bad, json.dumps(good[1])]) + "]")
+    out = tmp_path / "out"
+    res = _cli(str(src), "--to", "ko", "--out", str(out))
+    assert res.exit_code == EXIT_OK, res.output
+    assert "Traceback" not in res.output
+    stats = json.loads((out / "_stats.json").read_text())
+    assert stats["inputs"] == 3 and stats["langs"]["ko"]["kept"] == 2 and stats["langs"]["ko"]["rejected"] == 1
+    from polycap.sharding.rejects import read_rejects
+    rows = read_rejects(str(out)).to_pylist()
+    assert len(rows) == 1 and rows[0]["key"] == "b-en" and rows[0]["reason"], rows
+
+
+def test_a_jsonl_line_with_bytes_that_are_not_utf8_is_one_reject(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b'{"caption": "A red cup."}\n{"caption": "caf\xe9 \xff"}\n{"caption": "A blue cup."}\n')
+    out = tmp_path / "out"
+    res = _cli(str(src), "--to", "ko", "--out", str(out))
+    assert res.exit_code == EXIT_OK, res.output
+    stats = json.loads((out / "_stats.json").read_text())
+    assert stats["inputs"] == 3 and stats["langs"]["ko"]["kept"] == 2 and stats["bad_records"] == 1
+    assert len((out / "ko" / "in.jsonl").read_text(encoding="utf-8").splitlines()) == 2
