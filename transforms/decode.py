@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import apache_beam as beam
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -241,7 +241,7 @@ def _scale_to_l(im: Image.Image) -> Image.Image:
     Converted in bands of rows, so the working copies stay small whatever the image size."""
     import numpy as np
 
-    lo, hi = (float(v) for v in im.getextrema())   # type: ignore[misc]  # one band: (min, max)
+    lo, hi = (float(v) for v in cast("tuple[float, float]", im.getextrema()))   # one band: (min, max)
     if im.mode.startswith("I;16"):
         scale, offset = 1 / 257.0, 0.0
     elif im.mode == "F" and 0.0 <= lo and hi <= 1.0:
@@ -325,6 +325,7 @@ def _decode_opened(im: Image.Image, data: bytes, cfg: DecodeConfig) -> Decoded:
     info: dict[str, Any] = {"input_bytes": len(data), "orig_mode": orig_mode}
     pixels, loaded = load_pixels(im, data, cfg.max_side)
     info.update(loaded)
+    converted_from: str | None
     if (pixels.mode in ("L", "I", "F") or pixels.mode.startswith("I;16")) and "transparency" not in pixels.info:
         # gray: 8-bit and downscaled before it becomes RGB, so the big working copy is 1 byte a pixel
         gray = pixels if pixels.mode == "L" else _scale_to_l(pixels)
