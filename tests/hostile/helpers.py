@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 # runs `polycap run` in this (child) process and prints its own peak RSS: RUSAGE_CHILDREN of the test process
 # would also hold every earlier child's peak
 _RUN = """
-import json, resource, sys
+import json, sys
 from polycap.pipelines.cli import main
 sys.argv = ["polycap", "run", sys.argv[1]]
 try:
@@ -29,7 +29,10 @@ except SystemExit as e:
     code = e.code or 0
 else:
     code = 0
-print("@@" + json.dumps({"rc": code, "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM is this process image's own peak; ru_maxrss would keep the peak of the (large) pytest process that
+# forked it, since Linux carries it across exec
+peak_kb = next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
+print("@@" + json.dumps({"rc": code, "maxrss_mb": peak_kb / 1024}))
 """
 
 
