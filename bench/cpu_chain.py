@@ -34,10 +34,10 @@ from polycap.transforms.decode import (
     decode_bytes,
     encode_jpeg,
     exif_orientation,
+    fit,
     load_pixels,
     open_image,
     phash_hex,
-    target_size,
     to_rgb,
 )
 
@@ -81,9 +81,7 @@ def time_steps(paths: list[Path], cfg: DecodeConfig) -> dict[str, float]:
         rgb, _ = to_rgb(pixels)
         t5 = clock()
         rgb, _ = apply_orientation(rgb, orientation)
-        size = target_size(*rgb.size, cfg.max_side)
-        if size != rgb.size:
-            rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        rgb = fit(rgb, cfg.max_side)
         t6 = clock()
         phash_hex(rgb)
         t7 = clock()

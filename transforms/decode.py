@@ -217,6 +217,12 @@ def _decode_jpeg(im: Image.Image, data: bytes, size: tuple[int, int], info: dict
     return out
 
 
+def fit(im: Image.Image, max_side: int) -> Image.Image:
+    """`im` downscaled (Lanczos) so its longer side is at most max_side; unchanged when it already fits."""
+    size = target_size(*im.size, max_side)
+    return im if size == im.size else im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
 def load_pixels(im: Image.Image, data: bytes, max_side: int) -> tuple[Image.Image, dict[str, Any]]:
     """The first frame's pixels. A JPEG goes through _decode_jpeg (scaled in the DCT when it will be
     downscaled); anything else through Pillow. Returns (image, provenance info)."""
@@ -328,17 +334,12 @@ def _decode_opened(im: Image.Image, data: bytes, cfg: DecodeConfig) -> Decoded:
     converted_from: str | None
     if (pixels.mode in ("L", "I", "F") or pixels.mode.startswith("I;16")) and "transparency" not in pixels.info:
         # gray: 8-bit and downscaled before it becomes RGB, so the big working copy is 1 byte a pixel
-        gray = pixels if pixels.mode == "L" else _scale_to_l(pixels)
-        size = target_size(*gray.size, cfg.max_side)
-        if size != gray.size:
-            gray = gray.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        gray = fit(pixels if pixels.mode == "L" else _scale_to_l(pixels), cfg.max_side)
         rgb, converted_from = gray.convert("RGB"), pixels.mode
     else:
         rgb, converted_from = to_rgb(pixels)
     rgb, orientation = apply_orientation(rgb, exif_orientation(im))
-    size = target_size(*rgb.size, cfg.max_side)
-    if size != rgb.size:
-        rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    rgb = fit(rgb, cfg.max_side)
     if rgb.size != (ow, oh) and rgb.size != (oh, ow):
         info["resized"] = list(rgb.size)
     info.update(transposed=orientation, converted_from=converted_from)

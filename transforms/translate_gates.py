@@ -99,6 +99,7 @@ _WORD = re.compile(rf"[{_LATIN_LETTERS}]+|[^\W\d_{_LATIN_LETTERS}]+")
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
+@lru_cache(maxsize=4096)   # english_left and wrong_language both ask, for the source and the output
 def _plain(text: str) -> str:
     """Text without protected spans: URLs, code, options and tags say nothing about the language."""
     return SPAN_RE.sub(" ", text)
