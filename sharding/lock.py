@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from polycap.schemas.records import now_iso
 from polycap.sharding import fs
 
 LOCK_NAME = "_lock.json"
@@ -36,10 +37,6 @@ class LockHeld(RuntimeError):
 
 def lock_path(output_dir: str) -> str:
     return fs.join(fs.abs_path(output_dir), LOCK_NAME)
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _pid_alive(pid: int) -> bool:
@@ -100,7 +97,7 @@ class RunLock:
         self._thread: threading.Thread | None = None
 
     def beat(self) -> None:
-        self.record = {**self.record, "heartbeat": _now(), "heartbeat_unix": time.time()}
+        self.record = {**self.record, "heartbeat": now_iso(), "heartbeat_unix": time.time()}
         if (read_lock(self.output_dir) or {}).get("run_id") == self.record["run_id"]:   # never overwrite another's
             fs.write_json(self.path, self.record)
 
@@ -136,7 +133,7 @@ def acquire(output_dir: str, run_id: str | None = None, split: str = "", break_s
     """Take the output's lock or raise LockHeld naming the holder (and, for a stale lock, how to clear it)."""
     now = time.time()
     record = {"run_id": run_id or uuid.uuid4().hex[:12], "host": socket.gethostname(), "pid": os.getpid(),
-              "split": split, "started": _now(), "heartbeat": _now(), "heartbeat_unix": now,
+              "split": split, "started": now_iso(), "heartbeat": now_iso(), "heartbeat_unix": now,
               "heartbeat_s": heartbeat_s}
     data = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
     path = lock_path(output_dir)
