@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 
 # Placeholders the model is asked to copy verbatim. Double square brackets around a short id survive
 # tokenization in every LLM we tried and almost never occur in natural text; if one does occur in the
@@ -127,16 +128,21 @@ def _quoted_placeholder(code: str) -> bool:
 
 def find_spans(text: str) -> list[Span]:
     """Protected spans in reading order; a GNU quote counts as the spans inside it, its quotes are style."""
+    return list(_spans(text))
+
+
+@lru_cache(maxsize=8192)   # the gates and the assembly both compare the spans of the same source and output
+def _spans(text: str) -> tuple[Span, ...]:
     out: list[Span] = []
     for m in SPAN_RE.finditer(text):
         kind = m.lastgroup or ""
         if _metavariable(kind, m.group(0)):
             continue
         if kind == "gnu_quote" or (kind == "inline_code" and _quoted_placeholder(m.group(0))):
-            out += find_spans(m.group(0)[1:-1])
+            out += _spans(m.group(0)[1:-1])
         else:
             out.append(Span(kind, m.group(0)))
-    return out
+    return tuple(out)
 
 
 def mask(text: str) -> Masked:
