@@ -108,13 +108,17 @@ def run(ctx: typer.Context,
         config: str = typer.Argument(..., help="job config YAML (write a starter one with `polycap init`)"),
         output: str | None = typer.Option(None, "--output", "-o", help="output dir (overrides `output`)"),
         set_: list[str] = typer.Option([], "--set", help="override a config value: a.b=c (repeatable)"),
+        wave_size: int | None = typer.Option(None, "--wave-size", min=0,
+                                             help="local runs: inputs per wave (overrides `run.wave_size`; "
+                                                  "0: one graph)"),
         progress: float = typer.Option(5.0, "--progress", min=0.0,
                                        help="seconds between progress lines on stderr (0: none)"),
         break_lock: bool = typer.Option(False, "--break-lock",
                                         help="remove a STALE lock left in the output by a dead run (a live "
                                              "run's lock is never broken)")):
     """Run the main job. Extra arguments after `--` go to Beam (e.g. --runner, --direct_num_workers)."""
-    cfg = _load(config, set_, output=output)   # before importing Beam: a bad config fails at once
+    cfg = _load(config, [*set_, *([f"run.wave_size={wave_size}"] if wave_size is not None else [])],
+                output=output)   # before importing Beam: a bad config fails at once
     from polycap.pipelines.run import run as run_job
     from polycap.pipelines.run import summary_lines
     from polycap.schemas.config import ConfigError

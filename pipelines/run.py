@@ -9,7 +9,7 @@ import time
 import uuid
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -19,6 +19,9 @@ from polycap.schemas.config import Config, ConfigError, to_dict
 from polycap.sharding import fs
 from polycap.sharding.run_stats import CountAll, MergeCounts, WriteJson, count_key, stats_path
 from polycap.sharding.staging import clear_staging
+
+if TYPE_CHECKING:
+    from polycap.pipelines.waves import WaveSlice
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -215,11 +218,13 @@ def preflight(cfg: Config, remote: bool = False) -> list[str]:
 
 def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, run_translate: bool,
                    run_id: str | None = None, started: float | None = None, notes: list[str] | None = None,
-                   progress_s: float = 0.0) -> None:
+                   progress_s: float = 0.0, wave: WaveSlice | None = None) -> None:
     """The whole job, ending in one worker writing `<out>/_stats/<split>.json` after shards and rejects are
     committed and staging is removed (so a job submitted without waiting still leaves complete stats). With
     `progress_s` > 0 the inputs, rejects and samples reaching the shard writer are also counted into the
-    progress side channel (transforms/progress.py) under `<out>/_progress/<run id>/`."""
+    progress side channel (transforms/progress.py) under `<out>/_progress/<run id>/`. With a `wave`
+    (pipelines/waves.py) the graph reads only that wave's inputs, drops what earlier waves kept before its
+    dedup, records what its dedup keeps, and commits shards, rejects and stats into the wave's folder."""
     from polycap.sharding.rejects import WriteRejects
     from polycap.sharding.staging import staging_root
     from polycap.sharding.writer import WriteShards
@@ -233,12 +238,14 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, r
     run_id = run_id or uuid.uuid4().hex[:12]
     split = cfg.shards.split
     prog = progress_dir(out, run_id)
+    store = wave.store if wave else out      # where shards, manifest, rejects and stats are committed
 
     def watch(pc: beam.PCollection, label: str, name: str) -> None:
         if progress_s > 0:
             _ = pc | label >> CountProgress(prog, name, progress_s)
 
-    read = [p | f"Read{i}_{s.kind}" >> ReadSource(s, cfg.ingest) for i, s in enumerate(cfg.sources)]
+    read = [p | f"Read{i}_{s.kind}" >> (wave.read(i, s, cfg.ingest) if wave else ReadSource(s, cfg.ingest))
+            for i, s in enumerate(cfg.sources)]
     for i, (s_pc, r_pc) in enumerate(read):
         watch(s_pc, f"ProgressIn{i}", "inputs")
         watch(r_pc, f"ProgressInRejected{i}", "inputs")
@@ -256,6 +263,9 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, r
         ("Filter", FilterSamples(cfg.filter)),
         ("Dedup", DedupImages(cfg.dedup)),
     ]
+    if wave:
+        from polycap.transforms.cross_wave import DropKnown
+        stages.insert(2, ("EarlierWaves", DropKnown(wave.waves_dir, cfg.dedup)))
     if cfg.ocr.enabled:
         from polycap.transforms.ocr import RunOcr
         stages.append(("Ocr", RunOcr(cfg.ocr)))
@@ -265,6 +275,9 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, r
     for label, stage in stages:
         samples, r = samples | label >> stage
         rejects.append(r)
+        if wave and label == "Dedup":
+            from polycap.transforms.cross_wave import RecordKept
+            _ = samples | "RecordKept" >> RecordKept(wave.kept_dir)
     samples = samples | "BuildRecords" >> BuildRecords(carry_source=not run_caption)
     if run_translate:
         from polycap.transforms.translate import TranslateSamples
@@ -274,9 +287,9 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, r
     watch(samples, "ProgressKept", "kept")
     for i, r in enumerate(rejects):
         watch(r, f"ProgressRejected{i}", "rejected")
-    committed = samples | "WriteShards" >> WriteShards(cfg.shards, out)
+    committed = samples | "WriteShards" >> WriteShards(cfg.shards, store, langs=wave.langs if wave else ())
     all_rejects = rejects | "FlattenRejects" >> beam.Flatten()
-    reject_files = all_rejects | "WriteRejects" >> WriteRejects(out, subdir=split)   # rejects/<split>/
+    reject_files = all_rejects | "WriteRejects" >> WriteRejects(store, subdir=split)   # rejects/<split>/
     # Counted where each stream flows; every count below is one dict, so the final merge is tiny. The kept
     # count comes from what the commit step reports, so `balanced` compares independent counts.
     counts = (
@@ -288,7 +301,7 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, r
         reject_files | "CountRejectFiles" >> CountAll(_file_count),
     )
     _ = (counts | "AllCounts" >> beam.Flatten() | "MergeCounts" >> beam.CombineGlobally(MergeCounts())
-         | "WriteStats" >> beam.ParDo(WriteJson(stats_path(out, split),
+         | "WriteStats" >> beam.ParDo(WriteJson(stats_path(store, split),
                                                 partial(stats_from_counts, started=started, notes=notes,
                                                         split=split))))
 
@@ -362,8 +375,13 @@ def run(cfg: Config, pipeline_args: list[str] | None = None, config_path: str | 
                                   count_inputs(cfg) if progress_s > 0 else None).start()
         ok = False
         try:
-            with beam.Pipeline(options=PipelineOptions(args)) as p:
-                build_pipeline(p, cfg, out, run_caption, run_translate, run_id, started, notes, progress_s)
+            from polycap.pipelines.waves import applies, run_waves
+
+            waved = applies(cfg, runner, out) and run_waves(cfg, out, args, run_caption, run_translate, run_id,
+                                                            started, notes, progress_s)
+            if not waved:
+                with beam.Pipeline(options=PipelineOptions(args)) as p:
+                    build_pipeline(p, cfg, out, run_caption, run_translate, run_id, started, notes, progress_s)
             ok = True
         finally:
             monitor.stop(final_line=ok)

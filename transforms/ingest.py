@@ -522,3 +522,22 @@ class ReadSource(beam.PTransform):
             samples, download_rejects = files | "Download" >> DownloadUrls(src, self.ingest)
             rejects.append(download_rejects)
         return samples, tuple(rejects) | "Rejects" >> beam.Flatten()
+
+
+class ReadListed(beam.PTransform):
+    """One slice of a local folder source listed beforehand (a wave of pipelines/waves.py): groups of paths
+    sharing a stem, and refused entries (path, reason, detail) -> (PCollection[Sample], PCollection[Reject]),
+    as `ReadSource` reads the same entries."""
+
+    def __init__(self, src: SourceConfig, ingest: IngestConfig, groups: list[tuple[str, list[str]]],
+                 refused: list[tuple[str, str, str]]):
+        super().__init__()
+        self.src, self.ingest, self.groups, self.refused = src, ingest, groups, refused
+
+    def expand(self, pbegin):
+        rejects: list = []
+        samples = _routed(pbegin | "Groups" >> beam.Create(self.groups), "ReadFiles",
+                          _ReadDirDoFn(self.src, self.ingest), rejects)
+        refused = pbegin | "Refused" >> beam.Create(
+            [ingest_reject(self.src, p, Reason(r), d) for p, r, d in self.refused])
+        return samples, (*rejects, refused) | "Rejects" >> beam.Flatten()

@@ -177,6 +177,15 @@ def list_inputs(path: str, exts: tuple[str, ...] | None, cfg: IngestConfig) -> l
     return out
 
 
+def iter_inputs(path: str, exts: tuple[str, ...] | None, cfg: IngestConfig) -> Iterator[str | Refused]:
+    """`list_inputs` as a stream: a local folder is walked lazily, one folder's entries at a time, in the
+    same order (a run in waves lists a million inputs without holding them)."""
+    if fs.is_local(path) and os.path.isdir(_local(path)):
+        yield from _walk_local(_local(path).rstrip("/") or "/", exts, cfg)
+    else:
+        yield from list_inputs(path, exts, cfg)
+
+
 # ---- budgeted reads ----
 
 class LimitedReader(io.RawIOBase):

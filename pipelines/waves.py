@@ -1,0 +1,214 @@
+"""A local run in waves: the inputs, listed once in a fixed order into a file, go through the main job's graph
+a bounded slice at a time, so memory follows the wave size, not the dataset; the waves share a persistent
+dedup index and are committed as one shard set (sharding/wave_index.py, sharding/wave_commit.py)."""
+# Used for DirectRunner/Prism runs whose sources are all local folders with more inputs than `run.wave_size`
+# (pipelines/run.py decides; a remote runner always builds one graph from the same job file). State lives in
+# `<out>/_waves/<split>/`: `inputs.jsonl` (one line per stem group or refused entry, in the walk's order),
+# `index.sqlite` (kept items of finished waves, which waves are finished, the run's fingerprint) and one
+# folder per wave, `w<NNNNNN>/`, where the wave's own pipeline commits its shards, manifest, rejects and
+# stats. A wave is finished once the launcher moved its kept members into the index, in the transaction
+# that records it; a rerun with the same config skips finished waves, redoes the rest, and commits the
+# same bytes as an uninterrupted run (tests/hostile/test_waves_recovery.py).
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import posixpath
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from polycap.schemas import SCHEMA_VERSION
+from polycap.schemas.config import Config, to_dict
+from polycap.sharding import fs
+from polycap.sharding import wave_index as wi
+from polycap.sharding.run_stats import stats_path
+from polycap.sharding.wave_commit import commit_waves, merge_stats
+
+WAVES_DIR = "_waves"
+LISTING = "inputs.jsonl"
+LOCAL_RUNNERS = ("DirectRunner", "direct", "PrismRunner", "prism")
+
+
+@dataclass
+class WaveSlice:
+    """What build_pipeline needs to run one wave: its inputs per source, where its outputs and kept
+    members go, the index of earlier waves and the run's fixed caption languages."""
+    number: int
+    waves_dir: str
+    store: str
+    langs: list[str]
+    groups: dict[int, list[tuple[str, list[str]]]] = field(default_factory=dict)
+    refused: dict[int, list[tuple[str, str, str]]] = field(default_factory=dict)
+
+    @property
+    def kept_dir(self) -> str:
+        return fs.join(self.store, "kept")
+
+    def read(self, i: int, src: Any, ingest: Any) -> beam.PTransform:
+        from polycap.transforms.ingest import ReadListed
+
+        return ReadListed(src, ingest, self.groups.get(i, []), self.refused.get(i, []))
+
+
+def applies(cfg: Config, runner: str, out: str) -> bool:
+    """Waves are for local runs of local folder sources into a local output, with `run.wave_size` > 0."""
+    return (cfg.run.wave_size > 0 and runner in LOCAL_RUNNERS and fs.is_local(out)
+            and all(s.kind == "dir" and fs.is_local(s.path) for s in cfg.sources))
+
+
+def waves_dir(out: str, split: str) -> str:
+    return fs.join(out, WAVES_DIR, split)
+
+
+def fingerprint(cfg: Config) -> str:
+    """What must match for a rerun to resume the waves: the config (output aside) and the schema."""
+    d = to_dict(cfg)
+    d.pop("output", None)
+    return hashlib.sha256(json.dumps([d, SCHEMA_VERSION], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _folder_lines(i: int, entries: list[Any]) -> Iterator[dict[str, Any]]:
+    """One folder's entries as listing lines: files grouped by stem (an image and its sidecars stay in one
+    wave), in stem order, then refused entries."""
+    from polycap.transforms.input_files import Refused
+
+    stems: dict[str, list[str]] = {}
+    for e in entries:
+        if isinstance(e, Refused):
+            yield {"s": i, "r": [e.path, str(e.reason), e.detail]}
+        else:
+            stems.setdefault(posixpath.splitext(e)[0], []).append(e)
+    for stem in sorted(stems):
+        yield {"s": i, "p": stems[stem]}
+
+
+def listing_lines(cfg: Config) -> Iterator[dict[str, Any]]:
+    """Every input of every source, streamed: one folder's entries held at a time (as the walk holds them)."""
+    from polycap.transforms.input_files import Refused, iter_inputs
+
+    for i, src in enumerate(cfg.sources):
+        folder, entries, seen = None, [], False
+        try:
+            for e in iter_inputs(src.path, None, cfg.ingest):
+                seen = True
+                where = posixpath.dirname(e.path if isinstance(e, Refused) else e)
+                if where != folder and entries:
+                    yield from _folder_lines(i, entries)
+                    entries = []
+                folder = where
+                entries.append(e)
+        except OSError as e:
+            yield {"s": i, "r": [src.path, "unreadable", f"cannot list: {type(e).__name__}: {e}"]}
+        yield from _folder_lines(i, entries)
+        if not seen:
+            yield {"s": i, "r": [src.path, "unreadable", "no input files match"]}
+
+
+def write_listing(cfg: Config, path: str, wave_size: int) -> list[int]:
+    """Write the listing; returns the byte offset where each wave's lines start, and the end offset."""
+    offsets, n, pos = [], 0, 0
+    with fs.create(path) as f:
+        for line in listing_lines(cfg):
+            if n % wave_size == 0:
+                offsets.append(pos)
+            data = (json.dumps(line, ensure_ascii=False) + "\n").encode()
+            f.write(data)
+            pos, n = pos + len(data), n + 1
+    return [*offsets, pos]
+
+
+def read_slice(path: str, start: int, end: int) -> tuple[dict[int, list], dict[int, list]]:
+    """The stem groups and refused entries per source between two byte offsets of the listing."""
+    groups: dict[int, list] = {}
+    refused: dict[int, list] = {}
+    with fs.open_read(path) as f:
+        f.seek(start)
+        for raw in f.read(end - start).decode().splitlines():
+            line = json.loads(raw)
+            if "p" in line:
+                groups.setdefault(line["s"], []).append((posixpath.splitext(line["p"][0])[0], line["p"]))
+            else:
+                refused.setdefault(line["s"], []).append(tuple(line["r"]))
+    return groups, refused
+
+
+def run_langs(cfg: Config, run_caption: bool, run_translate: bool) -> list[str]:
+    """The caption languages every shard sample gets a member for, fixed for all waves (one graph takes the
+    languages its samples have; waves cannot see later waves' samples)."""
+    langs = {cfg.caption.lang} if run_caption else {"en"}
+    return sorted(langs | (set(cfg.translate.to) if run_translate else set()))
+
+
+def prepare(cfg: Config, wdir: str) -> list[int] | None:
+    """The wave offsets of this run: resumed from `wdir` when its fingerprint matches, else listed afresh.
+    None when the inputs fit in one wave (the run is then one graph)."""
+    conn = wi.connect(wdir) if fs.is_file(fs.join(wdir, wi.INDEX_NAME)) else None
+    fp = fingerprint(cfg)
+    if conn is not None and wi.get_meta(conn, "fingerprint") == fp and wi.get_meta(conn, "offsets"):
+        offsets = json.loads(wi.get_meta(conn, "offsets") or "[]")
+        conn.close()
+        return offsets
+    if conn is not None:
+        conn.close()
+    fs.delete_prefix(wdir)
+    fs.mkdirs(wdir)
+    offsets = write_listing(cfg, fs.join(wdir, LISTING), cfg.run.wave_size)
+    if len(offsets) <= 2:
+        fs.delete_prefix(wdir)
+        return None
+    conn = wi.connect(wdir)
+    wi.set_meta(conn, "offsets", json.dumps(offsets))
+    wi.set_meta(conn, "fingerprint", fp)    # last: an index without it is listed again
+    conn.close()
+    return offsets
+
+
+def run_waves(cfg: Config, out: str, args: list[str], run_caption: bool, run_translate: bool, run_id: str,
+              started: float, notes: list[str], progress_s: float) -> dict[str, Any] | None:
+    """Run the job in waves and commit it; returns this split's stats, or None when one graph should run."""
+    from polycap.pipelines.run import build_pipeline
+
+    split = cfg.shards.split
+    wdir = waves_dir(out, split)
+    offsets = prepare(cfg, wdir)
+    if offsets is None:
+        return None
+    n_waves = len(offsets) - 1
+    notes = [*notes, f"run in {n_waves} waves of up to {cfg.run.wave_size} inputs (run.wave_size); an image "
+                     f"already kept by an earlier wave is never replaced by a later copy"]
+    conn = wi.connect(wdir)
+    done = wi.finished_waves(conn)
+    langs = run_langs(cfg, run_caption, run_translate)
+    listing = fs.join(wdir, LISTING)
+    for w in range(n_waves):
+        if w in done:
+            continue
+        wi.forget_from(conn, w)
+        wave = WaveSlice(w, wdir, fs.join(wdir, f"w{w:06d}"), langs)
+        fs.delete_prefix(wave.kept_dir)            # a crashed attempt's parts
+        wave.groups, wave.refused = read_slice(listing, offsets[w], offsets[w + 1])
+        with beam.Pipeline(options=PipelineOptions(args)) as p:
+            build_pipeline(p, cfg, out, run_caption, run_translate, run_id, time.time(), notes, progress_s,
+                           wave=wave)
+        del wave.groups, wave.refused
+        parts = sorted(fs.join(wave.kept_dir, n) for n in fs.list_dir(wave.kept_dir))
+        done[w] = fs.read_json(stats_path(wave.store, split))
+        wi.finish_wave(conn, w, parts, done[w])
+        fs.delete_prefix(wave.kept_dir)
+        gc.collect()
+    conn.close()
+    wave_dirs = [fs.join(wdir, f"w{w:06d}") for w in range(n_waves)]
+    commit_waves(out, split, wdir, wave_dirs)
+    stats = merge_stats([done[w] for w in range(n_waves)])
+    stats.update(notes=notes, waves=n_waves, seconds=round(time.time() - started, 2))
+    fs.write_json(stats_path(out, split), stats)
+    fs.delete([fs.join(wdir, wi.INDEX_NAME)])     # first: a rerun that finds the rest starts afresh
+    fs.delete_prefix(wdir)
+    fs.remove_empty_dir(fs.parent(wdir))
+    return stats

@@ -1,0 +1,154 @@
+"""Dedup against earlier waves of a run made in waves (pipelines/waves.py): a sample whose content key an
+earlier wave kept, or that is a near duplicate (same check as transforms/dedup.py) of an item an earlier wave
+kept, is a `duplicate` reject naming that kept item; the wave's dedup then runs on the rest, and its kept
+members are recorded for the waves after it (sharding/wave_index.py)."""
+# An earlier wave's copy always stays: a later, better copy of an image already written cannot replace it
+# (it is dropped naming the earlier one), where one graph over all inputs would have kept the better copy.
+# Near-dup candidates: the same multi-index split of the pHash as transforms/neardup.py (m substrings, two
+# hashes within t agree on one substring within s = t // m <= 2 bits), as sorted arrays of the earlier
+# waves' kept pHashes: each query looks up every value within s bits of each of its substrings.
+from __future__ import annotations
+
+import json
+from itertools import combinations
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+
+from polycap.schemas import Reason, Sample
+from polycap.schemas.config import DedupConfig
+from polycap.sharding import wave_index as wi
+from polycap.transforms.dedup import STAGE, member_order, to_member
+from polycap.transforms.neardup import NearMember, mih_widths, same_picture, substrings
+from polycap.transforms.plumbing import RoutingDoFn, make_reject, route_stage
+
+
+class PriorHashes:
+    """The earlier waves' kept pHashes, searchable within Hamming t (complete: every item within t is found)."""
+
+    def __init__(self, ids: np.ndarray, hashes: np.ndarray, t: int):
+        self.ids, self.h, self.t = ids, hashes, t
+        self.widths = mih_widths(t)
+        s = min(2, t // len(self.widths))
+        self.subs, self.orders, self.flips = [], [], []
+        for w, sub in zip(self.widths, substrings(hashes, self.widths)):
+            order = np.argsort(sub, kind="stable").astype(np.int64)
+            self.orders.append(order)
+            self.subs.append(sub[order])
+            masks = [0] + [sum(1 << b for b in bits) for r in range(1, s + 1) for bits in combinations(range(w), r)]
+            self.flips.append(np.array(masks, dtype=np.uint64))
+
+    def within(self, phash: int) -> list[tuple[int, int]]:
+        """(distance, rowid) of every earlier item within t of `phash`, nearest first."""
+        if not len(self.h):
+            return []
+        q = np.array([phash], dtype=np.uint64)
+        found = []
+        for sub, order, flips, qs in zip(self.subs, self.orders, self.flips, substrings(q, self.widths)):
+            values = qs[0] ^ flips
+            lo, hi = np.searchsorted(sub, values, "left"), np.searchsorted(sub, values, "right")
+            found.extend(order[a:b] for a, b in zip(lo, hi) if b > a)
+        if not found:
+            return []
+        idx = np.unique(np.concatenate(found))
+        dist = np.bitwise_count(self.h[idx] ^ q[0])
+        ok = dist <= self.t
+        return sorted(zip(dist[ok].tolist(), self.ids[idx[ok]].tolist()))
+
+
+def _prior_member(row: dict[str, Any]) -> NearMember:
+    return NearMember(key=row["key"], phash=row["phash"], rank=row["rank"], uri=row["uri"], thumb=row["thumb"])
+
+
+class _DropKnownFn(RoutingDoFn):
+    """Sample -> itself, or a `duplicate` reject naming the earlier wave's kept item it repeats."""
+
+    stage = STAGE
+
+    def __init__(self, waves_dir: str, cfg: DedupConfig):
+        self.waves_dir, self.cfg = waves_dir, cfg
+
+    def setup(self) -> None:
+        self.conn = wi.connect(self.waves_dir, readonly=True)
+        self.prior = PriorHashes(*wi.textured_hashes(self.conn), self.cfg.max_hamming) if self.cfg.near else None
+
+    def teardown(self) -> None:
+        self.conn.close()
+
+    def process(self, sample: Sample):
+        yield self.route(self.check(sample))
+
+    def check(self, sample: Sample) -> Any:
+        if self.cfg.exact and (uri := wi.kept_uri(self.conn, sample.key)) is not None:
+            self.count("earlier_wave_exact")
+            return make_reject(sample, STAGE, Reason.DUPLICATE,
+                               f"exact duplicate of {sample.key} (same content sha256; kept {uri} in an earlier wave)")
+        m = to_member(sample) if self.prior is not None else None
+        if m is None or self.prior is None:
+            return sample
+        if m.solid:
+            hit = wi.solid_kept(self.conn, m.solid)
+            if hit:
+                return self._near(sample, hit[0], hit[1], f"the same flat colour {m.solid}")
+            return sample
+        candidates = [_prior_member(r) for r in
+                      wi.members_by_rowid(self.conn, [rid for _, rid in self.prior.within(m.phash)])]
+        for prior in sorted(candidates, key=member_order):
+            ok, how = same_picture(prior, m, self.cfg.max_hamming)
+            if ok:
+                return self._near(sample, prior.key, prior.uri, how)
+        return sample
+
+    def _near(self, sample: Sample, key: str, uri: str, how: str) -> Any:
+        self.count("earlier_wave_near")
+        return make_reject(sample, STAGE, Reason.DUPLICATE,
+                           f"near duplicate of {key} ({how}; kept {uri} in an earlier wave)")
+
+
+class DropKnown(beam.PTransform):
+    """Samples -> (samples no earlier wave kept a copy of, `duplicate` rejects)."""
+
+    def __init__(self, waves_dir: str, cfg: DedupConfig):
+        super().__init__()
+        self.waves_dir, self.cfg = waves_dir, cfg
+
+    def expand(self, pcoll):
+        return route_stage(pcoll, "DropKnown", _DropKnownFn(self.waves_dir, self.cfg), STAGE)
+
+
+def kept_row(sample: Sample) -> dict[str, Any]:
+    """What the index keeps of a sample the wave's dedup kept (sharding/wave_index.KEPT_SCHEMA)."""
+    m = to_member(sample)
+    return {"key": sample.key, "uri": sample.source.uri,
+            "phash": wi.signed64(m.phash) if m is not None else None, "solid": m.solid if m else "",
+            "rank": json.dumps(list(m.rank) if m else []), "thumb": m.thumb if m else b""}
+
+
+class _RecordKeptFn(beam.DoFn):
+    """Writes one parquet part of kept members per bundle into the wave's `kept/` folder."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def start_bundle(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def process(self, sample: Sample):
+        self.rows.append(kept_row(sample))
+
+    def finish_bundle(self) -> None:
+        if self.rows:
+            wi.write_part(self.rows, self.folder)
+        self.rows = []
+
+
+class RecordKept(beam.PTransform):
+    """Samples kept by the wave's dedup -> parquet parts under `folder` (nothing downstream)."""
+
+    def __init__(self, folder: str):
+        super().__init__()
+        self.folder = folder
+
+    def expand(self, pcoll):
+        return pcoll | "WriteKeptParts" >> beam.ParDo(_RecordKeptFn(self.folder))
