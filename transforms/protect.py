@@ -126,6 +126,22 @@ def _quoted_placeholder(code: str) -> bool:
     return _PLACEHOLDER_ONLY.fullmatch(code[1:-1]) is not None
 
 
+@lru_cache(maxsize=8192)   # one scan per text: the spans, the masked text and the plain text all read it
+def span_matches(text: str) -> tuple[tuple[str, int, int], ...]:
+    """(kind, start, end) of every SPAN_RE match, as `SPAN_RE.finditer` gives them."""
+    return tuple((m.lastgroup or "", m.start(), m.end()) for m in SPAN_RE.finditer(text))
+
+
+def plain_text(text: str) -> str:
+    """`text` with each protected span replaced by one space (what `SPAN_RE.sub(" ", text)` gives)."""
+    out, at = [], 0
+    for _, start, end in span_matches(text):
+        out += (text[at:start], " ")
+        at = end
+    out.append(text[at:])
+    return "".join(out)
+
+
 def find_spans(text: str) -> list[Span]:
     """Protected spans in reading order; a GNU quote counts as the spans inside it, its quotes are style."""
     return list(_spans(text))
@@ -134,28 +150,30 @@ def find_spans(text: str) -> list[Span]:
 @lru_cache(maxsize=8192)   # the gates and the assembly both compare the spans of the same source and output
 def _spans(text: str) -> tuple[Span, ...]:
     out: list[Span] = []
-    for m in SPAN_RE.finditer(text):
-        kind = m.lastgroup or ""
-        if _metavariable(kind, m.group(0)):
+    for kind, start, end in span_matches(text):
+        found = text[start:end]
+        if _metavariable(kind, found):
             continue
-        if kind == "gnu_quote" or (kind == "inline_code" and _quoted_placeholder(m.group(0))):
-            out += _spans(m.group(0)[1:-1])
+        if kind == "gnu_quote" or (kind == "inline_code" and _quoted_placeholder(found)):
+            out += _spans(found[1:-1])
         else:
-            out.append(Span(kind, m.group(0)))
+            out.append(Span(kind, found))
     return tuple(out)
 
 
 def mask(text: str) -> Masked:
     """Every protected span behind a placeholder; a GNU quote is masked whole, so it comes back as written."""
     spans: list[Span] = []
-
-    def sub(m: re.Match[str]) -> str:
-        if _metavariable(m.lastgroup or "", m.group(0)):
-            return m.group(0)
-        spans.append(Span(m.lastgroup or "", m.group(0)))
-        return placeholder(len(spans) - 1)
-
-    return Masked(text=SPAN_RE.sub(sub, text), spans=tuple(spans))
+    out, at = [], 0
+    for kind, start, end in span_matches(text):
+        found = text[start:end]
+        if _metavariable(kind, found):
+            continue
+        spans.append(Span(kind, found))
+        out += (text[at:start], placeholder(len(spans) - 1))
+        at = end
+    out.append(text[at:])
+    return Masked(text="".join(out), spans=tuple(spans))
 
 
 def placeholder_ids(text: str) -> list[int]:

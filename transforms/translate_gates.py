@@ -12,7 +12,7 @@ from importlib.resources import files
 
 from polycap.schemas import Reason
 from polycap.transforms.langid import top_language
-from polycap.transforms.protect import SPAN_RE, compare_spans
+from polycap.transforms.protect import compare_spans, plain_text
 
 # -- length ---------------------------------------------------------------------------------------------
 # Bounds on log(output characters / source characters), whitespace runs counted once, per target language
@@ -131,7 +131,7 @@ def char_loop(text: str) -> str | None:
 @lru_cache(maxsize=4096)   # english_left and wrong_language both ask, for the source and the output
 def _plain(text: str) -> str:
     """Text without protected spans: URLs, code, options and tags say nothing about the language."""
-    return SPAN_RE.sub(" ", text)
+    return plain_text(text)
 
 
 def _is_hangul(c: str) -> bool:
