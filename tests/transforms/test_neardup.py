@@ -113,27 +113,100 @@ def test_key_sizes_split_every_key_over_the_bound():
             assert split.get(mk, 0) >= n, (mk, n)
 
 
-@pytest.mark.parametrize("t", [0, 3, 8, 12])
+def brute_pairs(h: np.ndarray, t: int) -> set[tuple[int, int]]:
+    d = np.bitwise_count(h[:, None] ^ h[None, :])
+    return {(i, k) for i, k in combinations(range(len(h)), 2) if d[i, k] <= t}
+
+
+def grouped_pairs(h: np.ndarray, t: int, plan: int, bound: int | None = None) -> list[tuple[int, int]]:
+    """The Beam step's pair work in one process: group items by item_keys, cut a key of more than `bound`
+    items into hash-block pairs (neardup.block_keys), keep what key_pairs owns in each group."""
+    from collections import defaultdict
+
+    from polycap.transforms.neardup import block_keys, item_keys, key_pairs, n_blocks, stable_hash
+
+    groups = defaultdict(list)
+    for i, x in enumerate(h.tolist()):
+        for key in item_keys(x, t, plan):
+            groups[key].append(i)
+    got = []
+    for (j, meet), items in groups.items():
+        nb = 1 if bound is None else n_blocks(len(items), bound)
+        if nb == 1:
+            got += [(items[a], items[b]) for a, b in key_pairs([int(h[i]) for i in items], j, meet, t, None, plan)]
+            continue
+        cut = defaultdict(list)
+        for i in items:
+            for lo_hi in block_keys(f"k{i}", nb):
+                cut[lo_hi].append(i)
+        for (lo, hi), part in cut.items():
+            blocks = [stable_hash(f"k{i}") % nb for i in part] if lo != hi else None
+            got += [(part[a], part[b]) for a, b in key_pairs([int(h[i]) for i in part], j, meet, t, blocks, plan)]
+    return [(min(a, b), max(a, b)) for a, b in got]
+
+
+@pytest.mark.parametrize("t", [0, 3, 8, 10, 12])
 def test_both_plans_find_every_pair_within_t_once(t):
     """Grouping by item_keys and keeping what key_pairs owns finds exactly the brute-force pairs, each
     once, under the EXACT plan (t + 1 substrings) and the MIH plan alike; choose_plan switches by size."""
-    from collections import defaultdict
-
-    from polycap.transforms.neardup import EXACT, MIH, choose_plan, item_keys, key_pairs
+    from polycap.transforms.neardup import EXACT, MIH, choose_plan
 
     h = planted(300, t)
-    d = np.bitwise_count(h[:, None] ^ h[None, :])
-    want = {(i, k) for i, k in combinations(range(len(h)), 2) if d[i, k] <= t}
+    want = brute_pairs(h, t)
     for plan in (EXACT, MIH):
-        groups = defaultdict(list)
-        for i, x in enumerate(h.tolist()):
-            for key in item_keys(x, t, plan):
-                groups[key].append(i)
-        got = []
-        for (j, meet), items in groups.items():
-            got += [(items[a], items[b]) for a, b in key_pairs([int(h[i]) for i in items], j, meet, t, None, plan)]
+        got = grouped_pairs(h, t, plan)
         assert len(got) == len(set(got)) and set(got) == want and want
     assert choose_plan(1000, 8, 2048) == EXACT and choose_plan(3000, 8, 2048) == MIH == choose_plan(1000, 8, 512)
+
+
+def hot_and_solid(seed: int) -> np.ndarray:
+    """Planted pairs, 150 copies of a flat image's hash (DC bit only) and a hot cluster: 200 copies of one
+    hash with 0..2 bits flipped, which fill a few keys far beyond the rest."""
+    rng = np.random.default_rng(seed)
+    hot = np.full(200, rng.integers(0, np.iinfo(np.int64).max), dtype=np.uint64)
+    for i, n in enumerate(rng.integers(0, 3, hot.size)):
+        for b in rng.choice(64, n, replace=False):
+            hot[i] ^= np.uint64(1) << np.uint64(b)
+    h = np.concatenate([planted(400, seed), np.full(150, 0x8000000000000000, dtype=np.uint64), hot])
+    return h[rng.permutation(h.size)]
+
+
+@pytest.mark.parametrize("t", [8, 10])
+def test_solid_hashes_and_a_hot_cluster_equal_brute_force(t):
+    """Identical hashes (one key holds them all) and a hot cluster: every pair within t once, from the
+    single-process search and from the per-key step with its keys split into blocks of <= 64 items."""
+    from polycap.transforms.neardup import MIH
+
+    h = hot_and_solid(t)
+    want = brute_pairs(h, t)
+    a, b, biggest = all_pairs_within(h, t)
+    got = list(zip(a.tolist(), b.tolist()))
+    assert len(got) == len(set(got)) and set(got) == want
+    assert biggest.size >= 150
+    split = grouped_pairs(h, t, MIH, bound=64)
+    assert len(split) == len(set(split)) and set(split) == want
+
+
+def test_split_key_owns_each_pair_in_one_block_pair():
+    """One hot key cut into blocks: the (b, b) groups and the (lo, hi) groups (pairs across their blocks
+    only) together give the unsplit key's pairs, each once."""
+    from polycap.transforms.neardup import MIH, block_keys, item_keys, key_pairs, n_blocks, stable_hash
+
+    h = hot_and_solid(5)
+    t = 10
+    j, meet = item_keys(0x8000000000000000, t, MIH)[0]
+    items = [i for i, x in enumerate(h.tolist()) if (j, meet) in item_keys(x, t, MIH)]
+    whole = {(items[a], items[b]) for a, b in key_pairs([int(h[i]) for i in items], j, meet, t)}
+    nb = n_blocks(len(items), 64)
+    assert nb > 1 and whole
+    got = []
+    for lo in range(nb):
+        for hi in range(lo, nb):
+            part = [i for i in items if (lo, hi) in block_keys(f"k{i}", nb)]
+            blocks = [stable_hash(f"k{i}") % nb for i in part] if lo != hi else None
+            got += [tuple(sorted((part[a], part[b])))
+                    for a, b in key_pairs([int(h[i]) for i in part], j, meet, t, blocks)]
+    assert len(got) == len(set(got)) and set(got) == whole
 
 
 # ---- the pixel check, variant by variant (t=64: the check alone decides; DedupConfig's radius is 10) ----
