@@ -145,8 +145,19 @@ def grouped_pairs(h: np.ndarray, t: int, plan: int, bound: int | None = None) ->
     return [(min(a, b), max(a, b)) for a, b in got]
 
 
+@pytest.fixture(params=["plain_ints", "kernel"])
+def key_path(request, monkeypatch):
+    """key_pairs both ways: keys of up to SMALL_KEY items in plain ints (as shipped), or every key of 2+
+    items through the compiled kernel."""
+    from polycap.transforms import neardup
+
+    if request.param == "kernel":
+        monkeypatch.setattr(neardup, "SMALL_KEY", 1)
+    return request.param
+
+
 @pytest.mark.parametrize("t", [0, 3, 8, 10, 12])
-def test_both_plans_find_every_pair_within_t_once(t):
+def test_both_plans_find_every_pair_within_t_once(t, key_path):
     """Grouping by item_keys and keeping what key_pairs owns finds exactly the brute-force pairs, each
     once, under the EXACT plan (t + 1 substrings) and the MIH plan alike; choose_plan switches by size."""
     from polycap.transforms.neardup import EXACT, MIH, choose_plan
@@ -172,7 +183,7 @@ def hot_and_solid(seed: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("t", [8, 10])
-def test_solid_hashes_and_a_hot_cluster_equal_brute_force(t):
+def test_solid_hashes_and_a_hot_cluster_equal_brute_force(t, key_path):
     """Identical hashes (one key holds them all) and a hot cluster: every pair within t once, from the
     single-process search and from the per-key step with its keys split into blocks of <= 64 items."""
     from polycap.transforms.neardup import MIH
@@ -187,7 +198,31 @@ def test_solid_hashes_and_a_hot_cluster_equal_brute_force(t):
     assert len(split) == len(set(split)) and set(split) == want
 
 
-def test_split_key_owns_each_pair_in_one_block_pair():
+@pytest.mark.parametrize("t", [2, 8, 10])
+def test_plain_ints_and_kernel_own_the_same_pairs(t, monkeypatch):
+    """A pair meets under several keys, some small (plain ints) and some big (the kernel): both must
+    apply one ownership rule, key by key, or the pair comes out twice or not at all."""
+    from collections import defaultdict
+
+    from polycap.transforms import neardup
+
+    h = hot_and_solid(t)
+    groups = defaultdict(list)
+    for x in h.tolist():
+        for key in neardup.item_keys(x, t):
+            groups[key].append(x)
+    checked = 0
+    for (j, meet), items in groups.items():
+        if 2 <= len(items) <= 60:
+            monkeypatch.setattr(neardup, "SMALL_KEY", 10**6)
+            plain = set(neardup.key_pairs(items, j, meet, t))
+            monkeypatch.setattr(neardup, "SMALL_KEY", 1)
+            assert set(neardup.key_pairs(items, j, meet, t)) == plain, (j, meet)
+            checked += bool(plain)
+    assert checked
+
+
+def test_split_key_owns_each_pair_in_one_block_pair(key_path):
     """One hot key cut into blocks: the (b, b) groups and the (lo, hi) groups (pairs across their blocks
     only) together give the unsplit key's pairs, each once."""
     from polycap.transforms.neardup import MIH, block_keys, item_keys, key_pairs, n_blocks, stable_hash
