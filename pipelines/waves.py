@@ -14,9 +14,12 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import os
 import posixpath
+import sys
 import time
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +32,7 @@ from polycap.sharding import fs
 from polycap.sharding import wave_index as wi
 from polycap.sharding.run_stats import stats_path
 from polycap.sharding.wave_commit import commit_waves, merge_stats
+from polycap.transforms.progress import flush_all
 
 WAVES_DIR = "_waves"
 LISTING = "inputs.jsonl"
@@ -169,6 +173,39 @@ def prepare(cfg: Config, wdir: str) -> list[int] | None:
     return offsets
 
 
+def in_child(work: Callable[[], None], what: str) -> None:
+    """Run `work` (one wave's pipeline) in a forked child and wait for it, so each wave starts from the
+    launcher's memory and gives all of its own back to the OS when it exits: a heap reused across hundreds
+    of in-process pipelines kept growing (bench/results/pipeline_memory.json). The child shares the
+    launcher's pages (imports, config) until it writes them. Without fork (not POSIX) it runs in process."""
+    if not hasattr(os, "fork"):
+        work()
+        gc.collect()
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:                       # the child: never return into the launcher's stack (lock, monitor)
+        code = 1
+        try:
+            work()
+            code = 0
+        except BaseException:          # noqa: BLE001 - reported here, the launcher raises for it
+            traceback.print_exc()
+        finally:
+            try:
+                flush_all()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"{what} failed (exit status {code}; its error is printed above); rerun the job to "
+                           f"resume from this wave")
+
+
 def run_waves(cfg: Config, out: str, args: list[str], run_caption: bool, run_translate: bool, run_id: str,
               started: float, notes: list[str], progress_s: float) -> dict[str, Any] | None:
     """Run the job in waves and commit it; returns this split's stats, or None when one graph should run."""
@@ -184,25 +221,33 @@ def run_waves(cfg: Config, out: str, args: list[str], run_caption: bool, run_tra
                      f"already kept by an earlier wave is never replaced by a later copy"]
     conn = wi.connect(wdir)
     done = wi.finished_waves(conn)
+    wi.forget_from(conn, len(done))          # what an attempt killed mid-wave left
+    conn.close()
+    if done:
+        print(f"[polycap] waves: resuming; {len(done)} of {n_waves} waves were finished by an earlier attempt",
+              file=sys.stderr, flush=True)
     langs = run_langs(cfg, run_caption, run_translate)
     listing = fs.join(wdir, LISTING)
     for w in range(n_waves):
         if w in done:
             continue
-        wi.forget_from(conn, w)
         wave = WaveSlice(w, wdir, fs.join(wdir, f"w{w:06d}"), langs)
         fs.delete_prefix(wave.kept_dir)            # a crashed attempt's parts
         wave.groups, wave.refused = read_slice(listing, offsets[w], offsets[w + 1])
-        with beam.Pipeline(options=PipelineOptions(args)) as p:
-            build_pipeline(p, cfg, out, run_caption, run_translate, run_id, time.time(), notes, progress_s,
-                           wave=wave)
-        del wave.groups, wave.refused
+
+        def one_wave(wave: WaveSlice = wave) -> None:
+            with beam.Pipeline(options=PipelineOptions(args)) as p:
+                build_pipeline(p, cfg, out, run_caption, run_translate, run_id, time.time(), notes, progress_s,
+                               wave=wave)
+
+        in_child(one_wave, f"wave {w}")
+        wave.groups, wave.refused = {}, {}
         parts = sorted(fs.join(wave.kept_dir, n) for n in fs.list_dir(wave.kept_dir))
         done[w] = fs.read_json(stats_path(wave.store, split))
+        conn = wi.connect(wdir)
         wi.finish_wave(conn, w, parts, done[w])
+        conn.close()
         fs.delete_prefix(wave.kept_dir)
-        gc.collect()
-    conn.close()
     wave_dirs = [fs.join(wdir, f"w{w:06d}") for w in range(n_waves)]
     commit_waves(out, split, wdir, wave_dirs)
     stats = merge_stats([done[w] for w in range(n_waves)])

@@ -14,6 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from polycap.sharding import fs
 from polycap.sharding import manifest as mf
@@ -35,7 +36,8 @@ def wave_shards(wave_dir: str, split: str) -> list[str]:
 
 def plan(out: str, split: str, wave_dirs: list[str]) -> dict[str, Any]:
     """Where each wave's shards and reject files go: shards numbered on from wave to wave, reject files too."""
-    shards, rejects = [], []
+    shards: list[list[str]] = []
+    rejects: list[list[str]] = []
     for w in wave_dirs:
         for name in wave_shards(w, split):
             shards.append([w, name, shard_name(split, len(shards))])
@@ -48,8 +50,6 @@ def plan(out: str, split: str, wave_dirs: list[str]) -> dict[str, Any]:
 def _write_manifest(out: str, split: str, p: dict[str, Any], tmp: str) -> None:
     final = fs.join(out, mf.MANIFEST_NAME)
     rename = {(w, old): new for w, old, new in p["shards"]}
-    import pyarrow.parquet as pq
-
     with fs.create(tmp) as f, pq.ParquetWriter(f, mf.MANIFEST_SCHEMA) as writer:
         for batch in mf.kept_rows(final, split):
             writer.write_batch(batch)

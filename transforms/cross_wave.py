@@ -31,7 +31,9 @@ class PriorHashes:
         self.ids, self.h, self.t = ids, hashes, t
         self.widths = mih_widths(t)
         s = min(2, t // len(self.widths))
-        self.subs, self.orders, self.flips = [], [], []
+        self.subs: list[np.ndarray] = []
+        self.orders: list[np.ndarray] = []
+        self.flips: list[np.ndarray] = []
         for w, sub in zip(self.widths, substrings(hashes, self.widths)):
             order = np.argsort(sub, kind="stable").astype(np.int64)
             self.orders.append(order)
@@ -44,7 +46,7 @@ class PriorHashes:
         if not len(self.h):
             return []
         q = np.array([phash], dtype=np.uint64)
-        found = []
+        found: list[np.ndarray] = []
         for sub, order, flips, qs in zip(self.subs, self.orders, self.flips, substrings(q, self.widths)):
             values = qs[0] ^ flips
             lo, hi = np.searchsorted(sub, values, "left"), np.searchsorted(sub, values, "right")
@@ -71,7 +73,10 @@ class _DropKnownFn(RoutingDoFn):
 
     def setup(self) -> None:
         self.conn = wi.connect(self.waves_dir, readonly=True)
-        self.prior = PriorHashes(*wi.textured_hashes(self.conn), self.cfg.max_hamming) if self.cfg.near else None
+        self.prior = None
+        if self.cfg.near:
+            ids, hashes = wi.textured_hashes(self.conn)
+            self.prior = PriorHashes(ids, hashes, self.cfg.max_hamming)
 
     def teardown(self) -> None:
         self.conn.close()

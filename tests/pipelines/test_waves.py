@@ -1,0 +1,151 @@
+"""A run in waves (pipelines/waves.py) against one graph over the same inputs: the same kept keys and rejects
+when every earlier copy is the better one, valid shards, every input accounted for; plus the pure parts
+(near-dup search over earlier waves, the listing, merged stats)."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from polycap.pipelines.waves import listing_lines, read_slice, write_listing
+from polycap.schemas.config import Config, SourceConfig
+from polycap.sharding.rejects import read_rejects
+from polycap.sharding.validate import validate_dir
+from polycap.sharding.wave_commit import merge_stats
+from polycap.transforms.cross_wave import PriorHashes
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _jpeg(im: Image.Image, quality: int = 92) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _photos(eval_dir: Path, n: int) -> list[Image.Image]:
+    out = []
+    for p in sorted(p for p in (eval_dir / "photos").rglob("*") if p.suffix.lower() in (".jpg", ".png")
+                    and "edge_formats" not in p.parts and p.stat().st_size < 3_000_000):
+        im = Image.open(p).convert("RGB")
+        if min(im.size) >= 200 and max(im.size) <= 3 * min(im.size):
+            im.thumbnail((400, 400))
+            out.append(im)
+        if len(out) == n:
+            return out
+    raise RuntimeError("not enough eval photos")
+
+
+def make_waves_input(dest: Path, eval_dir: Path) -> Path:
+    """12 inputs read in name order, 3 waves of 4: a.. wave 0, b.. wave 1, c.. wave 2. Cross-wave exact
+    copies (b00 of a00, c00 of b02), cross-wave near copies (b01 of a01, c01 of a02: 90 % size, q80), an
+    in-wave exact copy (c03 of c02), an unreadable file; the earlier copy is always the better one."""
+    ph = _photos(eval_dir, 6)
+
+    def smaller(im: Image.Image) -> bytes:
+        return _jpeg(im.resize((int(im.width * 0.9), int(im.height * 0.9))), 80)
+
+    files = {"a00.jpg": _jpeg(ph[0]), "a01.jpg": _jpeg(ph[1]), "a02.jpg": _jpeg(ph[2]), "a03.jpg": _jpeg(ph[3]),
+             "b00.jpg": _jpeg(ph[0]), "b01.jpg": smaller(ph[1]), "b02.jpg": _jpeg(ph[4]), "b03.jpg": b"not a jpeg",
+             "c00.jpg": _jpeg(ph[4]), "c01.jpg": smaller(ph[2]), "c02.jpg": _jpeg(ph[5]), "c03.jpg": _jpeg(ph[5])}
+    dest.mkdir(parents=True)
+    for name, data in files.items():
+        (dest / name).write_bytes(data)
+    (dest / "a00.txt").write_text("a caption sidecar, read with a00.jpg in the same wave")
+    return dest
+
+
+def _run(tmp: Path, src: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
+    cfg = tmp / f"job-{out.name}.json"
+    cfg.write_text(json.dumps({"sources": [{"kind": "dir", "path": str(src), "name": "w"}], "output": str(out),
+                               "dedup": {"near": True}, "shards": {"max_samples": 3}}))
+    return subprocess.run([sys.executable, "-m", "polycap.pipelines.cli", "run", str(cfg), "--progress", "0",
+                           *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def _outcome(out: Path) -> dict:
+    kept = sorted(pq.read_table(out / "manifest.parquet").column("key").to_pylist())
+    rejects = sorted((Path(r["source_uri"]).name, r["stage"], r["reason"], r["detail"].split(" (")[0])
+                     for r in read_rejects(str(out), "train").to_pylist())
+    return {"kept": kept, "rejects": rejects}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_waves_equal_one_graph_when_earlier_copies_are_better(tmp_path, eval_dir):
+    src = make_waves_input(tmp_path / "in", eval_dir)
+    res_w = _run(tmp_path, src, tmp_path / "waves", "--wave-size", "4")
+    assert res_w.returncode == 0, res_w.stderr[-3000:]
+    res_1 = _run(tmp_path, src, tmp_path / "one", "--wave-size", "0")
+    assert res_1.returncode == 0, res_1.stderr[-3000:]
+    waves, one = _outcome(tmp_path / "waves"), _outcome(tmp_path / "one")
+    assert waves == one
+    by_name = {name: (reason, detail) for name, _, reason, detail in waves["rejects"]}
+    assert by_name["b00.jpg"][1].startswith("exact duplicate") and by_name["c00.jpg"][1].startswith("exact")
+    assert by_name["b01.jpg"][1].startswith("near duplicate") and by_name["c01.jpg"][1].startswith("near")
+    assert by_name["c03.jpg"][1].startswith("exact duplicate") and by_name["b03.jpg"][0] == "not_an_image"
+    stats = json.loads((tmp_path / "waves" / "_stats" / "train.json").read_text())
+    assert stats["waves"] == 3 and stats["balanced"] and stats["inputs"] == 12
+    assert stats["kept"] + stats["rejected"] == 12 == len(waves["kept"]) + len(waves["rejects"])
+    assert stats["shards"] == len(list((tmp_path / "waves" / "shards").glob("train-*.tar")))
+    assert validate_dir(str(tmp_path / "waves")).ok
+    assert not (tmp_path / "waves" / "_waves").exists()
+    detail = {Path(r["source_uri"]).name: r["detail"] for r in read_rejects(str(tmp_path / "waves")).to_pylist()}
+    assert "earlier wave" in detail["b01.jpg"] and "earlier wave" not in detail["c03.jpg"]
+
+
+def test_prior_hashes_find_exactly_the_items_within_t():
+    rng = np.random.default_rng(0)
+    h = rng.integers(0, 2**63, 3000, dtype=np.int64).view(np.uint64) * np.uint64(2) + np.uint64(1)
+    flips = [sum(1 << int(b) for b in rng.choice(64, k, replace=False)) for k in range(0, 16)]
+    queries = [int(h[i]) ^ f for i, f in zip(rng.integers(0, len(h), 16), flips)]
+    prior = PriorHashes(np.arange(len(h), dtype=np.int64) + 100, h, t=10)
+    for q in queries:
+        dist = np.bitwise_count(h ^ np.uint64(q))
+        want = sorted((int(d), int(i) + 100) for i, d in enumerate(dist) if d <= 10)
+        assert prior.within(q) == want
+    assert PriorHashes(np.zeros(0, np.int64), np.zeros(0, np.uint64), 10).within(5) == []
+
+
+def test_listing_keeps_stems_together_and_cuts_waves_by_offsets(tmp_path):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    for name in ("a.jpg", "a.txt", "a.p.jpg", "b.png", ".hidden.jpg"):
+        (src / name).write_bytes(b"x")
+    (src / "sub" / "c.jpg").write_bytes(b"x")
+    cfg = Config(sources=[SourceConfig(kind="dir", path=str(src))])
+    lines = list(listing_lines(cfg))
+    groups = [sorted(Path(p).name for p in line["p"]) for line in lines if "p" in line]
+    assert sorted(groups) == [["a.jpg", "a.txt"], ["a.p.jpg"], ["b.png"], ["c.jpg"]]
+    assert [Path(line["r"][0]).name for line in lines if "r" in line] == [".hidden.jpg"]
+    path = str(tmp_path / "inputs.jsonl")
+    offsets = write_listing(cfg, path, 2)
+    assert len(offsets) == 4                     # 5 lines: waves of 2, 2, 1 and the end offset
+    seen = []
+    for a, b in zip(offsets, offsets[1:]):
+        groups_w, refused_w = read_slice(path, a, b)
+        seen += [p for _, ps in groups_w.get(0, []) for p in ps] + [r[0] for r in refused_w.get(0, [])]
+    assert sorted(seen) == sorted(p for line in lines for p in (line.get("p") or [line["r"][0]]))
+
+
+def test_listing_names_an_empty_source(tmp_path):
+    (tmp_path / "empty").mkdir()
+    lines = list(listing_lines(Config(sources=[SourceConfig(kind="dir", path=str(tmp_path / "empty"))])))
+    assert lines == [{"s": 0, "r": [str(tmp_path / "empty"), "unreadable", "no input files match"]}]
+
+
+def test_merge_stats_sums_waves():
+    a = {"inputs": 4, "kept": 3, "rejected": 1, "shards": 1, "rejected_by_reason": {"duplicate": 1},
+         "rejected_by_stage": {"dedup": 1}, "kept_by_language": {"en": 1}, "seconds": 1.5, "split": "train"}
+    b = {"inputs": 2, "kept": 0, "rejected": 2, "shards": 0, "rejected_by_reason": {"duplicate": 1, "too_small": 1},
+         "rejected_by_stage": {"dedup": 1, "filter": 1}, "kept_by_language": {}, "seconds": 2.0, "split": "train"}
+    m = merge_stats([a, b])
+    assert (m["inputs"], m["kept"], m["rejected"], m["shards"], m["balanced"]) == (6, 3, 3, 1, True)
+    assert m["rejected_by_reason"] == {"duplicate": 2, "too_small": 1} and m["seconds"] == 3.5
