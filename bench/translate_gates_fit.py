@@ -7,20 +7,31 @@ is denser than UI Korean); the odd lines stay unseen. For each target language a
 (characters, whitespace runs counted once) it records the quantiles of log(output characters / source
 characters) over the human translations, and the same for the reference cut to 40 % (the truncation the
 lower bound must catch). `LENGTH_BUCKETS` in transforms/translate_gates.py takes the 0.3 % and 99.9 %
-quantiles from here. The held-out packages are never fitted on.
+quantiles from here, `SHORT_QUANTILES` the 0.05 and 0.3 quantiles of both domains pooled. The same human
+texts give the word-end counts `transforms/word_ends.json.gz` (`word_end_counts`; words with fewer than
+MIN_WORD_EVIDENCE occurrences are left out). The held-out packages are never fitted on.
 """
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
 from bench.translate_gates import load_pairs
 from bench.translate_gates_catalogs import DEV, LANGS, WORK, fetch, load
-from polycap.transforms.translate_gates import length_log_ratio
+from polycap.transforms.translate_gates import (
+    MIN_WORD_EVIDENCE,
+    WORD_ENDS_FILE,
+    _size,
+    length_log_ratio,
+    word_end_counts,
+)
 
 EVAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "eval"
 BUCKETS = [4, 8, 16, 32, 64]      # the last bucket holds every longer source
-QUANTILES = [0.001, 0.003, 0.005, 0.01, 0.05, 0.5, 0.95, 0.99, 0.999]
+QUANTILES = [0.001, 0.003, 0.005, 0.01, 0.05, 0.3, 0.5, 0.95, 0.99, 0.999]
+SHORT_Q = (0.05, 0.3)               # the quantiles SHORT_QUANTILES takes (pooled domains)
+WORD_ENDS = Path(__file__).resolve().parents[1] / "transforms" / WORD_ENDS_FILE
 LOWER_Q, UPPER_Q = 0.003, 0.999     # the bounds LENGTH_BUCKETS takes
 
 
@@ -39,8 +50,6 @@ def _bucket(n: int) -> int | None:
 
 
 def _rows(items: list[dict[str, str]], lang: str) -> dict[str, dict]:
-    from polycap.transforms.translate_gates import _size
-
     ref: dict[int, list[float]] = {b: [] for b in BUCKETS}
     cut: dict[int, list[float]] = {b: [] for b in BUCKETS}
     for it in items:
@@ -80,15 +89,36 @@ def fit() -> dict:
         for i in range(len(BUCKETS) - 2, -1, -1):
             lo[i], hi[i] = min(lo[i], lo[i + 1]), max(hi[i], hi[i + 1])
         out["bounds"][lang] = list(zip(BUCKETS, lo, hi))
+    out["short_quantiles"] = {}
+    out["word_ends"] = {}
+    for lang in LANGS:
+        refs = [it for items in domains.values() for it in items if it["lang"] == lang and it["kind"] == "reference"]
+        pooled: dict[int, list[float]] = {b: [] for b in BUCKETS}
+        for it in refs:
+            b, r = _bucket(_size(it["source"])), length_log_ratio(it["source"], it["output"])
+            if b is not None and r is not None:
+                pooled[b].append(r)
+        out["short_quantiles"][lang] = [(b, *(_q(pooled[b], q) for q in SHORT_Q)) for b in BUCKETS if pooled[b]]
+        counts = word_end_counts((it["output"] for it in refs), lang)
+        out["word_ends"][lang] = {w: c for w, c in sorted(counts.items()) if c[0] + c[2] >= MIN_WORD_EVIDENCE}
     return out
 
 
 def main() -> None:
     res = fit()
+    ends = res.pop("word_ends")
+    data = {"data": "word-end counts [whole, clause ends, longer words started] of human EN->ko/vi translations: "
+                    + res["data"]["catalogs"] + "; " + res["data"]["ntrex"] + " (python -m bench.translate_gates_fit)",
+            "counts": ends}
+    with gzip.GzipFile(WORD_ENDS, "wb", mtime=0) as f:       # byte-identical on a re-fit
+        f.write(json.dumps(data, ensure_ascii=False, sort_keys=True).encode("utf-8"))
+    res["word_ends"] = {lang: {"words_stored": len(v)} for lang, v in ends.items()}
     path = Path(__file__).resolve().parent / "results" / "translate_gates_length.json"
     path.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
     for lang, bounds in res["bounds"].items():
         print(f'    "{lang}": {bounds},')
+    for lang, q in res["short_quantiles"].items():
+        print(f'    short "{lang}": {q},')
 
 
 if __name__ == "__main__":

@@ -132,11 +132,12 @@ def span_matches(text: str) -> tuple[tuple[str, int, int], ...]:
     return tuple((m.lastgroup or "", m.start(), m.end()) for m in SPAN_RE.finditer(text))
 
 
-def plain_text(text: str) -> str:
-    """`text` with each protected span replaced by one space (what `SPAN_RE.sub(" ", text)` gives)."""
+def plain_text(text: str, number: str = " ") -> str:
+    """`text` with each protected span replaced by one space (what `SPAN_RE.sub(" ", text)` gives), a plain
+    number by `number`."""
     out, at = [], 0
-    for _, start, end in span_matches(text):
-        out += (text[at:start], " ")
+    for kind, start, end in span_matches(text):
+        out += (text[at:start], number if kind == "number" else " ")
         at = end
     out.append(text[at:])
     return "".join(out)

@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 import gzip
+import json
 import math
 import re
 import unicodedata
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from importlib.resources import files
 
 from polycap.schemas import Reason
 from polycap.transforms.langid import top_language
-from polycap.transforms.protect import compare_spans, plain_text
+from polycap.transforms.protect import SPAN_RE, compare_spans, plain_text, span_matches
 
 # -- length ---------------------------------------------------------------------------------------------
 # Bounds on log(output characters / source characters), whitespace runs counted once, per target language
@@ -26,6 +27,21 @@ LENGTH_BUCKETS: dict[str, list[tuple[int, float, float]]] = {
     "vi": [(4, -1.099, 1.872), (8, -0.981, 1.695), (16, -0.819, 1.695), (32, -0.819, 0.86), (64, -0.516, 0.852)],
 }
 DEFAULT_BUCKETS = [(16, math.log(0.25), math.log(3.5))]
+# Where a translation may end. `word_ends.json.gz` (package data, fitted by the same script on the same human
+# texts) counts, per target language, each word (a Hangul run for Korean, a Latin-letter syllable for
+# Vietnamese; protected spans removed): how often it occurs whole, how often at the end of a clause (before
+# the text's end or closing punctuation), and how often longer words start with it. A last word that human
+# text only ever continues, as the start of a longer word ("디렉" for 디렉터리, "chư" for chưa) or as a word
+# that never closes a clause ("các", "của"), is evidence of a cut; it rejects only together with an output
+# shorter than most human translations of a source that long. Per bucket (min source characters,
+# log-ratio quantile 0.05, quantile 0.3) of the pooled human translations.
+WORD_ENDS_FILE = "word_ends.json.gz"
+SHORT_QUANTILES: dict[str, list[tuple[int, float, float]]] = {
+    "ko": [(4, -1.253, -0.847), (8, -1.204, -0.693), (16, -0.944, -0.58), (32, -0.796, -0.505), (64, -0.886, -0.693)],
+    "vi": [(4, -0.693, 0.0), (8, -0.452, 0.0), (16, -0.3, 0.0), (32, -0.19, 0.0), (64, -0.162, 0.0)],
+}
+MAX_WHOLE_SHARE = 0.02      # a word seen whole at most this often among the words it starts: a cut word
+MAX_CLAUSE_END_SHARE = 0.02  # a word that ends a clause at most this often: a cut phrase
 
 # -- script and language --------------------------------------------------------------------------------
 # Share of Hangul among the output's letters that were not copied from the source (names, commands):
@@ -84,8 +100,9 @@ _APPENDED_NOTE = re.compile(
 _SRC_NOTE = re.compile(r"\b(?:notes?|n\.?b\.?|remarks?|hints?|comments?|explanation)\b", re.IGNORECASE)
 
 # a first line or clause that speaks about the translation ("Korean version:", "Dưới đây là bản dịch\n")
-_META_WORDS = re.compile(r"translat|\b(?:korean|vietnamese)\b|dịch|번역|한국어|베트남어|tiếng việt|tiếng hàn",
-                         re.IGNORECASE)
+# ("biên dịch" is compile, "dịch vụ" service)
+_META_WORDS = re.compile(r"translat|\b(?:korean|vietnamese)\b|(?<!biên )dịch(?! vụ)|번역|한국어|베트남어|tiếng việt"
+                         r"|tiếng hàn", re.IGNORECASE)
 # only the object particles: 의/와/과 also end nouns (정의, 결과, 초과)
 _KO_OPEN_PARTICLE = re.compile(r"[\uac00-\ud7a3](?:을|를)$")
 _KO_OPEN_END = re.compile(r"(?:^|\s)(?:및|또는|혹은|그리고|하지만|그러나)$")
@@ -130,8 +147,15 @@ def char_loop(text: str) -> str | None:
 
 @lru_cache(maxsize=4096)   # english_left and wrong_language both ask, for the source and the output
 def _plain(text: str) -> str:
-    """Text without protected spans: URLs, code, options and tags say nothing about the language."""
-    return plain_text(text)
+    """Text without protected spans: URLs, code, options and tags say nothing about the language. A number
+    stays a digit, so a word glued to one ("FAT32", "W95") still reads as an identifier."""
+    return plain_text(text, number="0")
+
+
+def _ends_on_span(text: str, numbers: bool = True) -> bool:
+    """Whether the text ends with a protected span (a plain number counts unless `numbers` is false)."""
+    spans = span_matches(text)
+    return bool(spans) and spans[-1][2] >= len(text.rstrip()) and (numbers or spans[-1][0] != "number")
 
 
 def _is_hangul(c: str) -> bool:
@@ -188,9 +212,10 @@ def check_truncated(source: str, output: str, finish_reason: str = "stop", targe
         if out.count(o) - out.count(c) - (out.count('"') if o == "“" else 0) > max(0, allowed):
             return Reason.GATE_TRUNCATED
     # A source sentence (not a short label) that ends with punctuation: the output must end a sentence too;
-    # Korean predicate endings (-다, -요, -까, -죠) close one without a period
+    # Korean predicate endings (-다, -요, -까, -죠) close one without a period. After a placeholder or an
+    # option ("Tác giả: %s", "... Bỏ qua cờ --debug") translators drop the period most.
     if src[-1] in SENTENCE_END and len(src.split()) >= MIN_SENTENCE_WORDS_BY_LANG.get(target, MIN_SENTENCE_WORDS) \
-            and out[-1] not in SENTENCE_END + ":)\"'”’»」다요까죠":
+            and out[-1] not in SENTENCE_END + ":)\"'”’»」다요까죠" and not _ends_on_span(out, numbers=False):
         return Reason.GATE_TRUNCATED
     last = _TOKEN_END.search(out)
     if last and src[-1].isalnum():
@@ -397,8 +422,8 @@ def _translatable(source: str) -> bool:
     for i, (w, _, _) in enumerate(words):
         if i in names or w in KEY_NAMES or not _english(w) or (len(words) == 1 and len(w) < MIN_LONE_WORD):
             continue
-        if w.isupper() and (len(w) < 3 or len(words) == 1):
-            continue
+        if w.isupper() and (len(w) < 3 or len(words) == 1 or not all(x.isupper() for x, _, _ in words)):
+            continue        # an acronym ("Linux RAID", "EFI"), unless the whole text is capitals ("NO SPACE")
         if not w.isupper() and w[1:] != w[1:].lower():      # CamelCase: an identifier
             continue
         return True
@@ -406,14 +431,20 @@ def _translatable(source: str) -> bool:
 
 
 def check_english_left(source: str, output: str, target: str) -> Reason | None:
-    """The source copied (a text with something to translate), or too many English function words."""
+    """The source copied (a text with something to translate), too many English function words, or an
+    output that only carries what it copied (placeholders, options, names: "-y, --no-first" for "-y,
+    --no-first  skips first line of output") while the source words it left out are to be translated."""
     if target == "en":
         return None
     all_words = _WORD.findall(output)
     hits = sum(1 for w in all_words if w.isascii() and w.lower() in EN_FUNCTION_WORDS)
     if all_words and hits >= MIN_EN_FUNCTION_COUNT and hits / len(all_words) > MAX_EN_FUNCTION_SHARE:
         return Reason.GATE_ENGLISH_LEFT
-    if " ".join(output.split()).lower() == " ".join(source.split()).lower() and _translatable(source):
+    if " ".join(output.split()).lower() == " ".join(source.split()).lower():
+        return Reason.GATE_ENGLISH_LEFT if _translatable(source) else None
+    copied = _copied_words(source)
+    kept = {w.lower() for w in all_words}
+    if kept <= copied and _translatable(" ".join(w for w, _, _ in _source_words(source) if w.lower() not in kept)):
         return Reason.GATE_ENGLISH_LEFT
     return None
 
@@ -448,6 +479,71 @@ def check_length_ratio(source: str, output: str, target: str) -> Reason | None:
     if bounds is None or r is None:
         return None
     return Reason.GATE_LENGTH_RATIO if not bounds[0] <= r <= bounds[1] else None
+
+
+# -- where a translation may end ----------------------------------------------------------------------
+_END_UNIT = {"ko": re.compile("[\uac00-\ud7a3]+"), "vi": re.compile(f"[{_LATIN_LETTERS}]+")}
+_LAST_UNIT = {lang: re.compile(f"(?:{p.pattern})$") for lang, p in _END_UNIT.items()}
+_NEXT_CHAR = re.compile(r"[ \t]*(.)", re.DOTALL)
+_CLAUSE_CLOSE = frozenset(".,:;!?)]}\"'”’…。»>\n")
+MIN_WORD_EVIDENCE = 24      # occurrences (whole + started) a stored word needs; fewer say nothing
+
+
+def word_end_counts(texts: Iterable[str], lang: str) -> dict[str, list[int]]:
+    """{word: [whole, clause ends, longer words started]} over human texts in `lang` (see WORD_ENDS_FILE);
+    protected spans are removed first and count as neither an end nor a word."""
+    counts: dict[str, list[int]] = {}
+    unit = _END_UNIT[lang]
+    for text in texts:
+        plain = SPAN_RE.sub(" \x00 ", text)
+        for m in unit.finditer(plain):
+            word = m.group(0).lower()
+            c = counts.setdefault(word, [0, 0, 0])
+            c[0] += 1
+            nxt = _NEXT_CHAR.match(plain, m.end())
+            c[1] += nxt is None or nxt.group(1) in _CLAUSE_CLOSE
+            for i in range(1, len(word)):
+                counts.setdefault(word[:i], [0, 0, 0])[2] += 1
+    return counts
+
+
+@lru_cache(maxsize=1)
+def word_ends() -> dict[str, dict[str, tuple[int, int, int]]]:
+    """The fitted counts, read once from the package data: {language: {word: (whole, ends, started)}}."""
+    with (files("polycap.transforms") / WORD_ENDS_FILE).open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as f:
+        data = json.load(f)
+    return {lang: {w: (c[0], c[1], c[2]) for w, c in words.items()} for lang, words in data["counts"].items()}
+
+
+def check_ends_inside_word(source: str, output: str, target: str) -> Reason | None:
+    """The output ends on a word human text only continues, and is shorter than most human translations
+    of a source this long: a cut ("파일이 이미 있습", "Biểu thức chí" is not caught: "chí" is a word; "Không
+    thể tạo các" is). Words copied from the source (names, commands) and upper-case Latin words are not
+    judged, nor sources that are not mostly Latin letters (the ratios are fitted on English sources)."""
+    quantiles = SHORT_QUANTILES.get(target)
+    if not quantiles or target not in _LAST_UNIT:
+        return None
+    if _ends_on_span(output):
+        return None
+    m = _LAST_UNIT[target].search(_plain(output).rstrip())
+    letters = [c for c in source if c.isalpha()]
+    if not m or not letters or sum(map(_is_latin, letters)) < 0.5 * len(letters):
+        return None
+    word = m.group(0)
+    counts = word_ends().get(target, {}).get(word.lower())
+    r = length_log_ratio(source, output)
+    if counts is None or r is None or word.lower() in _copied_words(source) or (word.isascii() and not word.islower()):
+        return None
+    n = _size(source)
+    bounds = next((b for b in reversed(quantiles) if n >= b[0]), None)
+    if bounds is None:
+        return None
+    whole, ends, started = counts
+    if r < bounds[2] and (whole + 0.5) / (whole + started + 1) < MAX_WHOLE_SHARE:
+        return Reason.GATE_TRUNCATED
+    if r < bounds[1] and (ends + 0.5) / (whole + 1) < MAX_CLAUSE_END_SHARE:
+        return Reason.GATE_TRUNCATED
+    return None
 
 
 def check_spans(source: str, output: str) -> Reason | None:
@@ -510,6 +606,7 @@ GATES: list[tuple[str, GateFn]] = [
     ("repetition", lambda s, o, t, f: check_repetition(s, o)),
     ("ends_mid_sentence", lambda s, o, t, f: check_truncated(s, o, f, t)),
     ("length_ratio", lambda s, o, t, f: check_length_ratio(s, o, t)),
+    ("ends_inside_word", lambda s, o, t, f: check_ends_inside_word(s, o, t)),
 ]
 
 
