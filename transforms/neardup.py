@@ -156,9 +156,13 @@ def _layout(t: int, plan: int) -> tuple[int, np.ndarray, np.ndarray, int]:
 
 _NO_BLOCKS = np.empty(0, np.int64)
 # Keys of up to SMALL_KEY items are paired in plain ints: faster than the kernel's call below ~8 items (1.5 vs
-# 3.1 us for 2 items; 4.8 vs 3.4 us for 8), and a job whose keys all stay that small never imports numba
-# (0.8 s and ~130 MB of RSS a process).
+# 3.1 us for 2 items; 4.8 vs 3.4 us for 8). Bigger keys too, until a process has checked PLAIN_PAIRS pairs
+# that way (~0.3 s): importing numba costs 0.8 s and ~130 MB of RSS a process (and ~6 s to compile where
+# its cache is cold), more than a small job's whole pair work; a process with more than that to do switches
+# to the kernel for good.
 SMALL_KEY = 8
+PLAIN_PAIRS = 200_000
+_plain_pairs_done = 0   # per process; a race between threads only moves the switch by a key
 
 
 def owns(a: int, b: int, j: int, meet: int, t: int, widths: list[int]) -> bool:
@@ -188,7 +192,11 @@ def key_pairs(hashes: list[int], j: int, meet: int, t: int,
     which owns only the pairs across its two blocks (pairs inside one block belong to (b, b))."""
     if len(hashes) < 2:
         return []
-    if len(hashes) <= SMALL_KEY:
+    global _plain_pairs_done
+    n_pairs = len(hashes) * (len(hashes) - 1) // 2
+    if len(hashes) <= SMALL_KEY or _plain_pairs_done + n_pairs <= PLAIN_PAIRS:
+        if len(hashes) > SMALL_KEY:
+            _plain_pairs_done += n_pairs
         widths = plan_widths(t, plan)
         return [(i, k) for i, k in combinations(range(len(hashes)), 2)
                 if (blocks is None or blocks[i] != blocks[k]) and owns(hashes[i], hashes[k], j, meet, t, widths)]

@@ -153,6 +153,7 @@ def key_path(request, monkeypatch):
 
     if request.param == "kernel":
         monkeypatch.setattr(neardup, "SMALL_KEY", 1)
+        monkeypatch.setattr(neardup, "PLAIN_PAIRS", 0)
     return request.param
 
 
@@ -217,6 +218,7 @@ def test_plain_ints_and_kernel_own_the_same_pairs(t, monkeypatch):
             monkeypatch.setattr(neardup, "SMALL_KEY", 10**6)
             plain = set(neardup.key_pairs(items, j, meet, t))
             monkeypatch.setattr(neardup, "SMALL_KEY", 1)
+            monkeypatch.setattr(neardup, "PLAIN_PAIRS", 0)
             assert set(neardup.key_pairs(items, j, meet, t)) == plain, (j, meet)
             checked += bool(plain)
     assert checked
@@ -387,3 +389,28 @@ def test_pixel_check_tells_uniform_pages_apart():
     ms = [member(page(seed, ragged=False), f"k{seed}") for seed in range(1, 9)]
     merged = [(a.key, b.key) for a, b in combinations(ms, 2) if same_picture(a, b, 10)[0]]
     assert not merged
+
+
+def test_numba_is_imported_only_once_a_process_has_real_pair_work():
+    """Keys bigger than SMALL_KEY stay in plain ints until a process has checked PLAIN_PAIRS pairs that
+    way: a small job never pays numba's import; past the budget the same keys go to the kernel, with the
+    same pairs."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import numpy as np
+from polycap.transforms import neardup
+rng = np.random.default_rng(0)
+items = [int(x) for x in rng.integers(0, 2**63, 60, dtype=np.int64)]
+items += [x ^ 1 for x in items]
+j, meet = neardup.item_keys(items[0], 10)[0]
+first = neardup.key_pairs(items, j, meet, 10)
+small = "numba" in sys.modules
+neardup._plain_pairs_done = neardup.PLAIN_PAIRS
+again = neardup.key_pairs(items, j, meet, 10)
+print(small, "numba" in sys.modules, sorted(first) == sorted(again))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True", "True"]
