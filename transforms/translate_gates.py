@@ -541,8 +541,8 @@ def check_ends_inside_word(source: str, output: str, target: str) -> Reason | No
     whole, ends, started = counts
     if r < bounds[2] and (whole + 0.5) / (whole + started + 1) < MAX_WHOLE_SHARE:
         return Reason.GATE_TRUNCATED
-    if r < bounds[1] and (ends + 0.5) / (whole + 1) < MAX_CLAUSE_END_SHARE:
-        return Reason.GATE_TRUNCATED
+    if r < bounds[1] and (ends + 0.5) / (whole + 1) < MAX_CLAUSE_END_SHARE and not _EN_OPEN_END.search(source):
+        return Reason.GATE_TRUNCATED        # (a source that ends on "to" or "with" licenses an open end)
     return None
 
 

@@ -157,3 +157,52 @@ def test_vietnamese_word_cut_mid_syllable():
     assert g.first_failure("I/O plugin error", "Lỗi trình cắm V/R", "vi") is None      # an abbreviation
     assert g.first_failure("It tears us apart.", "Nó làm chúng tôi", "vi")[0] == Reason.GATE_TRUNCATED
     assert g.first_failure("CPU time limit exceeded.", "CPU 시간 제한 초과", "ko") is None
+
+
+def test_word_end_counts_count_whole_words_clause_ends_and_longer_words_started():
+    counts = g.word_end_counts(["파일을 열 수 없습니다.", "파일 %s", "파일"], "ko")
+    assert counts["파일"] == [2, 1, 1]           # whole twice (before a span: no clause end), starts 파일을
+    assert counts["파"] == [0, 0, 3] and counts["없습니다"] == [1, 1, 0]
+    ends = g.word_ends()
+    assert {"ko", "vi"} <= set(ends) and all(len(c) == 3 for c in ends["vi"].values())
+
+
+def test_a_cut_inside_a_word_or_before_a_phrase_ends_is_truncated():
+    # a last word human text only ever continues ("있습" -> 있습니다, "디렉터" -> 디렉터리; "các" never closes
+    # a clause), in an output shorter than most human translations of the source
+    assert g.first_failure("File exists -- cannot overwrite", "파일이 이미 있습", "ko")[0] == Reason.GATE_TRUNCATED
+    assert g.first_failure("Go To Directory", "디렉터", "ko")[0] == Reason.GATE_TRUNCATED
+    assert g.first_failure("Cannot make regular backup", "Không thể tạo các", "vi")[0] == Reason.GATE_TRUNCATED
+    assert g.first_failure("File exists -- cannot overwrite", "파일이 이미 있습니다", "ko") is None
+    assert g.first_failure("Go To Directory", "디렉터리로 이동", "ko") is None
+    assert g.first_failure("Cannot make regular backup", "Không thể tạo bản sao lưu thường", "vi") is None
+    # an output that ends on a placeholder, or on a word copied from the source, is not judged by its last word
+    assert g.check_ends_inside_word("Write error on %s", "Lỗi ghi các %s", "vi") is None
+    assert g.check_ends_inside_word("Invalid cast", "các cast", "vi") is None
+
+
+def test_an_output_that_only_carries_what_it_copied_is_english_left():
+    src = "-y, --no-first         skips first line of output"
+    assert g.first_failure(src, "-y, --no-first", "ko")[0] == Reason.GATE_ENGLISH_LEFT
+    assert g.first_failure("%s: parsed OK", "%s:", "vi")[0] == Reason.GATE_ENGLISH_LEFT
+    assert g.first_failure(src, "-y, --no-first         출력의 첫 줄을 건너뜀", "ko") is None
+    assert g.check_english_left("nsNET %s", "%s", "vi") is None             # nothing left to translate
+
+
+def test_acronyms_and_words_glued_to_digits_are_not_untranslated_english():
+    for src in ("Linux RAID", "W95 FAT32", "EFI (FAT-12/16/32)"):
+        assert g.first_failure(src, src, "vi") is None, src
+    assert g.first_failure("NO SPACE LEFT", "NO SPACE LEFT", "vi")[0] == Reason.GATE_ENGLISH_LEFT   # all capitals
+
+
+def test_missing_period_after_a_placeholder_or_option_is_no_cut():
+    assert g.first_failure("Using default response %c.", "Sử dụng câu trả lời mặc định %c", "vi") is None
+    assert g.first_failure("Ignoring the unknown --debug flag.", "Bỏ qua cờ lạ --debug", "vi") is None
+    assert g.first_failure("Debugging support was not compiled in.", "Hỗ trợ gỡ lỗi không được biên dịch", "vi")[0] \
+        == Reason.GATE_TRUNCATED
+
+
+def test_compile_and_service_are_not_translation_talk():
+    assert g.first_failure("Compiler: g++ %s", "Bộ biên dịch: g++ %s", "vi") is None
+    assert g.first_failure("PAM service name to use: %s", "Tên dịch vụ PAM được dùng: %s", "vi") is None
+    assert g.first_failure("Open the file", "Phần dịch:\nMở tập tin", "vi")[0] == Reason.GATE_PREAMBLE
