@@ -135,7 +135,8 @@ def span_matches(text: str) -> tuple[tuple[str, int, int], ...]:
 def plain_text(text: str, number: str = " ") -> str:
     """`text` with each protected span replaced by one space (what `SPAN_RE.sub(" ", text)` gives), a plain
     number by `number`."""
-    out, at = [], 0
+    out: list[str] = []
+    at = 0
     for kind, start, end in span_matches(text):
         out += (text[at:start], number if kind == "number" else " ")
         at = end
@@ -165,7 +166,8 @@ def _spans(text: str) -> tuple[Span, ...]:
 def mask(text: str) -> Masked:
     """Every protected span behind a placeholder; a GNU quote is masked whole, so it comes back as written."""
     spans: list[Span] = []
-    out, at = [], 0
+    out: list[str] = []
+    at = 0
     for kind, start, end in span_matches(text):
         found = text[start:end]
         if _metavariable(kind, found):
