@@ -63,7 +63,12 @@ _PATTERNS: list[tuple[str, str]] = [
     ("choice", r"(?:^|(?<=\n))[ \t]*\(?[A-H][.)](?=\s)|\([ABD-H]\)(?=\s|$|[.,:;])"),
     ("number", r"(?<![\d.,])[-+]?\d+(?:[.,:]\d+)*(?:%(?!%))?"),       # 100%% is 100 and a printf %%
 ]
-SPAN_RE = re.compile("|".join(f"(?P<{name}>{pat})" for name, pat in _PATTERNS), re.DOTALL)
+SPANS_ALTERNATION = "|".join(f"(?P<{name}>{pat})" for name, pat in _PATTERNS)
+# Every pattern starts with an ASCII character or a digit (\d also matches other scripts' digits), and none
+# can start at a letter that follows an ASCII letter (their lookbehinds, \b or first characters rule it
+# out). The guard skips those positions before trying 20 alternatives at each: the same matches
+# (tests/transforms/test_protect.py holds it to the bare alternation), 2x faster on English, 3x on Korean.
+SPAN_RE = re.compile(rf"(?=[\x00-\x7f]|\d)(?!(?<=[A-Za-z])[A-Za-z])(?:{SPANS_ALTERNATION})", re.DOTALL)
 # Kinds whose exact text must survive; plain numbers are compared up to rescaling (see `_norm_number`).
 STRUCTURAL = frozenset(name for name, _ in _PATTERNS) - {"number", "gnu_quote", "date"}
 # Kinds whose order must survive too: grounding tags pair with the phrase they follow. Everything else may

@@ -125,3 +125,24 @@ def test_printf_i_and_d_are_the_same_conversion():
 def test_slash_after_a_closing_bracket_is_a_list_not_a_path():
     assert compare_spans("Err?=(none)/Reinst-required", "Lỗi?=(không)/Cần cài lại") is None
     assert compare_spans("see /etc/passwd", "xem") is not None
+
+
+def test_span_scan_guard_changes_no_match():
+    """SPAN_RE's guard (skip non-ASCII non-digits and letters after ASCII letters) finds exactly what the
+    bare alternation finds, on random strings mixing every pattern's characters, other scripts' digits
+    and arbitrary code points."""
+    import random
+    import re
+
+    from polycap.transforms.protect import SPAN_RE, SPANS_ALTERNATION
+
+    bare = re.compile(SPANS_ALTERNATION, re.DOTALL)
+    rng = random.Random(11)
+    alphabet = "aAbZhEH:/.-%s{}$`'~<>[]()0123456789 \n\t,@_가나tpfw+=*#é۷߉\\"
+    for _ in range(20000):
+        text = "".join(rng.choice(alphabet) if rng.random() < 0.9 else chr(rng.randint(0, 0x3000))
+                       for _ in range(rng.randint(1, 40)))
+        want = [(m.lastgroup, m.span()) for m in bare.finditer(text)]
+        assert [(m.lastgroup, m.span()) for m in SPAN_RE.finditer(text)] == want, text
+    assert [m.lastgroup for m in SPAN_RE.finditer("see https://x.org, run --force in /usr/lib %s ۷")] == [
+        "url", "option", "path", "printf", "number"]
