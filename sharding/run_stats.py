@@ -94,6 +94,19 @@ _SUMMED = ("inputs", "kept", "rejected", "shards")
 _MERGED = ("rejected_by_stage", "rejected_by_reason", "kept_by_language")
 
 
+def sum_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts of several stats dicts (splits, or the waves of one run) summed, and their by-stage, by-reason
+    and by-language counts merged."""
+    merged: dict[str, Any] = {k: sum(int(s.get(k) or 0) for s in stats) for k in _SUMMED}
+    for k in _MERGED:
+        acc: dict[str, int] = {}
+        for s in stats:
+            for name, n in (s.get(k) or {}).items():
+                acc[name] = acc.get(name, 0) + int(n)
+        merged[k] = dict(sorted(acc.items()))
+    return merged
+
+
 def read_stats(output_dir: str, split: str | None = None) -> dict[str, Any]:
     """One split's stats, or with no split every split's merged: counts summed, `balanced` when each split
     balances, `splits` holding each one. Falls back to the old single `_stats.json`; {} when there is none."""
@@ -107,13 +120,7 @@ def read_stats(output_dir: str, split: str | None = None) -> dict[str, Any]:
     if len(per) == 1:
         only = next(iter(per))
         return {**per[only], "splits": per}
-    merged: dict[str, Any] = {k: sum(int(s.get(k) or 0) for s in per.values()) for k in _SUMMED}
-    for k in _MERGED:
-        acc: dict[str, int] = {}
-        for s in per.values():
-            for name, n in (s.get(k) or {}).items():
-                acc[name] = acc.get(name, 0) + int(n)
-        merged[k] = dict(sorted(acc.items()))
+    merged = sum_stats(list(per.values()))
     merged["balanced"] = all(s.get("balanced") for s in per.values())
     merged["notes"] = list(dict.fromkeys(n for s in per.values() for n in s.get("notes") or []))
     merged["schema_version"] = max(str(s.get("schema_version") or "") for s in per.values())

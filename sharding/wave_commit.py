@@ -20,6 +20,7 @@ from polycap.sharding import fs
 from polycap.sharding import manifest as mf
 from polycap.sharding.members import SHARD_RE, shard_name
 from polycap.sharding.rejects import REJECT_FILE_RE, rejects_dir
+from polycap.sharding.run_stats import sum_stats
 from polycap.sharding.writer import TMP_RE
 
 PLAN_NAME = "commit.json"
@@ -97,16 +98,9 @@ def commit_waves(out: str, split: str, waves_dir: str, wave_dirs: list[str]) -> 
 
 
 def merge_stats(per_wave: list[dict[str, Any]]) -> dict[str, Any]:
-    """One run's `_stats/<split>.json` from its waves': counts and per-reason/stage/language dicts summed."""
-    out: dict[str, Any] = dict(per_wave[-1]) if per_wave else {}
-    for k in ("inputs", "kept", "rejected", "shards"):
-        out[k] = sum(int(s.get(k) or 0) for s in per_wave)
-    for k in ("rejected_by_stage", "rejected_by_reason", "kept_by_language"):
-        acc: dict[str, int] = {}
-        for s in per_wave:
-            for name, n in (s.get(k) or {}).items():
-                acc[name] = acc.get(name, 0) + int(n)
-        out[k] = dict(sorted(acc.items()))
-    out["balanced"] = out.get("inputs", 0) == out.get("kept", 0) + out.get("rejected", 0)
+    """One run's `_stats/<split>.json` from its waves': the last wave's fields, counts summed
+    (run_stats.sum_stats), `balanced` and `seconds` over the whole run."""
+    out: dict[str, Any] = {**(per_wave[-1] if per_wave else {}), **sum_stats(per_wave)}
+    out["balanced"] = out["inputs"] == out["kept"] + out["rejected"]
     out["seconds"] = round(sum(float(s.get("seconds") or 0) for s in per_wave), 2)
     return out

@@ -35,9 +35,10 @@ class PriorHashes:
         self.orders: list[np.ndarray] = []
         self.flips: list[np.ndarray] = []
         for w, sub in zip(self.widths, substrings(hashes, self.widths)):
-            order = np.argsort(sub, kind="stable").astype(np.int64)
+            # 4 B per item per substring for the order, 2 (or 4) for the value: ~40 B per kept item in all
+            order = np.argsort(sub, kind="stable").astype(np.uint32)
             self.orders.append(order)
-            self.subs.append(sub[order])
+            self.subs.append(sub[order].astype(np.uint16 if w <= 16 else np.uint32))
             masks = [0] + [sum(1 << b for b in bits) for r in range(1, s + 1) for bits in combinations(range(w), r)]
             self.flips.append(np.array(masks, dtype=np.uint64))
 
@@ -48,7 +49,7 @@ class PriorHashes:
         q = np.array([phash], dtype=np.uint64)
         found: list[np.ndarray] = []
         for sub, order, flips, qs in zip(self.subs, self.orders, self.flips, substrings(q, self.widths)):
-            values = qs[0] ^ flips
+            values = (qs[0] ^ flips).astype(sub.dtype)
             lo, hi = np.searchsorted(sub, values, "left"), np.searchsorted(sub, values, "right")
             found.extend(order[a:b] for a, b in zip(lo, hi) if b > a)
         if not found:

@@ -1,0 +1,181 @@
+"""Peak memory of `polycap run` (the whole process tree) against the input count, in the local mode the README
+recommends (DirectRunner in memory; inputs above `run.wave_size` run in waves, pipelines/waves.py).
+
+Goal: the peak at 100k inputs within 10 % of the peak at 1k. Inputs are small distinct JPEGs (96x96, an 8x8
+grid of random colours upscaled, so every pHash differs) in folders of 1000, plus ~1 % byte-identical copies
+and ~0.5 % recompressed copies (near duplicates) spread over the run, so exact and near dedup work across
+waves. Peak tree memory: the sum of PSS (proportional set size, /proc/PID/smaps_rollup) over the run's
+process and its children, sampled every 0.05 s; each wave is a forked child sharing the launcher's pages, which
+a sum of RSS would count twice (recorded too, as peak_tree_rss_sum_mb), as is each process's own VmHWM. Run: `python -m bench.pipeline_memory [N ...]`
+(default 1000 10000 100000); `--one-graph` measures the single Beam graph (`--wave-size 0`) instead.
+Writes bench/results/pipeline_memory.json (merging earlier sizes of the same mode).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from bench import write_result
+
+REPO = Path(__file__).resolve().parents[1]
+RESULT = REPO / "bench" / "results" / "pipeline_memory.json"
+
+
+def _jpeg(rng: random.Random, quality: int = 90) -> tuple[bytes, Image.Image]:
+    im = Image.frombytes("RGB", (8, 8), bytes(rng.randrange(256) for _ in range(192)))
+    im = im.resize((96, 96), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return buf.getvalue(), im
+
+
+def make_input(dest: Path, n: int, seed: int = 0) -> dict:
+    """n files in folders of 1000: distinct images, ~1 % exact copies and ~0.5 % recompressed copies of an
+    earlier image (any earlier folder, so across waves)."""
+    rng = random.Random(seed)
+    recent: list[tuple[bytes, Image.Image]] = []
+    exact = near = 0
+    for i in range(n):
+        folder = dest / f"{i // 1000:05d}"
+        if i % 1000 == 0:
+            folder.mkdir(parents=True)
+        r = rng.random()
+        if recent and r < 0.01:
+            data, _ = rng.choice(recent)
+            exact += 1
+        elif recent and r < 0.015:
+            buf = io.BytesIO()
+            rng.choice(recent)[1].save(buf, "JPEG", quality=70)
+            data = buf.getvalue()
+            near += 1
+        else:
+            data, im = _jpeg(rng)
+            if len(recent) < 500:
+                recent.append((data, im))
+            elif rng.random() < 0.01:
+                recent[rng.randrange(500)] = (data, im)
+        (folder / f"{i:07d}.jpg").write_bytes(data)
+    return {"files": n, "exact_copies": exact, "recompressed_copies": near}
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    out, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        out.append(p)
+        stack.extend(children.get(p, []))
+    return out
+
+
+def _status_kb(pid: int, field: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _pss_kb(pid: int) -> int:
+    """Proportional set size: shared pages (a forked wave shares the launcher's imports) counted once."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def run_once(src: Path, out: Path, wave_args: list[str]) -> dict:
+    cfg = out.parent / f"{out.name}.json"
+    cfg.write_text(json.dumps({"sources": [{"kind": "dir", "path": str(src)}], "output": str(out),
+                               "dedup": {"near": True}, "shards": {"max_samples": 1000}}))
+    load0 = os.getloadavg()
+    t0 = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "polycap.pipelines.cli", "run", str(cfg), "--progress", "0",
+                             *wave_args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak_tree, peak_rss, hwm, samples = 0, 0, {}, 0
+    while proc.poll() is None:
+        pids = _tree(proc.pid)
+        peak_tree = max(peak_tree, sum(_pss_kb(p) for p in pids))
+        peak_rss = max(peak_rss, sum(_status_kb(p, "VmRSS") for p in pids))
+        for p in pids:
+            hwm[p] = max(hwm.get(p, 0), _status_kb(p, "VmHWM"))
+        samples += 1
+        time.sleep(0.05)
+    stdout, stderr = proc.communicate()
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(stderr[-3000:])
+    stats = json.loads((out / "_stats" / "train.json").read_text())
+    assert stats["balanced"], stats
+    return {"inputs": stats["inputs"], "kept": stats["kept"], "rejected_by_reason": stats["rejected_by_reason"],
+            "waves": stats.get("waves", 1), "shards": stats["shards"], "wall_s": round(wall, 1),
+            "peak_tree_pss_mb": round(peak_tree / 1024, 1), "peak_tree_rss_sum_mb": round(peak_rss / 1024, 1),
+            "max_process_hwm_mb": round(max(hwm.values(), default=0) / 1024, 1),
+            "sum_process_hwm_mb": round(sum(hwm.values()) / 1024, 1), "rss_samples": samples,
+            "load_avg_before": [round(x, 2) for x in load0],
+            "load_avg_after": [round(x, 2) for x in os.getloadavg()]}
+
+
+def main(sizes: list[int], one_graph: bool = False) -> dict:
+    mode = "one_graph" if one_graph else "waves_default"
+    wave_args = ["--wave-size", "0"] if one_graph else []
+    previous = json.loads(RESULT.read_text()) if RESULT.exists() else {}
+    runs = {k: v for k, v in (previous.get("runs") or {}).items()}
+    for n in sizes:
+        work = Path(tempfile.mkdtemp(prefix="polycap-mem-"))
+        try:
+            t0 = time.time()
+            made = make_input(work / "in", n)
+            made["make_s"] = round(time.time() - t0, 1)
+            res = run_once(work / "in", work / "out", wave_args)
+            res["input"] = made
+            runs[f"{mode}/{n}"] = res
+            print(json.dumps({f"{mode}/{n}": res}), file=sys.stderr, flush=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    base = runs.get("waves_default/1000")
+    ratios = {k: round(v["peak_tree_pss_mb"] / base["peak_tree_pss_mb"], 3)
+              for k, v in runs.items() if base and k.startswith("waves_default/")}
+    big = runs.get("waves_default/100000")
+    result = {
+        "goal": "peak tree RSS at 100k inputs within 10 % of the peak at 1k, default (waves) local mode",
+        "runs": runs, "peak_ratio_to_1k": ratios,
+        "meets_goal": bool(big and base and big["peak_tree_pss_mb"] <= 1.1 * base["peak_tree_pss_mb"]),
+        "note": "DirectRunner in memory; 2-core machine shared with other jobs (load averages per run); "
+                "peak_tree_pss_mb (the goal's measure) and peak_tree_rss_sum_mb sampled every 0.05 s; "
+                "max_process_hwm_mb is the kernel's per-process peak",
+    }
+    write_result("pipeline_memory", result)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    main([int(a) for a in args] or [1000, 10000, 100000], one_graph="--one-graph" in sys.argv)
