@@ -6,9 +6,10 @@ grid of random colours upscaled, so every pHash differs) in folders of 1000, plu
 and ~0.5 % recompressed copies (near duplicates) spread over the run, so exact and near dedup work across
 waves. Peak tree memory: the sum of PSS (proportional set size, /proc/PID/smaps_rollup) over the run's
 process and its children, sampled every 0.05 s; each wave is a forked child sharing the launcher's pages, which
-a sum of RSS would count twice (recorded too, as peak_tree_rss_sum_mb), as is each process's own VmHWM. Run: `python -m bench.pipeline_memory [N ...]`
-(default 1000 10000 100000); `--one-graph` measures the single Beam graph (`--wave-size 0`) instead.
-Writes bench/results/pipeline_memory.json (merging earlier sizes of the same mode).
+a sum of RSS would count twice (recorded too, as peak_tree_rss_sum_mb), as is each process's own VmHWM.
+Run: `python -m bench.pipeline_memory [N ...]` (default 1000 10000 100000); `--one-graph` measures the single
+Beam graph (`--wave-size 0`) instead. Writes bench/results/pipeline_memory.json (keeping the other sizes and
+modes it already holds).
 """
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ import sys
 import time
 
 BENCHES = [
-    ["bench.cpu_chain"], ["bench.pipeline"], ["bench.pipeline_memory"], ["bench.neardup_eval"], ["bench.neardup_scale"], ["bench.bench_download"],
+    ["bench.cpu_chain"], ["bench.pipeline"], ["bench.pipeline_memory"], ["bench.neardup_eval"],
+    ["bench.neardup_scale"], ["bench.bench_download"],
     ["bench.urls_vs_img2dataset"],
     ["bench.ocr_eval"], ["bench.ocr_ko_vi"], ["bench.caption_client"], ["bench.translate_client"],
     ["bench.translate_gates"],

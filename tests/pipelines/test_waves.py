@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from polycap.pipelines.waves import listing_lines, read_slice, write_listing
-from polycap.schemas.config import Config, SourceConfig
+from polycap.schemas.config import Config, RunConfig, SourceConfig
 from polycap.sharding.rejects import read_rejects
 from polycap.sharding.validate import validate_dir
 from polycap.sharding.wave_commit import merge_stats
@@ -149,3 +149,22 @@ def test_merge_stats_sums_waves():
     m = merge_stats([a, b])
     assert (m["inputs"], m["kept"], m["rejected"], m["shards"], m["balanced"]) == (6, 3, 3, 1, True)
     assert m["rejected_by_reason"] == {"duplicate": 2, "too_small": 1} and m["seconds"] == 3.5
+
+
+def test_waves_apply_only_to_local_runs_of_local_folders(tmp_path):
+    from polycap.pipelines.waves import applies
+
+    cfg = Config(sources=[SourceConfig(kind="dir", path=str(tmp_path))])
+    out = str(tmp_path / "out")
+    assert applies(cfg, "DirectRunner", out) and applies(cfg, "PrismRunner", out)
+    assert not applies(cfg, "DataflowRunner", out) and not applies(cfg, "FlinkRunner", out)
+    assert not applies(cfg, "DirectRunner", "s3://bucket/out")
+    assert not applies(Config(sources=[SourceConfig(kind="urls", path=str(tmp_path / "u.txt"))]), "DirectRunner", out)
+    assert not applies(Config(sources=cfg.sources, run=RunConfig(wave_size=0)), "DirectRunner", out)
+
+
+def test_wave_size_is_checked_on_load():
+    from polycap.schemas.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="run.wave_size"):
+        load_config(data={"sources": [{"kind": "dir", "path": "x"}]}, overrides=["run.wave_size=-1"])
