@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import base64
 import math
+from collections import Counter
 from collections.abc import Iterable
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.typehints import KV, Any, Tuple
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.typehints import KV, Any, List, Tuple
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 from polycap.schemas import Reason, Reject, Sample
 from polycap.schemas.config import DedupConfig
@@ -49,16 +53,23 @@ MASK64 = (1 << 64) - 1
 # phash_hex lives with the decode that computes it; re-exported here, where the dedup contract names it.
 __all__ = ["DedupImages", "phash_hex"]
 
-# Data flow (no step holds the dataset in one place, nothing is keyed by None, no image bytes in a shuffle):
-#  1. Each sample -> a NearMember (key, content pHash, rank, uri, 1 KB thumbnail, flat-colour class); exact
-#     copies of one key are one item wherever they meet (the best copy, as `decide` keeps it).
-#  2. Flat-colour members (a second output of the same step) meet per colour class in step 4's GroupByKey:
-#     an edge from the best to every other (pHash says nothing about a flat image).
+# Data flow (no step holds the dataset in one place, nothing is keyed by None, no image bytes in a shuffle).
+# On the DirectRunner each step and each GroupByKey costs more than these 1000-photo jobs' element work
+# (bench/dedup_stage.py), so the graph has as few as the flow allows: one pass over the samples feeds every
+# branch, joins are a Flatten of values told apart by type plus one GroupByKey (no CoGroupByKey tagging
+# steps), and per-bundle gathering keeps the count and key shuffles to a few elements per key.
+#  1. One pass over the samples (`_ProjectFn`): (key, sample) for step 6; each sample -> a NearMember (key,
+#     content pHash, rank, uri, 1 KB thumbnail, flat-colour class); exact copies of one key are one item
+#     wherever they meet (the best copy, as `decide` keeps it).
+#  2. Flat-colour members (their own output) go with step 4's join to its GroupByKey of pair members and
+#     meet there per colour class: an edge from the best to every other (pHash says nothing about a flat
+#     image).
 #  3. Others: (key, pHash) under the multi-index-hashing keys (transforms/neardup.py: 68 keys for t = 10,
-#     or t + 1 = 11 exact-substring keys while the item count allows, neardup.choose_plan).
-#     Substring values are counted (4 per item); the heavy ones (a side input) bound each key's size
-#     (neardup.KeySizes), and a key that may exceed dedup.max_key_items is split into hash-block pairs.
-#     Each key group emits the candidate pairs it owns (every pair within t exactly once).
+#     or t + 1 = 11 exact-substring keys while the item count allows, neardup.choose_plan), a list per key
+#     and bundle. Substring values are counted (4 per item, summed per bundle first); the heavy ones (a side
+#     input) bound each key's size (neardup.KeySizes), and a key that may exceed dedup.max_key_items is split
+#     into hash-block pairs. Each key group emits the candidate pairs it owns (every pair within t exactly
+#     once).
 #  4. A join of members and pairs on the content key sends each member of a pair to the pair's second key
 #     (a GroupByKey of pair members only); there `same_picture` verifies the pair (transforms/pixel_check.py):
 #     an edge from the better copy to the worse.
@@ -66,8 +77,9 @@ __all__ = ["DedupImages", "phash_hex"]
 #     node: its state, its out-edges and its better neighbours' last status): a node joins the best centre
 #     among its verified better neighbours, so a dropped copy always names a kept one it was checked against
 #     (no chains). Nodes still undecided after the rounds are kept (counted `undecided_kept`).
-#  6. A CoGroupByKey on the content key joins the drop decisions back to the samples (the one shuffle that
-#     carries samples; their bytes are staged out of the record by then).
+#  6. The last round runs in the GroupByKey on the content key that joins each node's state and messages to
+#     its samples and decides (the one shuffle that carries samples; their bytes are staged out of the record
+#     by then).
 
 
 def rank(sample: Sample) -> tuple:
@@ -122,36 +134,105 @@ def solid_edges(colour: str, members: Iterable[NearMember]) -> list[tuple[str, t
     return [e for m in rest for e in edge(kept, m, f"the same flat colour {colour}")]
 
 
+BUFFER = 50_000    # entries a step gathers per bundle before it emits them (~15 MB)
 COUNT_KEY = -1     # counted once per item next to the substring values: the item count that picks the plan
+FLAT, REST, ITEMS, VALUES = "flat", "rest", "items", "values"
 
 
-def _own_values(kv: tuple[str, NearMember], t: int) -> list[int]:
-    """COUNT_KEY and the MIH substring values (neardup.own_values): what CountValues counts (EXACT is only
-    chosen when no key can pass the bound)."""
-    return [COUNT_KEY, *own_values(kv[1].phash, t, MIH)]
+def _global(value: object) -> WindowedValue:
+    """An output of finish_bundle (the dedup runs in the global window)."""
+    return WindowedValue(value, MIN_TIMESTAMP, (GlobalWindow(),))
+
+
+class _ProjectFn(beam.DoFn):
+    """One pass over the samples: (content key, sample) for the decision join (main output) and, with near
+    dedup on, the sample's member: ("#rrggbb", ("flat", member)) on FLAT for a flat-colour image (keyed for
+    the GroupByKey that meets the members of each pair), else (key, member) on REST and (key, pHash as a
+    signed int: a VarInt coder's range) on ITEMS (what the multi-index keys need, without the thumbnail);
+    and on VALUES, counted
+    per bundle (at most BUFFER distinct values held), (value, count) of COUNT_KEY (one per item) and of the
+    items' MIH substring values (neardup.own_values), which CountValues sums (EXACT is only chosen when no
+    key can pass the bound)."""
+
+    def __init__(self, t: int, near: bool):
+        self.t, self.near = t, near
+
+    def start_bundle(self):
+        self._counts: Counter[int] = Counter()
+
+    def process(self, s: Sample):
+        yield s.key, s
+        m = to_member(s) if self.near else None
+        if m is None:
+            return
+        if m.solid:
+            yield beam.pvalue.TaggedOutput(FLAT, (f"#{m.solid}", ("flat", m)))
+            return
+        yield beam.pvalue.TaggedOutput(REST, (m.key, m))
+        yield beam.pvalue.TaggedOutput(ITEMS, (m.key, m.phash - (1 << 64) if m.phash >> 63 else m.phash))
+        counts = self._counts
+        counts[COUNT_KEY] += 1
+        for v in own_values(m.phash, self.t, MIH):
+            counts[v] += 1
+        if len(counts) >= BUFFER:
+            yield from (beam.pvalue.TaggedOutput(VALUES, kv) for kv in self._flush())
+
+    def _flush(self) -> list[tuple[int, int]]:
+        out, self._counts = list(self._counts.items()), Counter()
+        return out
+
+    def finish_bundle(self):
+        for kv in self._flush():
+            yield beam.pvalue.TaggedOutput(VALUES, _global(kv))
+
+
+def _heavy_values(kv: tuple[int, Iterable[int]], q: int) -> Iterable[tuple[int, int]]:
+    """A counted value's total, kept when heavy (more than q): the side input that bounds key sizes."""
+    n = sum(kv[1])
+    if n > q:
+        yield kv[0], n
 
 
 class _KeysFn(beam.DoFn):
-    """Member -> (group key, (content key, pHash)) per multi-index key; a key that may hold more than
+    """(content key, pHash) -> (group key, (content key, pHash)) per multi-index key; a key that may hold more than
     dedup.max_key_items (neardup.KeySizes over the side input of heavy substring values) becomes the item's
-    hash-block pairs (neardup.block_keys). Group key: (j << 32 | meeting value, blocks, lo, hi)."""
+    hash-block pairs (neardup.block_keys). Group key: (j << 32 | meeting value, blocks, lo, hi). The items
+    of one group key are gathered per bundle (at most BUFFER items held) and emitted as one list: the
+    EXACT plan's keys hold ~N / 2**6 items, so the shuffle carries a list per key and bundle instead of an
+    element per item and key (11 per item)."""
 
     def __init__(self, t: int, bound: int):
         self.t, self.bound = t, bound
 
-    def process(self, kv, heavy):
-        key, m = kv
-        item = (key, m.phash - (1 << 64) if m.phash >> 63 else m.phash)   # signed: a VarInt coder's range
+    def start_bundle(self):
+        self._buf: dict[tuple, list] = {}
+        self._held = 0
+
+    def process(self, item, heavy):
+        key, h = item
         if getattr(self, "_heavy", None) is not heavy:     # one plan and KeySizes per side-input value
             plan = choose_plan(heavy.get(COUNT_KEY, 0), self.t, self.bound)
             self._heavy, self._sizes = heavy, KeySizes(heavy, self.t, self.bound, plan)
-        for mk, count in self._sizes.keys(m.phash):
+        buf = self._buf
+        for mk, count in self._sizes.keys(h & MASK64):
             if not count:
-                yield (mk, 1, 0, 0), item
+                buf.setdefault((mk, 1, 0, 0), []).append(item)
+                self._held += 1
             else:
                 nb = n_blocks(count, self.bound)
                 for lo, hi in block_keys(key, nb):
-                    yield (mk, nb, lo, hi), item
+                    buf.setdefault((mk, nb, lo, hi), []).append(item)
+                    self._held += 1
+        if self._held >= BUFFER:
+            yield from self._flush()
+
+    def _flush(self) -> list[tuple[tuple, list]]:
+        out, self._buf, self._held = list(self._buf.items()), {}, 0
+        return out
+
+    def finish_bundle(self):
+        for kv in self._flush():
+            yield _global(kv)
 
 
 class _PairsFn(beam.DoFn):
@@ -164,8 +245,8 @@ class _PairsFn(beam.DoFn):
         self.candidates = Metrics.counter(STAGE, "candidate_pairs")
 
     def process(self, kv):
-        (mk, nb, lo, hi), items = kv
-        items = list(items)
+        (mk, nb, lo, hi), lists = kv
+        items = [it for batch in lists for it in batch]
         if len(items) < 2:                         # most keys: nothing to pair
             return
         items = sorted(set(items))                 # exact copies of one content key: one item
@@ -181,13 +262,24 @@ class _PairsFn(beam.DoFn):
             yield items[k][0], ""
 
 
-def to_second_key(kv: tuple[str, dict[str, list]]) -> Iterable[tuple[str, tuple[str, NearMember]]]:
-    """The join of members and pairs: a member travels to the key of each partner it comes first to, and
-    to its own key when it comes second in a pair, so the next GroupByKey holds only members of pairs."""
-    _, grouped = kv
-    ms = list(grouped["m"])
-    partners = set(grouped["pairs"]) if ms else set()
-    if partners:
+def to_second_key(kv: tuple[str, Iterable[object]]) -> Iterable[tuple[str, object]]:
+    """The join of members and pairs (a NearMember per copy of the key, a partner key or "" per pair): a
+    member travels to the key of each partner it comes first to, and to its own key when it comes second in
+    a pair, so the next GroupByKey holds only members of pairs. A flat-colour class ("#rrggbb": its
+    ("flat", member) values) travels on as it is, to meet in the same GroupByKey."""
+    key, values = kv
+    if key.startswith("#"):
+        for v in values:
+            yield key, v
+        return
+    ms: list[NearMember] = []
+    partners: set[str] = set()
+    for v in values:
+        if isinstance(v, NearMember):
+            ms.append(v)
+        elif isinstance(v, str):
+            partners.add(v)
+    if ms and partners:
         m = best_member(ms)
         for b in partners:
             yield (b, ("first", m)) if b else (m.key, ("second", m))
@@ -269,7 +361,8 @@ def decide(key: str, samples: Iterable[Sample], drops: list[tuple[str, str, str]
 
 
 class _DecideFn(RoutingDoFn):
-    """Per content key: keep one sample, or none when the key is a near duplicate of another key."""
+    """Per content key, its samples and (near dedup) its node's state and messages for the last clustering
+    round: keep one sample, or none when the key is a near duplicate of another key."""
 
     stage = STAGE
 
@@ -277,58 +370,38 @@ class _DecideFn(RoutingDoFn):
         self.cfg = cfg
 
     def process(self, kv):
-        key, grouped = kv
-        drops = list(grouped["drop"])
-        for out in decide(key, grouped["samples"], drops, self.cfg):
+        key, values = kv
+        samples, node = [], []
+        for v in values:
+            (samples if isinstance(v, Sample) else node).append(v)
+        drops = [d for _, d in node_round((key, node), True)] if node else []
+        for out in decide(key, samples, drops, self.cfg):
             if isinstance(out, Reject):
                 self.count("near_duplicates" if drops else "exact_duplicates")
             yield self.route(out)
 
 
-def _key_by_content(s: Sample) -> tuple[str, Sample]:
-    return s.key, s
-
-
-FLAT = "flat"
-
-
-def _member_kv(s: Sample) -> Iterable:
-    """(key, member) of a textured image; a flat-colour one goes to the FLAT output as ("#rrggbb", member),
-    keyed for the GroupByKey that meets the members of each pair."""
-    m = to_member(s)
-    if m is not None:
-        yield beam.pvalue.TaggedOutput(FLAT, (f"#{m.solid}", ("flat", m))) if m.solid else (m.key, m)
-
-
-class NearDuplicates(beam.PTransform):
-    """Decoded Samples -> (dropped key, (kept key, kept uri, how they were matched)) per near duplicate."""
-
-    def __init__(self, cfg: DedupConfig):
-        super().__init__()
-        self.cfg = cfg
-
-    def expand(self, pcoll):
-        t, bound = self.cfg.max_hamming, self.cfg.max_key_items
-        members = pcoll | "Members" >> beam.FlatMap(_member_kv).with_outputs(FLAT, main="rest")
-        rest = members.rest
-        q = KeySizes({}, t, bound, MIH).q
-        heavy = (rest | "OwnValues" >> beam.FlatMap(_own_values, t)
-                 | "CountValues" >> beam.combiners.Count.PerElement().with_output_types(KV[int, int])
-                 | "Heavy" >> beam.Filter(lambda kv: kv[1] > q))
-        pairs = (rest | "MihKeys" >> beam.ParDo(_KeysFn(t, bound), beam.pvalue.AsDict(heavy))
-                 .with_output_types(KV[Tuple[int, int, int, int], Tuple[str, int]])
-                 | "GroupKeys" >> beam.GroupByKey()
-                 | "OwnedPairs" >> beam.ParDo(_PairsFn(t)).with_output_types(KV[str, str]))
-        to_second = ({"m": rest, "pairs": pairs} | "JoinPairs" >> beam.CoGroupByKey()
-                     | "ToSecond" >> beam.FlatMap(to_second_key))
-        nodes = ((to_second, members[FLAT]) | "WithFlat" >> beam.Flatten()
-                 | "GroupPairs" >> beam.GroupByKey()
-                 | "Verify" >> beam.ParDo(_VerifyFn(t)).with_output_types(KV[str, Any]))
-        rounds = self.cfg.center_rounds
-        for r in range(1, rounds + 1):
-            nodes = (nodes | f"GroupRound{r}" >> beam.GroupByKey()
-                     | f"Round{r}" >> beam.FlatMap(node_round, r == rounds))
-        return nodes
+def near_nodes(rest: beam.PCollection, items: beam.PCollection, flat: beam.PCollection,
+               values: beam.PCollection, cfg: DedupConfig) -> beam.PCollection:
+    """Steps 2-5 of the data flow: members -> (node key, state or message) for the last clustering round,
+    which the decision join runs (one GroupByKey fewer)."""
+    t, bound = cfg.max_hamming, cfg.max_key_items
+    q = KeySizes({}, t, bound, MIH).q
+    heavy = (values | "CountValues" >> beam.GroupByKey()
+             | "Heavy" >> beam.FlatMap(_heavy_values, q).with_output_types(KV[int, int]))
+    pairs = (items | "MihKeys" >> beam.ParDo(_KeysFn(t, bound), beam.pvalue.AsDict(heavy))
+             .with_output_types(KV[Tuple[int, int, int, int], List[Tuple[str, int]]])
+             | "GroupKeys" >> beam.GroupByKey()
+             | "OwnedPairs" >> beam.ParDo(_PairsFn(t)).with_output_types(KV[str, str]))
+    nodes = ((rest, flat, pairs) | "WithPairs" >> beam.Flatten().with_output_types(KV[str, Any])
+             | "JoinPairs" >> beam.GroupByKey()
+             | "ToSecond" >> beam.FlatMap(to_second_key)
+             | "GroupPairs" >> beam.GroupByKey()
+             | "Verify" >> beam.ParDo(_VerifyFn(t)).with_output_types(KV[str, Any]))
+    for r in range(1, cfg.center_rounds):
+        nodes = (nodes | f"GroupRound{r}" >> beam.GroupByKey()
+                 | f"Round{r}" >> beam.FlatMap(node_round, False).with_output_types(KV[str, Any]))
+    return nodes
 
 
 class DedupImages(beam.PTransform):
@@ -339,11 +412,12 @@ class DedupImages(beam.PTransform):
         self.cfg = cfg
 
     def expand(self, pcoll):
-        keyed = pcoll | "KeyByContent" >> beam.Map(_key_by_content)
-        if self.cfg.near:
-            drops = pcoll | "Near" >> NearDuplicates(self.cfg)
-        else:
-            drops = pcoll.pipeline | "NoNearDups" >> beam.Create([])
-        joined = {"samples": keyed, "drop": drops} | "JoinDecisions" >> beam.CoGroupByKey()
-        return route_stage(joined, "Decide", _DecideFn(self.cfg), STAGE)
-
+        cfg = self.cfg
+        proj = pcoll | "Project" >> beam.ParDo(_ProjectFn(cfg.max_hamming, cfg.near)).with_outputs(
+            REST, ITEMS, FLAT, VALUES, main="keyed")
+        keyed: beam.PCollection = proj.keyed
+        if cfg.near:
+            nodes = near_nodes(proj[REST], proj[ITEMS], proj[FLAT], proj[VALUES], cfg)
+            keyed = (keyed, nodes) | "WithNodes" >> beam.Flatten().with_output_types(KV[str, Any])
+        joined = keyed | "JoinDecisions" >> beam.GroupByKey()
+        return route_stage(joined, "Decide", _DecideFn(cfg), STAGE)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -195,10 +196,14 @@ def key_pairs(hashes: list[int], j: int, meet: int, t: int,
     global _plain_pairs_done
     n_pairs = len(hashes) * (len(hashes) - 1) // 2
     if len(hashes) <= SMALL_KEY or _plain_pairs_done + n_pairs <= PLAIN_PAIRS:
+        pairs: Iterable[tuple[int, int]] = combinations(range(len(hashes)), 2)
         if len(hashes) > SMALL_KEY:
             _plain_pairs_done += n_pairs
+            h = np.array(hashes, dtype=np.uint64)   # the pairs within t, in the same order, in one pass
+            ii, kk = np.nonzero(np.triu(np.bitwise_count(h[:, None] ^ h) <= t, 1))
+            pairs = zip(ii.tolist(), kk.tolist())
         widths = plan_widths(t, plan)
-        return [(i, k) for i, k in combinations(range(len(hashes)), 2)
+        return [(i, k) for i, k in pairs
                 if (blocks is None or blocks[i] != blocks[k]) and owns(hashes[i], hashes[k], j, meet, t, widths)]
     from polycap.transforms.neardup_kernel import key_group_pairs  # numba: imported once a key needs it
 

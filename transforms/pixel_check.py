@@ -2,6 +2,8 @@
 (transforms/signature.py) compared block by block at the best of a few crop alignments."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 THUMB_SIDE = 32
@@ -59,10 +61,15 @@ def _alignments() -> list[tuple[float, float, float]]:
 
 ALIGNMENTS = _alignments()
 # band(warp(a)) = sum over the two blurs of +-(B W_y) a (B W_x)^T: every alignment's band-passed thumbnail
-# comes from one batched product (left, right: (2, alignments, side, side); the identity is alignment 0).
+# comes from batched products (left, right: (2, alignments, side, side); the identity is alignment 0). The
+# left factor depends only on (scale, oy): its distinct products with a thumbnail (9 of 33) are computed once
+# and shared by the alignments that use them, the same products as the full batch, value for value.
 _BLURS = [_blur_matrix(s) for s in BAND_SIGMAS]
 _LEFT = np.stack([np.stack([g @ _warp_matrix(sc, oy) for sc, _, oy in ALIGNMENTS]) for g in _BLURS])
 _RIGHT = np.stack([np.stack([(g @ _warp_matrix(sc, ox)).T for sc, ox, _ in ALIGNMENTS]) for g in _BLURS])
+_LEFT_KEYS = list(dict.fromkeys((sc, oy) for sc, _, oy in ALIGNMENTS))
+_LEFT_OF = np.array([_LEFT_KEYS.index((sc, oy)) for sc, _, oy in ALIGNMENTS])
+_LEFT_DISTINCT = np.stack([np.stack([g @ _warp_matrix(sc, oy) for sc, oy in _LEFT_KEYS]) for g in _BLURS])
 
 
 def band(a: np.ndarray) -> np.ndarray:
@@ -70,9 +77,11 @@ def band(a: np.ndarray) -> np.ndarray:
     return _LEFT[0, 0] @ a @ _RIGHT[0, 0] - _LEFT[1, 0] @ a @ _RIGHT[1, 0]
 
 
-def aligned_bands(a: np.ndarray) -> np.ndarray:
-    """(alignments, side, side): band(warp(a, *alignment)) for every ALIGNMENTS entry."""
-    return _LEFT[0] @ a @ _RIGHT[0] - _LEFT[1] @ a @ _RIGHT[1]
+def aligned_bands(a: np.ndarray, first: int = 0) -> np.ndarray:
+    """(alignments, side, side): band(warp(a, *alignment)) for every ALIGNMENTS entry from `first` on."""
+    la = _LEFT_DISTINCT @ a
+    at = _LEFT_OF[first:]
+    return la[0][at] @ _RIGHT[0, first:] - la[1][at] @ _RIGHT[1, first:]
 
 
 def warp(a: np.ndarray, scale: float, ox: float, oy: float) -> np.ndarray:
@@ -104,16 +113,32 @@ def _passes(shares: list[float]) -> bool:
     return all(s >= need for s, (_, need) in zip(shares, BLOCK_TESTS))
 
 
+# A thumbnail meets several others in a dedup group (every pair of a cluster is checked): its pixels, band
+# and aligned bands (~260 KB) are kept for the most recent ones of this process.
+@functools.lru_cache(maxsize=256)
+def _gray_band(thumb: bytes) -> tuple[np.ndarray, np.ndarray]:
+    t = np.frombuffer(thumb, np.uint8).astype(np.float64).reshape(THUMB_SIDE, THUMB_SIDE)
+    d = band(t)
+    t.flags.writeable = d.flags.writeable = False
+    return t, d
+
+
+@functools.lru_cache(maxsize=32)
+def _crop_bands(thumb: bytes) -> np.ndarray:
+    """aligned_bands of every alignment but the identity."""
+    w = aligned_bands(_gray_band(thumb)[0], 1)
+    w.flags.writeable = False
+    return w
+
+
 def detail_match(a: bytes, b: bytes) -> tuple[bool, list[float], tuple[float, float, float]]:
     """The pixel check of two THUMB_SIDE^2 gray thumbnails: (verdict, block shares, alignment), at identity
     when that passes, else at the alignment (either way round) with the highest detail correlation."""
-    ta = np.frombuffer(a, np.uint8).astype(np.float64).reshape(THUMB_SIDE, THUMB_SIDE)
-    tb = np.frombuffer(b, np.uint8).astype(np.float64).reshape(THUMB_SIDE, THUMB_SIDE)
-    da, db = band(ta), band(tb)
+    da, db = _gray_band(a)[1], _gray_band(b)[1]
     shares = block_shares(da, db)
     if _passes(shares):
         return True, shares, ALIGNMENTS[0]
-    wa, wb = aligned_bands(ta)[1:], aligned_bands(tb)[1:]
+    wa, wb = _crop_bands(a), _crop_bands(b)
     fa, fb = wa.reshape(len(wa), -1), wb.reshape(len(wb), -1)
     ca, cb = _ncc(fa, db.ravel()[None]), _ncc(fb, da.ravel()[None])
     c0 = float(_ncc(da.ravel(), db.ravel()))
