@@ -39,12 +39,19 @@ def plan(out: str, split: str, wave_dirs: list[str]) -> dict[str, Any]:
     """Where each wave's shards and reject files go: shards numbered on from wave to wave, reject files too."""
     shards: list[list[str]] = []
     rejects: list[list[str]] = []
+    empty: list[str] = []
     for w in wave_dirs:
         for name in wave_shards(w, split):
             shards.append([w, name, shard_name(split, len(shards))])
         wrej = rejects_dir(w, split)
         for name in sorted(n for n in mf.list_files(wrej) if REJECT_FILE_RE.match(n)):
-            rejects.append([fs.join(wrej, name), f"rejects-{len(rejects):05d}.parquet"])
+            path = fs.join(wrej, name)
+            if fs.parquet_rows(path):
+                rejects.append([path, f"rejects-{len(rejects):05d}.parquet"])
+            else:                      # a wave without rejects commits an empty file; one run keeps one at most
+                empty.append(path)
+    if not rejects and empty:
+        rejects.append([empty[0], "rejects-00000.parquet"])
     return {"shards": shards, "rejects": rejects, "waves": wave_dirs}
 
 
