@@ -323,8 +323,9 @@ class ShardsConfig(Section):
 class RunConfig(Section):
     # Local runs (DirectRunner/Prism) of local folder sources with more inputs than this go in waves of this
     # many inputs (pipelines/waves.py): memory bounded by the wave, not the dataset. 0: one graph always.
-    # Remote runners always run one graph. 1000: each wave peaks about as high as a 1k-input run in one
-    # graph (bench/results/pipeline_memory.json); larger waves raise the peak, smaller ones add start-ups.
+    # Remote runners always run one graph. 1000: each wave's process peaks about as high as a 1k-input run
+    # in one graph, the whole run at ~400 MB at 100k inputs (bench/results/pipeline_memory.json); larger
+    # waves raise the peak, smaller ones add Beam start-ups.
     wave_size: int = 1000
 
     def validate(self) -> None:
