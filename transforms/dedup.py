@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.typehints import KV, Any, List, Tuple
@@ -19,6 +20,7 @@ from polycap.schemas.config import DedupConfig
 from polycap.transforms.decode import phash_hex
 from polycap.transforms.neardup import (
     CENTRE,
+    EXACT,
     JOINED,
     MIH,
     PLAN_SHIFT,
@@ -65,11 +67,11 @@ __all__ = ["DedupImages", "phash_hex"]
 #     meet there per colour class: an edge from the best to every other (pHash says nothing about a flat
 #     image).
 #  3. Others: (key, pHash) under the multi-index-hashing keys (transforms/neardup.py: 68 keys for t = 10,
-#     or t + 1 = 11 exact-substring keys while the item count allows, neardup.choose_plan), a list per key
-#     and bundle. Substring values are counted (4 per item, summed per bundle first); the heavy ones (a side
-#     input) bound each key's size (neardup.KeySizes), and a key that may exceed dedup.max_key_items is split
-#     into hash-block pairs. Each key group emits the candidate pairs it owns (every pair within t exactly
-#     once).
+#     or t + 1 = 11 exact-substring keys while the item count allows, neardup.choose_plan; a job of at most
+#     ONE_KEY_ITEMS items under that plan: one key of all its items), a list per key and bundle. Substring
+#     values are counted (4 per item, summed per bundle first); the heavy ones (a side input) bound each key's
+#     size (neardup.KeySizes), and a key that may exceed dedup.max_key_items is split into hash-block pairs.
+#     Each key group emits the candidate pairs it owns (every pair within t exactly once).
 #  4. A join of members and pairs on the content key sends each member of a pair to the pair's second key
 #     (a GroupByKey of pair members only); there `same_picture` verifies the pair (transforms/pixel_check.py):
 #     an edge from the better copy to the worse.
@@ -135,8 +137,20 @@ def solid_edges(colour: str, members: Iterable[NearMember]) -> list[tuple[str, t
 
 
 BUFFER = 50_000    # entries a step gathers per bundle before it emits them (~15 MB)
+# A job whose item count picks the EXACT plan and is at most ONE_KEY_ITEMS (t = 10: EXACT's own limit, 1024)
+# pairs all its items in one key group, one key per item instead of t + 1 (the same pairs: every pair within t,
+# once; a numpy pass over at most 1024^2 / 2 pairs, ~3 ms, bounded like any key by dedup.max_key_items).
+ONE_KEY_ITEMS = 1024
+ONE_KEY = (-1, 1, 0, 0)
 COUNT_KEY = -1     # counted once per item next to the substring values: the item count that picks the plan
 FLAT, REST, ITEMS, VALUES = "flat", "rest", "items", "values"
+
+
+def pairs_within(hashes: list[int], t: int) -> list[tuple[int, int]]:
+    """Index pairs (i < k) of hashes within Hamming t."""
+    h = np.array(hashes, dtype=np.uint64)
+    i, k = np.nonzero(np.triu(np.bitwise_count(h[:, None] ^ h) <= t, 1))
+    return list(zip(i.tolist(), k.tolist()))
 
 
 def _global(value: object) -> WindowedValue:
@@ -211,9 +225,17 @@ class _KeysFn(beam.DoFn):
     def process(self, item, heavy):
         key, h = item
         if getattr(self, "_heavy", None) is not heavy:     # one plan and KeySizes per side-input value
-            plan = choose_plan(heavy.get(COUNT_KEY, 0), self.t, self.bound)
+            n = heavy.get(COUNT_KEY, 0)
+            plan = choose_plan(n, self.t, self.bound)
             self._heavy, self._sizes = heavy, KeySizes(heavy, self.t, self.bound, plan)
+            self._one_key = plan == EXACT and n <= ONE_KEY_ITEMS
         buf = self._buf
+        if self._one_key:
+            buf.setdefault(ONE_KEY, []).append(item)
+            self._held += 1
+            if self._held >= BUFFER:
+                yield from self._flush()
+            return
         for mk, count in self._sizes.keys(h & MASK64):
             if not count:
                 buf.setdefault((mk, 1, 0, 0), []).append(item)
@@ -253,9 +275,12 @@ class _PairsFn(beam.DoFn):
         if len(items) < 2:
             return
         self.size.update(len(items))
-        blocks = [stable_hash(k) % nb for k, _ in items] if lo != hi else None
-        pairs = key_pairs([h & MASK64 for _, h in items], mk >> 32 & 0xFF, mk & 0xFFFFFFFF, self.t, blocks,
-                          mk >> PLAN_SHIFT)
+        if mk == ONE_KEY[0]:
+            pairs = pairs_within([h & MASK64 for _, h in items], self.t)
+        else:
+            blocks = [stable_hash(k) % nb for k, _ in items] if lo != hi else None
+            pairs = key_pairs([h & MASK64 for _, h in items], mk >> 32 & 0xFF, mk & 0xFFFFFFFF, self.t, blocks,
+                              mk >> PLAN_SHIFT)
         self.candidates.inc(len(pairs))
         for i, k in pairs:
             yield items[i][0], items[k][0]

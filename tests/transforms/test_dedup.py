@@ -49,14 +49,18 @@ def run_dedup(samples: list[Sample], cfg: DedupConfig, check_kept, check_rejects
         assert_that(rejects, check_rejects, label="rejects")
 
 
-@pytest.mark.parametrize("bound,buffer", [(2048, None), (16, None), (2048, 3), (16, 3)])
-def test_beam_graph_drops_what_brute_force_pairs_and_centre_rounds_drop(bound, buffer, monkeypatch):
-    """Candidate keys under either plan (max_key_items 2048: these ~300 items choose EXACT; 16: MIH, with
-    keys split into blocks around a 60-copy hot cluster), verified pairs and clustering rounds in Beam give
-    exactly the numpy centre rounds over brute-force pairs; also when the per-bundle gathering of substring
-    counts and key lists (dedup.BUFFER) emits after every item instead of once a bundle."""
+@pytest.mark.parametrize("bound,one_key,buffer", [(2048, True, None), (2048, False, None), (16, True, None),
+                                                   (2048, True, 3), (2048, False, 3), (16, True, 3)])
+def test_beam_graph_drops_what_brute_force_pairs_and_centre_rounds_drop(bound, one_key, buffer, monkeypatch):
+    """Candidate keys under each plan (max_key_items 2048: these ~300 items choose EXACT, all in one key
+    group, or under EXACT's t + 1 keys with dedup.ONE_KEY_ITEMS 0; 16: MIH, with keys split into blocks
+    around a 60-copy hot cluster), verified pairs and clustering rounds in Beam give exactly the numpy centre
+    rounds over brute-force pairs; also when the per-bundle gathering of substring counts and key lists
+    (dedup.BUFFER) emits after every item instead of once a bundle."""
+    import polycap.transforms.dedup as dedup
+    if not one_key:
+        monkeypatch.setattr(dedup, "ONE_KEY_ITEMS", 0)
     if buffer is not None:
-        import polycap.transforms.dedup as dedup
         monkeypatch.setattr(dedup, "BUFFER", buffer)
     rng = random.Random(1)
     hashes = []
