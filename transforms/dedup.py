@@ -8,7 +8,6 @@ from collections import Counter
 from collections.abc import Iterable
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.typehints import KV, Any, List, Tuple
@@ -33,6 +32,7 @@ from polycap.transforms.neardup import (
     n_blocks,
     next_status,
     own_values,
+    pairs_within,
     same_picture,
     stable_hash,
 )
@@ -144,13 +144,6 @@ ONE_KEY_ITEMS = 1024
 ONE_KEY = (-1, 1, 0, 0)
 COUNT_KEY = -1     # counted once per item next to the substring values: the item count that picks the plan
 FLAT, REST, ITEMS, VALUES = "flat", "rest", "items", "values"
-
-
-def pairs_within(hashes: list[int], t: int) -> list[tuple[int, int]]:
-    """Index pairs (i < k) of hashes within Hamming t."""
-    h = np.array(hashes, dtype=np.uint64)
-    i, k = np.nonzero(np.triu(np.bitwise_count(h[:, None] ^ h) <= t, 1))
-    return list(zip(i.tolist(), k.tolist()))
 
 
 def _global(value: object) -> WindowedValue:

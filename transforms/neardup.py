@@ -186,6 +186,13 @@ def owns(a: int, b: int, j: int, meet: int, t: int, widths: list[int]) -> bool:
     return min(x ^ low, x ^ (d ^ low)) == meet
 
 
+def pairs_within(hashes: list[int], t: int) -> list[tuple[int, int]]:
+    """Index pairs (i < k) of hashes within Hamming t, in the order of itertools.combinations."""
+    h = np.array(hashes, dtype=np.uint64)
+    i, k = np.nonzero(np.triu(np.bitwise_count(h[:, None] ^ h) <= t, 1))
+    return list(zip(i.tolist(), k.tolist()))
+
+
 def key_pairs(hashes: list[int], j: int, meet: int, t: int,
               blocks: list[int] | None = None, plan: int = MIH) -> list[tuple[int, int]]:
     """Index pairs (i < k) of one key's items that this key owns (within t, first close substring j,
@@ -199,9 +206,7 @@ def key_pairs(hashes: list[int], j: int, meet: int, t: int,
         pairs: Iterable[tuple[int, int]] = combinations(range(len(hashes)), 2)
         if len(hashes) > SMALL_KEY:
             _plain_pairs_done += n_pairs
-            h = np.array(hashes, dtype=np.uint64)   # the pairs within t, in the same order, in one pass
-            ii, kk = np.nonzero(np.triu(np.bitwise_count(h[:, None] ^ h) <= t, 1))
-            pairs = zip(ii.tolist(), kk.tolist())
+            pairs = pairs_within(hashes, t)       # the same order, in one numpy pass
         widths = plan_widths(t, plan)
         return [(i, k) for i, k in pairs
                 if (blocks is None or blocks[i] != blocks[k]) and owns(hashes[i], hashes[k], j, meet, t, widths)]
