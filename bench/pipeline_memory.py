@@ -8,8 +8,8 @@ waves. Peak tree memory: the sum of PSS (proportional set size, /proc/PID/smaps_
 process and its children, sampled every 0.05 s; each wave is a forked child sharing the launcher's pages, which
 a sum of RSS would count twice (recorded too, as peak_tree_rss_sum_mb), as is each process's own VmHWM.
 Run: `python -m bench.pipeline_memory [N ...]` (default 1000 10000 100000); `--one-graph` measures the single
-Beam graph (`--wave-size 0`) instead. Writes bench/results/pipeline_memory.json (keeping the other sizes and
-modes it already holds).
+Beam graph (`--wave-size 0`) instead, `--wave-size N` waves of N. Writes bench/results/pipeline_memory.json
+(keeping the other sizes and modes it already holds).
 """
 from __future__ import annotations
 
@@ -143,9 +143,9 @@ def run_once(src: Path, out: Path, wave_args: list[str]) -> dict:
             "load_avg_after": [round(x, 2) for x in os.getloadavg()]}
 
 
-def main(sizes: list[int], one_graph: bool = False) -> dict:
-    mode = "one_graph" if one_graph else "waves_default"
-    wave_args = ["--wave-size", "0"] if one_graph else []
+def main(sizes: list[int], one_graph: bool = False, wave_size: int | None = None) -> dict:
+    mode = "one_graph" if one_graph else "waves_default" if wave_size is None else f"waves_{wave_size}"
+    wave_args = ["--wave-size", "0"] if one_graph else [] if wave_size is None else ["--wave-size", str(wave_size)]
     previous = json.loads(RESULT.read_text()) if RESULT.exists() else {}
     runs = {k: v for k, v in (previous.get("runs") or {}).items()}
     for n in sizes:
@@ -178,5 +178,7 @@ def main(sizes: list[int], one_graph: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    main([int(a) for a in args] or [1000, 10000, 100000], one_graph="--one-graph" in sys.argv)
+    argv = sys.argv[1:]
+    size = int(argv.pop(argv.index("--wave-size") + 1)) if "--wave-size" in argv else None   # another wave size
+    args = [a for a in argv if not a.startswith("--")]
+    main([int(a) for a in args] or [1000, 10000, 100000], one_graph="--one-graph" in argv, wave_size=size)

@@ -323,10 +323,10 @@ class ShardsConfig(Section):
 class RunConfig(Section):
     # Local runs (DirectRunner/Prism) of local folder sources with more inputs than this go in waves of this
     # many inputs (pipelines/waves.py): memory bounded by the wave, not the dataset. 0: one graph always.
-    # Remote runners always run one graph. 1000: each wave's process peaks about as high as a 1k-input run
-    # in one graph, the whole run at ~400 MB at 100k inputs (bench/results/pipeline_memory.json); larger
-    # waves raise the peak, smaller ones add Beam start-ups.
-    wave_size: int = 1000
+    # Remote runners always run one graph. 10000 (bench/results/pipeline_memory.json): 30k inputs peak at
+    # 655 MB in 141 s, where one graph takes 941 MB and 115 s and grows ~27 KB an input; waves of 1000 hold
+    # ~400 MB at 100k but take ~2.7x one graph's time (each wave pays Beam's start-up).
+    wave_size: int = 10000
 
     def validate(self) -> None:
         _ranges(self, non_negative=("wave_size",))
