@@ -375,11 +375,14 @@ def run(cfg: Config, pipeline_args: list[str] | None = None, config_path: str | 
                                   count_inputs(cfg) if progress_s > 0 else None).start()
         ok = False
         try:
-            from polycap.pipelines.waves import applies, run_waves
+            from polycap.pipelines.waves import applies, clear_leftover, run_waves
 
             waved = applies(cfg, runner, out) and run_waves(cfg, out, args, run_caption, run_translate, run_id,
                                                             started, notes, progress_s)
             if not waved:
+                if clear_leftover(out, cfg.shards.split):
+                    print(f"[polycap] removed {fs.join(out, '_waves', cfg.shards.split)}/, left by an unfinished "
+                          "run in waves: this run writes the whole output in one graph", file=sys.stderr, flush=True)
                 with beam.Pipeline(options=PipelineOptions(args)) as p:
                     build_pipeline(p, cfg, out, run_caption, run_translate, run_id, started, notes, progress_s)
             ok = True

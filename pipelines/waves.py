@@ -70,6 +70,18 @@ def waves_dir(out: str, split: str) -> str:
     return fs.join(out, WAVES_DIR, split)
 
 
+def clear_leftover(out: str, split: str) -> bool:
+    """Remove the state an unfinished run in waves left under OUT/_waves/<split>/ (a run in one graph
+    writes the whole output itself and would otherwise leave it behind for good); True when there was some."""
+    wdir = waves_dir(out, split)
+    if not fs.exists(wdir):
+        return False
+    fs.delete_prefix(wdir)
+    fs.remove_empty_dir(wdir)
+    fs.remove_empty_dir(fs.parent(wdir))
+    return True
+
+
 def fingerprint(cfg: Config) -> str:
     """What must match for a rerun to resume the waves: the config (output aside) and the schema."""
     d = to_dict(cfg)

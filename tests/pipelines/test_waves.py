@@ -87,6 +87,14 @@ def test_waves_equal_one_graph_when_earlier_copies_are_better(tmp_path, eval_dir
     assert res_1.returncode == 0, res_1.stderr[-3000:]
     waves, one = _outcome(tmp_path / "waves"), _outcome(tmp_path / "one")
     assert waves == one
+    # what a crashed run in waves leaves behind does not outlive a run in one graph into the same output
+    leftover = tmp_path / "one" / "_waves" / "train"
+    leftover.mkdir(parents=True)
+    (leftover / "inputs.jsonl").write_text('{"s": 0, "p": ["x.jpg"]}\n')
+    res_again = _run(tmp_path, src, tmp_path / "one", "--wave-size", "0")
+    assert res_again.returncode == 0, res_again.stderr[-3000:]
+    assert "left by an unfinished run in waves" in res_again.stderr
+    assert not (tmp_path / "one" / "_waves").exists() and _outcome(tmp_path / "one") == one
     by_name = {name: (reason, detail) for name, _, reason, detail in waves["rejects"]}
     assert by_name["b00.jpg"][1].startswith("exact duplicate") and by_name["c00.jpg"][1].startswith("exact")
     assert by_name["b01.jpg"][1].startswith("near duplicate") and by_name["c01.jpg"][1].startswith("near")
