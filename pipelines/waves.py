@@ -177,6 +177,8 @@ def prepare(cfg: Config, wdir: str) -> list[int] | None:
     offsets = write_listing(cfg, fs.join(wdir, LISTING), cfg.run.wave_size)
     if len(offsets) <= 2:
         fs.delete_prefix(wdir)
+        fs.remove_empty_dir(wdir)             # no empty `_waves/` left in the output of a run in one graph
+        fs.remove_empty_dir(fs.parent(wdir))
         return None
     conn = wi.connect(wdir)
     wi.set_meta(conn, "offsets", json.dumps(offsets))
