@@ -95,6 +95,9 @@ def test_waves_equal_one_graph_when_earlier_copies_are_better(tmp_path, eval_dir
     assert res_again.returncode == 0, res_again.stderr[-3000:]
     assert "left by an unfinished run in waves" in res_again.stderr
     assert not (tmp_path / "one" / "_waves").exists() and _outcome(tmp_path / "one") == one
+    res_fits = _run(tmp_path, src, tmp_path / "one", "--wave-size", "100")   # all inputs fit in one wave
+    assert res_fits.returncode == 0, res_fits.stderr[-3000:]
+    assert not (tmp_path / "one" / "_waves").exists() and _outcome(tmp_path / "one") == one
     by_name = {name: (reason, detail) for name, _, reason, detail in waves["rejects"]}
     assert by_name["b00.jpg"][1].startswith("exact duplicate") and by_name["c00.jpg"][1].startswith("exact")
     assert by_name["b01.jpg"][1].startswith("near duplicate") and by_name["c01.jpg"][1].startswith("near")
