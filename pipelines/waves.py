@@ -1,9 +1,10 @@
 """A local run in waves: the inputs, listed once in a fixed order into a file, go through the main job's graph
 a bounded slice at a time, so memory follows the wave size, not the dataset; the waves share a persistent
 dedup index and are committed as one shard set (sharding/wave_index.py, sharding/wave_commit.py)."""
-# Used for DirectRunner/Prism runs whose sources are all local folders with more inputs than `run.wave_size`
-# (pipelines/run.py decides; a remote runner always builds one graph from the same job file). State lives in
-# `<out>/_waves/<split>/`: `inputs.jsonl` (one line per stem group or refused entry, in the walk's order),
+# Used for DirectRunner/Prism runs whose sources are all local folders or local URL lists with more inputs
+# than `run.wave_size` (pipelines/run.py decides; a remote runner always builds one graph from the same job
+# file). State lives in `<out>/_waves/<split>/`: `inputs.jsonl` (one line per stem group, URL-list row or
+# refused entry / row reject, in the walk's and the lists' order),
 # `index.sqlite` (kept items of finished waves, which waves are finished, the run's fingerprint) and one
 # folder per wave, `w<NNNNNN>/`, where the wave's own pipeline commits its shards, manifest, rejects and
 # stats. A wave is finished once the launcher moved its kept members into the index, in the transaction
@@ -32,6 +33,7 @@ from polycap.sharding import fs
 from polycap.sharding import wave_index as wi
 from polycap.sharding.run_stats import stats_path
 from polycap.sharding.wave_commit import commit_waves, merge_stats
+from polycap.transforms.download import UrlRow
 from polycap.transforms.progress import flush_all
 
 WAVES_DIR = "_waves"
@@ -49,6 +51,7 @@ class WaveSlice:
     langs: list[str]
     groups: dict[int, list[tuple[str, list[str]]]] = field(default_factory=dict)
     refused: dict[int, list[tuple[str, str, str]]] = field(default_factory=dict)
+    rows: dict[int, list[UrlRow]] = field(default_factory=dict)
 
     @property
     def kept_dir(self) -> str:
@@ -57,13 +60,17 @@ class WaveSlice:
     def read(self, i: int, src: Any, ingest: Any) -> beam.PTransform:
         from polycap.transforms.ingest import ReadListed
 
-        return ReadListed(src, ingest, self.groups.get(i, []), self.refused.get(i, []))
+        return ReadListed(src, ingest, self.groups.get(i, []), self.refused.get(i, []), self.rows.get(i, []))
+
+
+WAVE_KINDS = ("dir", "urls")
 
 
 def applies(cfg: Config, runner: str, out: str) -> bool:
-    """Waves are for local runs of local folder sources into a local output, with `run.wave_size` > 0."""
+    """Waves are for local runs of local folder and URL-list sources into a local output, with
+    `run.wave_size` > 0."""
     return (cfg.run.wave_size > 0 and runner in LOCAL_RUNNERS and fs.is_local(out)
-            and all(s.kind == "dir" and fs.is_local(s.path) for s in cfg.sources))
+            and all(s.kind in WAVE_KINDS and fs.is_local(s.path) for s in cfg.sources))
 
 
 def waves_dir(out: str, split: str) -> str:
@@ -104,11 +111,55 @@ def _folder_lines(i: int, entries: list[Any]) -> Iterator[dict[str, Any]]:
         yield {"s": i, "p": stems[stem]}
 
 
+def row_line(i: int, row: UrlRow) -> dict[str, Any]:
+    """A URL-list row as a listing line; a caption cell JSON cannot carry as it is (bytes, a date, a list...)
+    is kept as what `clean_caption` says of it (download.ListedCell)."""
+    cap = row.caption
+    if not (cap is None or isinstance(cap, (str, bool, int, float))):
+        cap = {"t": type(cap).__name__, "v": str(cap)[:40]}
+    return {"s": i, "u": [row.url, cap, row.meta, row.row_uri]}
+
+
+def line_row(u: list[Any]) -> UrlRow:
+    from polycap.transforms.download import ListedCell
+
+    url, cap, meta, row_uri = u
+    return UrlRow(url=url, caption=ListedCell(cap["t"], cap["v"]) if isinstance(cap, dict) else cap, meta=meta,
+                  row_uri=row_uri)
+
+
+def _url_lines(i: int, src: Any, cfg: Config) -> Iterator[dict[str, Any]]:
+    """A URL-list source's rows and row rejects, streamed one list file at a time, in the listing's order."""
+    from polycap.schemas import Reject
+    from polycap.transforms.download import list_rows
+    from polycap.transforms.ingest import URL_LIST_EXTS
+    from polycap.transforms.input_files import Refused, iter_inputs
+
+    seen = False
+    try:
+        for e in iter_inputs(src.path, URL_LIST_EXTS, cfg.ingest):
+            seen = True
+            if isinstance(e, Refused):
+                yield {"s": i, "r": [e.path, str(e.reason), e.detail]}
+                continue
+            for item in list_rows(e, src, cfg.ingest):
+                yield ({"s": i, "r": [item.source_uri, str(item.reason), item.detail]} if isinstance(item, Reject)
+                       else row_line(i, item))
+    except OSError as e:
+        yield {"s": i, "r": [src.path, "unreadable", f"cannot list: {type(e).__name__}: {e}"]}
+    if not seen:
+        yield {"s": i, "r": [src.path, "unreadable", f"no input files ({', '.join(URL_LIST_EXTS)}) match"]}
+
+
 def listing_lines(cfg: Config) -> Iterator[dict[str, Any]]:
-    """Every input of every source, streamed: one folder's entries held at a time (as the walk holds them)."""
+    """Every input of every source, streamed: one folder's entries (as the walk holds them) or one list row
+    held at a time."""
     from polycap.transforms.input_files import Refused, iter_inputs
 
     for i, src in enumerate(cfg.sources):
+        if src.kind == "urls":
+            yield from _url_lines(i, src, cfg)
+            continue
         folder, entries, seen = None, [], False
         try:
             for e in iter_inputs(src.path, None, cfg.ingest):
@@ -133,25 +184,29 @@ def write_listing(cfg: Config, path: str, wave_size: int) -> list[int]:
         for line in listing_lines(cfg):
             if n % wave_size == 0:
                 offsets.append(pos)
-            data = (json.dumps(line, ensure_ascii=False) + "\n").encode()
+            data = (json.dumps(line) + "\n").encode()     # ASCII: a lone surrogate in a row travels as \udXXX
             f.write(data)
             pos, n = pos + len(data), n + 1
     return [*offsets, pos]
 
 
-def read_slice(path: str, start: int, end: int) -> tuple[dict[int, list], dict[int, list]]:
-    """The stem groups and refused entries per source between two byte offsets of the listing."""
+def read_slice(path: str, start: int, end: int) -> tuple[dict[int, list], dict[int, list], dict[int, list]]:
+    """The stem groups, refused entries / row rejects and URL-list rows per source between two byte offsets
+    of the listing."""
     groups: dict[int, list] = {}
     refused: dict[int, list] = {}
+    rows: dict[int, list] = {}
     with fs.open_read(path) as f:
         f.seek(start)
         for raw in f.read(end - start).decode().splitlines():
             line = json.loads(raw)
             if "p" in line:
                 groups.setdefault(line["s"], []).append((posixpath.splitext(line["p"][0])[0], line["p"]))
+            elif "u" in line:
+                rows.setdefault(line["s"], []).append(line_row(line["u"]))
             else:
                 refused.setdefault(line["s"], []).append(tuple(line["r"]))
-    return groups, refused
+    return groups, refused, rows
 
 
 def run_langs(cfg: Config, run_caption: bool, run_translate: bool) -> list[str]:
@@ -251,7 +306,7 @@ def run_waves(cfg: Config, out: str, args: list[str], run_caption: bool, run_tra
             continue
         wave = WaveSlice(w, wdir, fs.join(wdir, f"w{w:06d}"), langs)
         fs.delete_prefix(wave.kept_dir)            # a crashed attempt's parts
-        wave.groups, wave.refused = read_slice(listing, offsets[w], offsets[w + 1])
+        wave.groups, wave.refused, wave.rows = read_slice(listing, offsets[w], offsets[w + 1])
 
         def one_wave(wave: WaveSlice = wave) -> None:
             with beam.Pipeline(options=PipelineOptions(args)) as p:
@@ -259,7 +314,7 @@ def run_waves(cfg: Config, out: str, args: list[str], run_caption: bool, run_tra
                                wave=wave)
 
         in_child(one_wave, f"wave {w}")
-        wave.groups, wave.refused = {}, {}
+        wave.groups, wave.refused, wave.rows = {}, {}, {}
         parts = sorted(fs.join(wave.kept_dir, n) for n in fs.list_dir(wave.kept_dir))
         done[w] = fs.read_json(stats_path(wave.store, split))
         conn = wi.connect(wdir)

@@ -78,12 +78,22 @@ def is_mojibake(text: str) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class ListedCell:
+    """A caption cell that is not text, a number or None, as a run in waves lists it (pipelines/waves.py):
+    what `clean_caption` says of the original value (its type name and first 40 characters)."""
+    type_name: str
+    text: str
+
+
 def clean_caption(value: Any) -> tuple[str | None, str | None]:
     """(caption, why it was dropped). A missing value (None, NaN, empty) is no caption and no problem; a
     value that is not usable text (a number, a placeholder like "nan", NUL, lone surrogates, undecodable
     bytes, mojibake, no letters at all) is dropped with the reason, and the image is still ingested."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None, None
+    if isinstance(value, ListedCell):
+        return None, f"not text: {value.type_name} {value.text!r}"
     if not isinstance(value, str):
         return None, f"not text: {type(value).__name__} {str(value)[:40]!r}"
     text = value.strip()
@@ -332,6 +342,17 @@ def download_row(row: UrlRow, src: SourceConfig, cfg: IngestConfig) -> Sample | 
     return new_sample(body, src, row.url, orig_caption=row.caption, meta={**row.meta, "http": info})
 
 
+def list_rows(path: str, src: SourceConfig, cfg: IngestConfig) -> Iterator[UrlRow | Reject]:
+    """One URL-list file's rows and row rejects, streamed; a list that cannot be read on ends with one reject
+    for the file (the rows read before it were already yielded)."""
+    try:
+        yield from rows_from_list(path, iter_list_records(path, src.url_col or "url", cfg), src)
+    except BudgetError as e:  # over a budget
+        yield ingest_reject(src, path, e.reason, e.detail)
+    except Exception as e:  # unreadable / corrupt list file
+        yield ingest_reject(src, path, Reason.UNREADABLE, format_exc(e))
+
+
 # ---- Beam ----
 
 class _ReadUrlListDoFn(IngestDoFn):
@@ -339,14 +360,8 @@ class _ReadUrlListDoFn(IngestDoFn):
         self.src, self.cfg = src, cfg
 
     def process(self, path: str):
-        try:
-            records = iter_list_records(path, self.src.url_col or "url", self.cfg)
-            for item in rows_from_list(path, records, self.src):
-                yield self.route(item)
-        except BudgetError as e:  # over a budget: rows read so far were already emitted
-            yield self.route(ingest_reject(self.src, path, e.reason, e.detail))
-        except Exception as e:  # unreadable / corrupt list file: rows read so far were already emitted
-            yield self.route(ingest_reject(self.src, path, Reason.UNREADABLE, format_exc(e)))
+        for item in list_rows(path, self.src, self.cfg):
+            yield self.route(item)
 
 
 class _DownloadDoFn(PooledDoFn, IngestDoFn):
@@ -377,6 +392,12 @@ class DownloadUrls(beam.PTransform):
     def expand(self, paths):
         lists = paths | "SpreadLists" >> beam.Reshuffle()
         rows, list_rejects = route_stage(lists, "ReadLists", _ReadUrlListDoFn(self.src, self.cfg), STAGE, partial=True)
-        fetched, fetch_rejects = route_stage(rows | "Spread" >> beam.Reshuffle(), "Download",
-                                             _DownloadDoFn(self.src, self.cfg), STAGE)
+        fetched, fetch_rejects = download_rows(rows, self.src, self.cfg)
         return fetched, (list_rejects, fetch_rejects) | "Rejects" >> beam.Flatten()
+
+
+def download_rows(rows: beam.PCollection, src: SourceConfig, cfg: IngestConfig
+                  ) -> tuple[beam.PCollection, beam.PCollection]:
+    """PCollection[UrlRow] -> (samples, rejects): rows spread over workers, then downloaded (DownloadUrls,
+    and a wave's listed rows, transforms/ingest.py ReadListed)."""
+    return route_stage(rows | "Spread" >> beam.Reshuffle(), "Download", _DownloadDoFn(src, cfg), STAGE)

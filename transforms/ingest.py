@@ -22,6 +22,8 @@ from polycap.transforms.download import (
     STAGE,
     DownloadUrls,
     IngestDoFn,
+    UrlRow,
+    download_rows,
     ingest_reject,
     new_sample,
     text_problem,
@@ -525,19 +527,24 @@ class ReadSource(beam.PTransform):
 
 
 class ReadListed(beam.PTransform):
-    """One slice of a local folder source listed beforehand (a wave of pipelines/waves.py): groups of paths
-    sharing a stem, and refused entries (path, reason, detail) -> (PCollection[Sample], PCollection[Reject]),
-    as `ReadSource` reads the same entries."""
+    """One slice of a local source listed beforehand (a wave of pipelines/waves.py): for a folder, groups of
+    paths sharing a stem; for URL lists, their rows; and refused entries or row rejects (uri, reason, detail)
+    -> (PCollection[Sample], PCollection[Reject]), as `ReadSource` reads the same entries."""
 
     def __init__(self, src: SourceConfig, ingest: IngestConfig, groups: list[tuple[str, list[str]]],
-                 refused: list[tuple[str, str, str]]):
+                 refused: list[tuple[str, str, str]], rows: list[UrlRow] | None = None):
         super().__init__()
-        self.src, self.ingest, self.groups, self.refused = src, ingest, groups, refused
+        self.src, self.ingest, self.groups, self.refused, self.rows = src, ingest, groups, refused, rows or []
 
     def expand(self, pbegin):
         rejects: list = []
-        samples = _routed(pbegin | "Groups" >> beam.Create(self.groups), "ReadFiles",
-                          _ReadDirDoFn(self.src, self.ingest), rejects)
+        if self.src.kind == "urls":
+            samples, download_rejects = download_rows(pbegin | "Rows" >> beam.Create(self.rows), self.src,
+                                                      self.ingest)
+            rejects.append(download_rejects)
+        else:
+            samples = _routed(pbegin | "Groups" >> beam.Create(self.groups), "ReadFiles",
+                              _ReadDirDoFn(self.src, self.ingest), rejects)
         refused = pbegin | "Refused" >> beam.Create(
             [ingest_reject(self.src, p, Reason(r), d) for p, r, d in self.refused])
         return samples, (*rejects, refused) | "Rejects" >> beam.Flatten()

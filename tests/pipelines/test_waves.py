@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,16 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from polycap.pipelines.waves import listing_lines, read_slice, write_listing
-from polycap.schemas.config import Config, RunConfig, SourceConfig
+from polycap.pipelines.waves import line_row, listing_lines, read_slice, row_line, write_listing
+from polycap.schemas import Reason, Reject
+from polycap.schemas.config import Config, IngestConfig, RunConfig, SourceConfig
+from polycap.sharding.record_json import record_from_json
 from polycap.sharding.rejects import read_rejects
 from polycap.sharding.validate import validate_dir
 from polycap.sharding.wave_commit import merge_stats
 from polycap.transforms.cross_wave import PriorHashes
+from polycap.transforms.download import ingest_reject, list_rows, new_sample
+from tests.transforms.image_server import ImageServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,10 +67,10 @@ def make_waves_input(dest: Path, eval_dir: Path) -> Path:
     return dest
 
 
-def _run(tmp: Path, src: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
+def _run(tmp: Path, src: Path, out: Path, *args: str, kind: str = "dir", **extra: dict) -> subprocess.CompletedProcess:
     cfg = tmp / f"job-{out.name}.json"
-    cfg.write_text(json.dumps({"sources": [{"kind": "dir", "path": str(src), "name": "w"}], "output": str(out),
-                               "dedup": {"near": True}, "shards": {"max_samples": 3}}))
+    cfg.write_text(json.dumps({"sources": [{"kind": kind, "path": str(src), "name": "w"}], "output": str(out),
+                               "dedup": {"near": True}, "shards": {"max_samples": 3}, **extra}))
     return subprocess.run([sys.executable, "-m", "polycap.pipelines.cli", "run", str(cfg), "--progress", "0",
                            *args], cwd=REPO, capture_output=True, text=True, timeout=600)
 
@@ -112,6 +117,93 @@ def test_waves_equal_one_graph_when_earlier_copies_are_better(tmp_path, eval_dir
     assert "earlier wave" in detail["b01.jpg"] and "earlier wave" not in detail["c03.jpg"]
 
 
+def make_url_list(dest: Path, photos: Path, server: ImageServer, eval_dir: Path) -> Path:
+    """11 rows read in order, waves of 4 (the invalid URL is a row reject, one listing line of its own):
+    a cross-wave exact copy (b00 of a00), an in-wave exact copy (c01 of c00), a 404, an invalid URL, a
+    caption that is not text (a list) and one that is a number; every earlier copy has the smaller URL."""
+    ph = _photos(eval_dir, 6)
+    files = {"a00.jpg": _jpeg(ph[0]), "a01.jpg": _jpeg(ph[1]), "a02.jpg": _jpeg(ph[2]), "a03.jpg": _jpeg(ph[3]),
+             "b00.jpg": _jpeg(ph[0]), "b02.jpg": _jpeg(ph[4]), "c00.jpg": _jpeg(ph[5]), "c01.jpg": _jpeg(ph[5])}
+    photos.mkdir(parents=True)
+    for name, data in files.items():
+        (photos / name).write_bytes(data)
+    rows = [{"url": server.url(f"photos/{n}"), "caption": f"photo {n}", "n": i} for i, n in enumerate(files)]
+    rows.insert(5, {"url": server.url("photos/b01-missing.jpg"), "caption": "gone"})
+    rows.insert(6, {"url": "not a url", "caption": "bad row"})
+    rows[2]["caption"], rows[3]["caption"] = ["a", "list"], 42
+    dest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return dest
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_url_list_waves_equal_one_graph(tmp_path, eval_dir):
+    with ImageServer({"photos": tmp_path / "photos"}) as server:
+        lst = make_url_list(tmp_path / "urls.jsonl", tmp_path / "photos", server, eval_dir)
+        extra = {"ingest": {"allow_private_addresses": True, "retries": 0}}
+        res_w = _run(tmp_path, lst, tmp_path / "waves", "--wave-size", "4", kind="urls", **extra)
+        assert res_w.returncode == 0, res_w.stderr[-3000:]
+        res_1 = _run(tmp_path, lst, tmp_path / "one", "--wave-size", "0", kind="urls", **extra)
+        assert res_1.returncode == 0, res_1.stderr[-3000:]
+    waves, one = _outcome(tmp_path / "waves"), _outcome(tmp_path / "one")
+    assert waves == one
+    by_name = {name: (reason, detail) for name, _, reason, detail in waves["rejects"]}
+    assert by_name["b00.jpg"][1].startswith("exact duplicate") and by_name["c01.jpg"][1].startswith("exact")
+    assert by_name["b01-missing.jpg"][1].startswith("HTTP 404") and by_name["not a url"][0] == "invalid_url"
+    stats = json.loads((tmp_path / "waves" / "_stats" / "train.json").read_text())
+    assert stats["waves"] == 3 and stats["balanced"] and stats["inputs"] == 10
+    assert stats["kept"] + stats["rejected"] == 10 == len(waves["kept"]) + len(waves["rejects"])
+    assert validate_dir(str(tmp_path / "waves")).ok and not (tmp_path / "waves" / "_waves").exists()
+
+    def samples(out: Path) -> list[dict]:   # every field a sample carries, from the shards' json members
+        recs = []
+        for tar in sorted((out / "shards").glob("train-*.tar")):
+            with tarfile.open(tar) as tf:
+                recs += [record_from_json(json.load(tf.extractfile(m))) for m in tf if m.name.endswith(".json")]
+        return sorted(recs, key=lambda r: r["key"])
+
+    kept_w = samples(tmp_path / "waves")
+    assert len(kept_w) == len(waves["kept"]) == 6 and kept_w == samples(tmp_path / "one")
+    dropped = {r["source"]["uri"].rsplit("/", 1)[1]: r["source"]["meta"].get("caption_dropped") for r in kept_w}
+    assert dropped["a02.jpg"]["detail"] == "not text: list \"['a', 'list']\"" and dropped["a03.jpg"]
+
+
+def test_listed_url_rows_make_the_samples_and_rejects_the_list_makes(tmp_path):
+    lst = tmp_path / "u.jsonl"
+    rows = [{"url": "https://example.com/a.jpg", "caption": ["not", "text"], "x": float("nan"), "d": {"k": 1}},
+            {"url": "https://u:p@example.com/b.jpg", "TEXT": "caf\u00e9 \ud800", "n": 7},
+            {"url": "https://example.com/c.jpg", "caption": 4.5}, {"url": "ftp://x/y"}, {"nourl": 1}]
+    lst.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{broken\n")
+    src = SourceConfig(kind="urls", path=str(lst), name="u")
+    direct = list(list_rows(str(lst), src, IngestConfig()))
+    assert sum(isinstance(x, Reject) for x in direct) == 3
+    cfg = Config(sources=[src])
+    path = str(tmp_path / "inputs.jsonl")
+    offsets = write_listing(cfg, path, 2)
+    listed = [line for a, b in zip(offsets, offsets[1:]) for line in _slice_items(path, a, b)]
+
+    def made(x):
+        if isinstance(x, Reject):
+            return ingest_reject(src, x.source_uri, x.reason, x.detail)
+        return new_sample(b"same bytes", src, x.url, orig_caption=x.caption, meta=x.meta)
+
+    assert [made(x) for x in listed] == [made(x) for x in direct]
+    assert line_row(json.loads(json.dumps(row_line(0, direct[0])))["u"]) != direct[0]   # the list cell is described
+
+
+def _slice_items(path: str, a: int, b: int) -> list:
+    """The listing's items between two offsets in file order (read_slice groups them by kind)."""
+    items = []
+    with open(path, "rb") as f:
+        f.seek(a)
+        for raw in f.read(b - a).decode().splitlines():
+            line = json.loads(raw)
+            items.append(line_row(line["u"]) if "u" in line else Reject(
+                key="", source_uri=line["r"][0], stage="ingest", reason=Reason(line["r"][1]), detail=line["r"][2],
+                source_name="u"))
+    return items
+
+
 def test_prior_hashes_find_exactly_the_items_within_t():
     rng = np.random.default_rng(0)
     h = rng.integers(0, 2**63, 3000, dtype=np.int64).view(np.uint64) * np.uint64(2) + np.uint64(1)
@@ -141,7 +233,8 @@ def test_listing_keeps_stems_together_and_cuts_waves_by_offsets(tmp_path):
     assert len(offsets) == 4                     # 5 lines: waves of 2, 2, 1 and the end offset
     seen = []
     for a, b in zip(offsets, offsets[1:]):
-        groups_w, refused_w = read_slice(path, a, b)
+        groups_w, refused_w, rows_w = read_slice(path, a, b)
+        assert rows_w == {}
         seen += [p for _, ps in groups_w.get(0, []) for p in ps] + [r[0] for r in refused_w.get(0, [])]
     assert sorted(seen) == sorted(p for line in lines for p in (line.get("p") or [line["r"][0]]))
 
@@ -170,7 +263,10 @@ def test_waves_apply_only_to_local_runs_of_local_folders(tmp_path):
     assert applies(cfg, "DirectRunner", out) and applies(cfg, "PrismRunner", out)
     assert not applies(cfg, "DataflowRunner", out) and not applies(cfg, "FlinkRunner", out)
     assert not applies(cfg, "DirectRunner", "s3://bucket/out")
-    assert not applies(Config(sources=[SourceConfig(kind="urls", path=str(tmp_path / "u.txt"))]), "DirectRunner", out)
+    assert applies(Config(sources=[SourceConfig(kind="urls", path=str(tmp_path / "u.txt")), *cfg.sources]),
+                   "DirectRunner", out)
+    assert not applies(Config(sources=[SourceConfig(kind="urls", path="s3://bucket/u.txt")]), "DirectRunner", out)
+    assert not applies(Config(sources=[SourceConfig(kind="webdataset", path=str(tmp_path))]), "DirectRunner", out)
     assert not applies(Config(sources=cfg.sources, run=RunConfig(wave_size=0)), "DirectRunner", out)
 
 
