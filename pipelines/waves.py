@@ -160,7 +160,9 @@ def listing_lines(cfg: Config) -> Iterator[dict[str, Any]]:
         if src.kind == "urls":
             yield from _url_lines(i, src, cfg)
             continue
-        folder, entries, seen = None, [], False
+        folder: str | None = None
+        entries: list[Any] = []
+        seen = False
         try:
             for e in iter_inputs(src.path, None, cfg.ingest):
                 seen = True
