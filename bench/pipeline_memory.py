@@ -8,7 +8,8 @@ waves. Peak tree memory: the sum of PSS (proportional set size, /proc/PID/smaps_
 process and its children, sampled every 0.05 s; each wave is a forked child sharing the launcher's pages, which
 a sum of RSS would count twice (recorded too, as peak_tree_rss_sum_mb), as is each process's own VmHWM.
 Run: `python -m bench.pipeline_memory [N ...]` (default 1000 10000 100000); `--one-graph` measures the single
-Beam graph (`--wave-size 0`) instead, `--wave-size N` waves of N. Writes bench/results/pipeline_memory.json
+Beam graph (`--wave-size 0`) instead, `--wave-size N` waves of N; `--urls` serves the same files on 127.0.0.1
+and reads them from a parquet URL list instead of the folders. Writes bench/results/pipeline_memory.json
 (keeping the other sizes and modes it already holds).
 """
 from __future__ import annotations
@@ -111,10 +112,13 @@ def _pss_kb(pid: int) -> int:
     return 0
 
 
-def run_once(src: Path, out: Path, wave_args: list[str]) -> dict:
+def run_once(src: Path, out: Path, wave_args: list[str], url_list: Path | None = None) -> dict:
     cfg = out.parent / f"{out.name}.json"
-    cfg.write_text(json.dumps({"sources": [{"kind": "dir", "path": str(src)}], "output": str(out),
-                               "dedup": {"near": True}, "shards": {"max_samples": 1000}}))
+    source = {"kind": "urls", "path": str(url_list)} if url_list else {"kind": "dir", "path": str(src)}
+    cfg.write_text(json.dumps({"sources": [source], "output": str(out), "dedup": {"near": True},
+                               "shards": {"max_samples": 1000},
+                               # the image server is on loopback, which URL ingest refuses unless allowed
+                               "ingest": {"allow_private_addresses": bool(url_list)}}))
     load0 = os.getloadavg()
     t0 = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "polycap.pipelines.cli", "run", str(cfg), "--progress", "0",
@@ -143,8 +147,23 @@ def run_once(src: Path, out: Path, wave_args: list[str]) -> dict:
             "load_avg_after": [round(x, 2) for x in os.getloadavg()]}
 
 
-def main(sizes: list[int], one_graph: bool = False, wave_size: int | None = None) -> dict:
+def serve_list(root: Path, dest: Path) -> subprocess.Popen:
+    """Serve `root` on 127.0.0.1 in its own process and write a parquet URL list of every file under it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bench.urls_vs_img2dataset import start_server
+
+    srv, base = start_server(root)
+    rels = sorted(str(p.relative_to(root)) for p in root.rglob("*.jpg"))
+    pq.write_table(pa.table({"url": [f"{base}/img/{r}" for r in rels],
+                             "caption": [f"a small picture, number {i}" for i in range(len(rels))]}), dest)
+    return srv
+
+
+def main(sizes: list[int], one_graph: bool = False, wave_size: int | None = None, urls: bool = False) -> dict:
     mode = "one_graph" if one_graph else "waves_default" if wave_size is None else f"waves_{wave_size}"
+    mode = f"urls_{mode}" if urls else mode
     wave_args = ["--wave-size", "0"] if one_graph else [] if wave_size is None else ["--wave-size", str(wave_size)]
     previous = json.loads(RESULT.read_text()) if RESULT.exists() else {}
     runs = {k: v for k, v in (previous.get("runs") or {}).items()}
@@ -154,7 +173,12 @@ def main(sizes: list[int], one_graph: bool = False, wave_size: int | None = None
             t0 = time.time()
             made = make_input(work / "in", n)
             made["make_s"] = round(time.time() - t0, 1)
-            res = run_once(work / "in", work / "out", wave_args)
+            srv = serve_list(work / "in", work / "list.parquet") if urls else None
+            try:
+                res = run_once(work / "in", work / "out", wave_args, work / "list.parquet" if urls else None)
+            finally:
+                if srv is not None:
+                    srv.kill()
             res["input"] = made
             runs[f"{mode}/{n}"] = res
             print(json.dumps({f"{mode}/{n}": res}), file=sys.stderr, flush=True)
@@ -181,4 +205,5 @@ if __name__ == "__main__":
     argv = sys.argv[1:]
     size = int(argv.pop(argv.index("--wave-size") + 1)) if "--wave-size" in argv else None   # another wave size
     args = [a for a in argv if not a.startswith("--")]
-    main([int(a) for a in args] or [1000, 10000, 100000], one_graph="--one-graph" in argv, wave_size=size)
+    main([int(a) for a in args] or [1000, 10000, 100000], one_graph="--one-graph" in argv, wave_size=size,
+         urls="--urls" in argv)
