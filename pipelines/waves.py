@@ -132,7 +132,7 @@ def _url_lines(i: int, src: Any, cfg: Config) -> Iterator[dict[str, Any]]:
     """A URL-list source's rows and row rejects, streamed one list file at a time, in the listing's order."""
     from polycap.schemas import Reject
     from polycap.transforms.download import list_rows
-    from polycap.transforms.ingest import URL_LIST_EXTS
+    from polycap.transforms.ingest import URL_LIST_EXTS, cannot_list_detail, no_inputs_detail
     from polycap.transforms.input_files import Refused, iter_inputs
 
     seen = False
@@ -146,14 +146,15 @@ def _url_lines(i: int, src: Any, cfg: Config) -> Iterator[dict[str, Any]]:
                 yield ({"s": i, "r": [item.source_uri, str(item.reason), item.detail]} if isinstance(item, Reject)
                        else row_line(i, item))
     except OSError as e:
-        yield {"s": i, "r": [src.path, "unreadable", f"cannot list: {type(e).__name__}: {e}"]}
+        yield {"s": i, "r": [src.path, "unreadable", cannot_list_detail(e)]}
     if not seen:
-        yield {"s": i, "r": [src.path, "unreadable", f"no input files ({', '.join(URL_LIST_EXTS)}) match"]}
+        yield {"s": i, "r": [src.path, "unreadable", no_inputs_detail(URL_LIST_EXTS)]}
 
 
 def listing_lines(cfg: Config) -> Iterator[dict[str, Any]]:
     """Every input of every source, streamed: one folder's entries (as the walk holds them) or one list row
     held at a time."""
+    from polycap.transforms.ingest import cannot_list_detail, no_inputs_detail
     from polycap.transforms.input_files import Refused, iter_inputs
 
     for i, src in enumerate(cfg.sources):
@@ -173,10 +174,10 @@ def listing_lines(cfg: Config) -> Iterator[dict[str, Any]]:
                 folder = where
                 entries.append(e)
         except OSError as e:
-            yield {"s": i, "r": [src.path, "unreadable", f"cannot list: {type(e).__name__}: {e}"]}
+            yield {"s": i, "r": [src.path, "unreadable", cannot_list_detail(e)]}
         yield from _folder_lines(i, entries)
         if not seen:
-            yield {"s": i, "r": [src.path, "unreadable", "no input files match"]}
+            yield {"s": i, "r": [src.path, "unreadable", no_inputs_detail(None)]}
 
 
 def write_listing(cfg: Config, path: str, wave_size: int) -> list[int]:

@@ -421,6 +421,17 @@ class _SourceDoFn(IngestDoFn):
         self.src, self.cfg = src, cfg
 
 
+def cannot_list_detail(e: BaseException) -> str:
+    """The reject detail of a source path that could not be listed (here and in a run in waves' listing)."""
+    return f"cannot list: {format_exc(e)}"
+
+
+def no_inputs_detail(exts: tuple[str, ...] | None) -> str:
+    """The reject detail of a source path under which no input file matched."""
+    wanted = f" ({', '.join(exts)})" if exts else ""
+    return f"no input files{wanted} match"
+
+
 class _ListFilesDoFn(_SourceDoFn):
     def __init__(self, src: SourceConfig, cfg: IngestConfig, exts: tuple[str, ...] | None):
         super().__init__(src, cfg)
@@ -430,11 +441,10 @@ class _ListFilesDoFn(_SourceDoFn):
         try:
             found = list_inputs(path, self.exts, self.cfg)
         except Exception as e:
-            yield self.route(ingest_reject(self.src, path, Reason.UNREADABLE, f"cannot list: {format_exc(e)}"))
+            yield self.route(ingest_reject(self.src, path, Reason.UNREADABLE, cannot_list_detail(e)))
             return
         if not found:
-            wanted = f" ({', '.join(self.exts)})" if self.exts else ""
-            yield self.route(ingest_reject(self.src, path, Reason.UNREADABLE, f"no input files{wanted} match"))
+            yield self.route(ingest_reject(self.src, path, Reason.UNREADABLE, no_inputs_detail(self.exts)))
         for f in found:
             yield self.route(ingest_reject(self.src, f.path, f.reason, f.detail)) if isinstance(f, Refused) else f
 
