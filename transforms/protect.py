@@ -137,13 +137,13 @@ def span_matches(text: str) -> tuple[tuple[str, int, int], ...]:
     return tuple((m.lastgroup or "", m.start(), m.end()) for m in SPAN_RE.finditer(text))
 
 
-def plain_text(text: str, number: str = " ") -> str:
-    """`text` with each protected span replaced by one space (what `SPAN_RE.sub(" ", text)` gives), a plain
-    number by `number`."""
+def plain_text(text: str, number: str = " ", span: str = " ") -> str:
+    """`text` with each protected span replaced by `span`, one space by default (what `SPAN_RE.sub(" ",
+    text)` gives), a plain number by `number`."""
     out: list[str] = []
     at = 0
     for kind, start, end in span_matches(text):
-        out += (text[at:start], number if kind == "number" else " ")
+        out += (text[at:start], number if kind == "number" else span)
         at = end
     out.append(text[at:])
     return "".join(out)

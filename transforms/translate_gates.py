@@ -13,7 +13,7 @@ from importlib.resources import files
 
 from polycap.schemas import Reason
 from polycap.transforms.langid import top_language
-from polycap.transforms.protect import SPAN_RE, compare_spans, plain_text, span_matches
+from polycap.transforms.protect import compare_spans, plain_text, span_matches
 
 # -- length ---------------------------------------------------------------------------------------------
 # Bounds on log(output characters / source characters), whitespace runs counted once, per target language
@@ -495,7 +495,7 @@ def word_end_counts(texts: Iterable[str], lang: str) -> dict[str, list[int]]:
     counts: dict[str, list[int]] = {}
     unit = _END_UNIT[lang]
     for text in texts:
-        plain = SPAN_RE.sub(" \x00 ", text)
+        plain = plain_text(text, number=" \x00 ", span=" \x00 ")
         for m in unit.finditer(plain):
             word = m.group(0).lower()
             c = counts.setdefault(word, [0, 0, 0])
