@@ -16,6 +16,7 @@ import gc
 import hashlib
 import json
 import os
+import pickle
 import posixpath
 import sys
 import time
@@ -245,12 +246,16 @@ def prepare(cfg: Config, wdir: str) -> list[int] | None:
     return offsets
 
 
-def in_child(work: Callable[[], None], what: str) -> None:
-    """Run `work` (one wave's pipeline) in a forked child and wait for it, so each wave starts from the
-    launcher's memory and gives all of its own back to the OS when it exits. In one process the heap kept
-    what each pipeline left (10k inputs, waves of 1000: peak PSS ~445-460 MB in process against ~360-390 MB
-    forked, measured with bench/pipeline_memory.py). The child shares the launcher's pages (imports, config)
-    until it writes them. Without fork (not POSIX) it runs in process."""
+def in_child(work: Callable[[], None], what: str, resume_hint: bool = True) -> None:
+    """Run `work` (one wave's pipeline, or the one graph of a run that fits in one wave) in a forked child
+    and wait for it, so it starts from the launcher's memory and gives all of its own back to the OS when it
+    exits. In one process the heap kept what each pipeline left (10k inputs, waves of 1000: peak PSS
+    ~445-460 MB in process against ~360-390 MB forked, measured with bench/pipeline_memory.py). The child
+    shares the launcher's pages (imports, config) until it writes them. An exception in the child is raised
+    again here (pickled through a pipe, the child's traceback as its cause, as concurrent.futures does), so a
+    caller sees the error one graph in process would have raised; one that cannot be pickled is printed and
+    raised as a RuntimeError.
+    Without fork (not POSIX) it runs in process."""
     if not hasattr(os, "fork"):
         work()
         gc.collect()
@@ -259,14 +264,16 @@ def in_child(work: Callable[[], None], what: str) -> None:
     sys.stderr.flush()
     gc.collect()
     gc.freeze()     # the child's collector never walks (and so never copies) the launcher's objects' pages
+    rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:                       # the child: never return into the launcher's stack (lock, monitor)
+        os.close(rfd)
         code = 1
         try:
             work()
             code = 0
-        except BaseException:          # noqa: BLE001 - reported here, the launcher raises for it
-            traceback.print_exc()
+        except BaseException as e:     # noqa: BLE001 - sent to the launcher, which raises it
+            _send_error(wfd, e)
         finally:
             try:
                 flush_all()
@@ -274,29 +281,79 @@ def in_child(work: Callable[[], None], what: str) -> None:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as r:
+        sent = r.read()                # EOF when the child exits (or is killed)
     _, status = os.waitpid(pid, 0)
     gc.unfreeze()
     code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise RuntimeError(f"{what} failed (exit status {code}; its error is printed above); rerun the job to "
-                           f"resume from this wave")
+    if code == 0:
+        return
+    if sent:
+        err, tb = pickle.loads(sent)
+        raise err from ChildTraceback(tb)
+    hint = "; rerun the job to resume from this wave" if resume_hint else ""
+    raise RuntimeError(f"{what} failed (exit status {code}; its error is printed above){hint}")
+
+
+class ChildTraceback(Exception):
+    """The traceback of an exception raised in in_child's forked child (shown as the re-raised one's cause)."""
+
+    def __str__(self) -> str:
+        return f"\n{self.args[0]}" if self.args else ""
+
+
+def _send_error(fd: int, e: BaseException) -> None:
+    """The child's half of in_child's error channel: (exception, formatted traceback), pickled."""
+    tb = "".join(traceback.format_exception(e))
+    try:
+        data = pickle.dumps((e, tb))
+        pickle.loads(data)             # an exception whose class does not unpickle: printed instead
+    except Exception:                  # noqa: BLE001 - not picklable: printed here, a RuntimeError there
+        print(tb, file=sys.stderr, end="")
+        return
+    with os.fdopen(fd, "wb") as w:
+        w.write(data)
+
+
+def _finish_wave(wave: WaveSlice, split: str) -> None:
+    """In the wave's child, once its pipeline committed: move its kept members into the index and mark it
+    finished, in one transaction (a wave killed before this commit is redone by a rerun). The launcher never
+    reads the parts itself, so it allocates nothing per wave (pyarrow tables and row tuples left ~40 MB in
+    its heap by 20 waves, which every later forked wave then carried)."""
+    gc.collect()              # the wave's read-only index connection (cross_wave._DropKnownFn) is closed
+    parts = sorted(fs.join(wave.kept_dir, n) for n in fs.list_dir(wave.kept_dir))
+    conn = wi.connect(wave.waves_dir)
+    try:
+        wi.finish_wave(conn, wave.number, parts, fs.read_json(stats_path(wave.store, split)))
+    finally:
+        conn.close()
+    fs.delete_prefix(wave.kept_dir)
 
 
 def run_waves(cfg: Config, out: str, args: list[str], run_caption: bool, run_translate: bool, run_id: str,
               started: float, notes: list[str], progress_s: float) -> dict[str, Any] | None:
-    """Run the job in waves and commit it; returns this split's stats, or None when one graph should run."""
+    """Run the job in waves and commit it; returns this split's stats. Inputs that fit in one wave run as
+    one graph, also in a forked child, so a run of any size has the same two processes (the launcher,
+    which holds no per-input or per-wave state, and one graph of at most `run.wave_size` inputs): the
+    peak does not depend on how many waves there are."""
     from polycap.pipelines.run import build_pipeline
 
     split = cfg.shards.split
     wdir = waves_dir(out, split)
     offsets = prepare(cfg, wdir)
     if offsets is None:
-        return None
+        def one_graph() -> None:
+            with beam.Pipeline(options=PipelineOptions(args)) as p:
+                build_pipeline(p, cfg, out, run_caption, run_translate, run_id, started, notes, progress_s)
+
+        in_child(one_graph, "the run", resume_hint=False)
+        return fs.read_json(stats_path(out, split))
     n_waves = len(offsets) - 1
     notes = [*notes, f"run in {n_waves} waves of up to {cfg.run.wave_size} inputs (run.wave_size); an image "
                      f"already kept by an earlier wave is never replaced by a later copy"]
     conn = wi.connect(wdir)
-    done = wi.finished_waves(conn)
+    done = set(wi.finished_waves(conn))
     wi.forget_from(conn, len(done))          # what an attempt killed mid-wave left
     conn.close()
     if done:
@@ -307,26 +364,23 @@ def run_waves(cfg: Config, out: str, args: list[str], run_caption: bool, run_tra
     for w in range(n_waves):
         if w in done:
             continue
-        wave = WaveSlice(w, wdir, fs.join(wdir, f"w{w:06d}"), langs)
-        fs.delete_prefix(wave.kept_dir)            # a crashed attempt's parts
-        wave.groups, wave.refused, wave.rows = read_slice(listing, offsets[w], offsets[w + 1])
 
-        def one_wave(wave: WaveSlice = wave) -> None:
+        def one_wave(w: int = w) -> None:     # the wave's listing lines are read in the child, never here
+            wave = WaveSlice(w, wdir, fs.join(wdir, f"w{w:06d}"), langs)
+            fs.delete_prefix(wave.kept_dir)            # a crashed attempt's parts
+            wave.groups, wave.refused, wave.rows = read_slice(listing, offsets[w], offsets[w + 1])
             with beam.Pipeline(options=PipelineOptions(args)) as p:
                 build_pipeline(p, cfg, out, run_caption, run_translate, run_id, time.time(), notes, progress_s,
                                wave=wave)
+            _finish_wave(wave, split)
 
         in_child(one_wave, f"wave {w}")
-        wave.groups, wave.refused, wave.rows = {}, {}, {}
-        parts = sorted(fs.join(wave.kept_dir, n) for n in fs.list_dir(wave.kept_dir))
-        done[w] = fs.read_json(stats_path(wave.store, split))
-        conn = wi.connect(wdir)
-        wi.finish_wave(conn, w, parts, done[w])
-        conn.close()
-        fs.delete_prefix(wave.kept_dir)
     wave_dirs = [fs.join(wdir, f"w{w:06d}") for w in range(n_waves)]
     commit_waves(out, split, wdir, wave_dirs)
-    stats = merge_stats([done[w] for w in range(n_waves)])
+    conn = wi.connect(wdir)
+    per_wave = wi.finished_waves(conn)
+    conn.close()
+    stats = merge_stats([per_wave[w] for w in range(n_waves)])
     stats.update(notes=notes, waves=n_waves, seconds=round(time.time() - started, 2))
     fs.write_json(stats_path(out, split), stats)
     fs.delete([fs.join(wdir, wi.INDEX_NAME)])     # first: a rerun that finds the rest starts afresh

@@ -107,7 +107,7 @@ def textured_hashes(conn: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray]:
     ids, hashes = np.empty(n, np.int64), np.empty(n, np.int64)
     cur = conn.execute("SELECT rowid, phash FROM kept WHERE phash IS NOT NULL AND solid = '' ORDER BY rowid")
     i = 0
-    while rows := cur.fetchmany(65536):
+    while rows := cur.fetchmany(4096):    # small blocks: freed row tuples stay in the heap as free space
         block = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
         ids[i:i + len(block)], hashes[i:i + len(block)] = block[:, 0], block[:, 1]
         i += len(block)

@@ -275,3 +275,38 @@ def test_wave_size_is_checked_on_load():
 
     with pytest.raises(ConfigError, match="run.wave_size"):
         load_config(data={"sources": [{"kind": "dir", "path": "x"}]}, overrides=["run.wave_size=-1"])
+
+
+class _Unpicklable(Exception):
+    def __init__(self, message: str, extra: object):
+        super().__init__(message)
+        self.extra = extra
+
+    def __reduce__(self):
+        raise TypeError("not picklable")
+
+
+def test_in_child_runs_the_work_in_another_process_and_raises_its_error_here(tmp_path):
+    import os
+
+    from polycap.pipelines.waves import in_child
+    from polycap.transforms.backends.base import ModelUnavailableError
+
+    marker = tmp_path / "pid"
+    in_child(lambda: marker.write_text(str(os.getpid())), "the run")
+    assert int(marker.read_text()) != os.getpid()
+
+    def fails() -> None:
+        raise ModelUnavailableError("caption: endpoint does not answer")
+
+    with pytest.raises(ModelUnavailableError, match="^caption: endpoint does not answer$") as info:
+        in_child(fails, "the run")
+    assert "in fails" in str(info.value.__cause__)       # the child's traceback
+
+    def odd() -> None:
+        raise _Unpicklable("odd", extra=lambda: None)
+
+    with pytest.raises(RuntimeError, match=r"^wave 3 failed \(exit status 1; .*resume from this wave"):
+        in_child(odd, "wave 3")
+    with pytest.raises(RuntimeError, match=r"^the run failed \(exit status 1; [^;]*\)$"):
+        in_child(odd, "the run", resume_hint=False)
