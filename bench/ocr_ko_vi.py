@@ -5,6 +5,8 @@ to_ocr_result: PP-OCRv6 detection, script routing, reading order) on rendered te
 (bench/ocr_cards.py: NTREX sentences drawn with Debian fonts; the drawn text is the reference), plus the real
 ko / vi / en images of ../shared/eval/ocr/gt.jsonl. `cer` scores the lines in the stored reading order;
 `cer_line_aligned` first matches each line to the reference (isolates recognition from reading order).
+CER ignores whitespace; `wer` (word edits / reference words, words split at whitespace: Korean eojeol) shows
+word spacing too, e.g. a Korean reading with a space between every syllable.
 
 Throughput: `items_per_s` is one process reading the cards one after another (wall clock, after the models
 are loaded); `cpu_s_per_item` is that process's CPU time per card (all its threads); `two_processes` reads
@@ -45,21 +47,34 @@ def _read(runner: OcrRunner, path: str, cfg: OcrConfig) -> tuple[Any, float, flo
     return res, time.perf_counter() - t0, time.process_time() - c0
 
 
-def _score(pred_lines: list[str], gt: str) -> tuple[int, int, int]:
+def word_counts(pred: str, gt: str) -> tuple[int, int]:
+    """(word edit distance, reference words), words split at whitespace: each distinct word is coded as one
+    private-use character and the codes are compared by cer_counts."""
+    codes: dict[str, str] = {}
+
+    def encode(text: str) -> str:
+        return "".join(codes.setdefault(w, chr(0xF0000 + len(codes))) for w in text.split())
+    return cer_counts(encode(pred), encode(gt))
+
+
+def _score(pred_lines: list[str], gt: str) -> tuple[int, int, int, tuple[int, int]]:
     pred = "\n".join(pred_lines)
     dist, n = cer_counts(pred, gt)
     aligned = dist if len(pred_lines) < 2 else min(dist, cer_counts(align_to_reference(pred_lines, gt), gt)[0])
-    return dist, aligned, n
+    return dist, aligned, n, word_counts(pred, gt)
 
 
-def _add(groups: dict[str, dict[str, Any]], key: str, dist: int, aligned: int, n: int, secs: tuple[float, float],
-         status: str) -> None:
-    g = groups.setdefault(key, {"items": 0, "edits": 0, "aligned": 0, "chars": 0, "seconds": 0.0, "cpu": 0.0,
-                                "status": {}})
+def _add(groups: dict[str, dict[str, Any]], key: str, score: tuple[int, int, int, tuple[int, int]],
+         secs: tuple[float, float], status: str) -> None:
+    dist, aligned, n, (word_edits, words) = score
+    g = groups.setdefault(key, {"items": 0, "edits": 0, "aligned": 0, "chars": 0, "word_edits": 0, "words": 0,
+                                "seconds": 0.0, "cpu": 0.0, "status": {}})
     g["items"] += 1
     g["edits"] += dist
     g["aligned"] += aligned
     g["chars"] += n
+    g["word_edits"] += word_edits
+    g["words"] += words
     g["seconds"] += secs[0]
     g["cpu"] += secs[1]
     g["status"][status] = g["status"].get(status, 0) + 1
@@ -68,6 +83,7 @@ def _add(groups: dict[str, dict[str, Any]], key: str, dist: int, aligned: int, n
 def _finish(groups: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {k: {"items": g["items"], "cer": round(g["edits"] / max(g["chars"], 1), 4),
                 "cer_line_aligned": round(g["aligned"] / max(g["chars"], 1), 4),
+                "wer": round(g["word_edits"] / max(g["words"], 1), 4),
                 "items_per_s": round(g["items"] / max(g["seconds"], 1e-9), 2),
                 "cpu_s_per_item": round(g["cpu"] / max(g["items"], 1), 3), "status": g["status"]}
             for k, g in sorted(groups.items())}
@@ -80,11 +96,13 @@ def run_cards(runner: OcrRunner, cfg: OcrConfig, per_cell: int) -> tuple[dict[st
         for card in make_cards(tmp, per_cell):
             res, *secs = _read(runner, card.path, cfg)
             texts = [ln.text for ln in res.lines]
-            dist, aligned, n = _score(texts, card.text)
+            score = _score(texts, card.text)
             for key in (card.lang, f"{card.lang}/{card.condition}", "all"):
-                _add(groups, key, dist, aligned, n, (secs[0], secs[1]), res.status)
+                _add(groups, key, score, (secs[0], secs[1]), res.status)
+            (dist, _, n, (wdist, wn)) = score
             rows.append({"card": Path(card.path).name, "font": card.font, "status": res.status,
-                         "cer": round(dist / max(n, 1), 4), "gt": card.text, "pred": "\n".join(texts)})
+                         "cer": round(dist / max(n, 1), 4), "wer": round(wdist / max(wn, 1), 4),
+                         "gt": card.text, "pred": "\n".join(texts)})
     return _finish(groups), rows
 
 
@@ -99,12 +117,14 @@ def run_real(runner: OcrRunner, cfg: OcrConfig, eval_dir: Path = EVAL) -> tuple[
         res, *secs = _read(runner, str(gt_path.parent / row["path"]), cfg)
         texts = [ln.text for ln in res.lines]
         gt = " ".join(row["text"].split()) if row["path"].startswith("tesseract_test/8") else row["text"]
-        dist, aligned, n = _score(texts, gt)
+        score = _score(texts, gt)
         key = "ko" if row["lang"].startswith("ko") else row["lang"]
-        _add(groups, key, dist, aligned, n, (secs[0], secs[1]), res.status)
+        _add(groups, key, score, (secs[0], secs[1]), res.status)
+        dist, aligned, n, (wdist, wn) = score
         rows.append({"path": row["path"], "lang": row["lang"], "gt_source": row["gt_source"][:40],
                      "status": res.status, "cer": round(dist / max(n, 1), 4),
-                     "cer_line_aligned": round(aligned / max(n, 1), 4), "pred": "\n".join(texts)[:300]})
+                     "cer_line_aligned": round(aligned / max(n, 1), 4), "wer": round(wdist / max(wn, 1), 4),
+                     "pred": "\n".join(texts)[:300]})
     return _finish(groups), rows
 
 
@@ -167,7 +187,8 @@ def main(per_cell: int = 8) -> dict[str, Any]:
     }
     write_result("ocr_ko_vi", results)
     for k, v in {**{f"cards/{k}": v for k, v in cards.items()}, **{f"real/{k}": v for k, v in real.items()}}.items():
-        print(f"{k:24s} cer={v['cer']:.4f} aligned={v['cer_line_aligned']:.4f} {v['items_per_s']}/s {v['status']}",
+        print(f"{k:24s} cer={v['cer']:.4f} aligned={v['cer_line_aligned']:.4f} wer={v['wer']:.4f} "
+              f"{v['items_per_s']}/s {v['status']}",
               file=sys.stderr)
     print(f"throughput {json.dumps(throughput)}", file=sys.stderr)
     return results

@@ -78,6 +78,101 @@ def test_unsupported_lines_make_the_status_and_are_not_stored():
     assert to_ocr_result({**raw, "unsupported": []}, 0.5).status == "ok"
 
 
+# ---- the Korean pair: `kor` and the Hangul script model, the more confident reading kept ------------------
+
+class FakeKoreanLines:
+    """A fake line recognizer standing in for Tesseract: the same reading for every image it is shown."""
+
+    def __init__(self, lang: str, text: str, conf: float):
+        self.lang, self.text, self.conf = lang, text, conf
+
+    def read(self, gray, symbols=False):
+        return self.text, self.conf, []
+
+    def padded(self, gray):
+        return S.pad_background(gray, 8)
+
+
+LINE_RGB = np.full((30, 200, 3), 250, np.uint8)
+LINE_QUAD = [0.0, 0.0, 200.0, 0.0, 200.0, 30.0, 0.0, 30.0]
+
+
+def _pair(kor: FakeKoreanLines, script: FakeKoreanLines) -> S.ScriptRouter:
+    router = S.ScriptRouter({}, ["en", "ko"])          # nothing installed; the fakes are the Korean readers
+    router.ko, router.ko_readers = kor, [kor, script]  # type: ignore[list-item]
+    return router
+
+
+def test_the_more_confident_korean_reading_is_kept():
+    kor = FakeKoreanLines("kor", "내가 잔까 좋아하는", 0.68)
+    script = FakeKoreanLines("Hangul", "내가 진짜 좋아하는", 0.71)
+    assert _pair(kor, script)._korean(LINE_RGB, LINE_QUAD) == ("내가 진짜 좋아하는", 0.71, False)
+    kor.conf = 0.9
+    assert _pair(kor, script)._korean(LINE_RGB, LINE_QUAD) == ("내가 잔까 좋아하는", 0.9, False)
+    script.conf = 0.9                                   # a tie keeps `kor`, the language model
+    assert _pair(kor, script)._korean(LINE_RGB, LINE_QUAD)[0] == "내가 잔까 좋아하는"
+
+
+def test_a_confident_reading_that_is_not_korean_is_not_kept():
+    kor, script = FakeKoreanLines("kor", "서울 타워", 0.6), FakeKoreanLines("Hangul", "Seoul Tower", 0.97)
+    assert _pair(kor, script)._korean(LINE_RGB, LINE_QUAD)[0] == "서울 타워"
+    kor.conf = S.KO_MIN_CONF - 0.01                     # neither reading counts: the line is not Korean
+    assert _pair(kor, script)._korean(LINE_RGB, LINE_QUAD) is None
+
+
+def test_the_script_model_does_not_claim_a_line_kor_does_not_read_as_korean():
+    # ger_1.jpg's coat of arms: `kor` reads nothing Korean, the script model "¢-굿" at 0.6
+    kor, script = FakeKoreanLines("kor", "", 0.0), FakeKoreanLines("Hangul", "¢-굿", 0.6)
+    assert _pair(kor, script)._korean(LINE_RGB, LINE_QUAD) is None
+
+
+def _syllables(gaps: list[int], width: int = 12) -> tuple[np.ndarray, list[S.Symbol]]:
+    """A light line image with dark syllable blocks `width` px wide, separated by `gaps` px, each a symbol
+    that starts a word (the Hangul script model writes a space between most syllables)."""
+    gray = np.full((30, 20 + (len(gaps) + 1) * width + sum(gaps)), 235, np.uint8)
+    syms, x = [], 10
+    for i, gap in enumerate([*gaps, 0]):
+        gray[8:22, x:x + width] = 30                    # ink 14 px tall
+        syms.append(S.Symbol("가나다라마"[i], 0.9, (x, 8, x + width, 22), True))
+        x += width + gap
+    return gray, syms
+
+
+def test_script_model_spaces_are_kept_only_over_whitespace():
+    gray, syms = _syllables([2, 9, 3])                  # 2 / 14 and 3 / 14 of the ink height: inside a word
+    assert S.ink_spaced(gray, syms) == "가나 다라"
+    assert S.ink_spaced(gray, syms, min_gap=0.1) == "가 나 다 라"
+    joined = [S.Symbol(s.text, s.conf, s.box, i == 0) for i, s in enumerate(syms)]
+    assert S.ink_spaced(gray, joined) == "가나다라"     # a space is only ever removed, never added
+    assert S.ink_spaced(255 - gray, syms) == "가나 다라"  # light text on a dark panel
+
+
+def test_hangul_script_model_is_found_in_either_tessdata_layout(tmp_path, monkeypatch):
+    (tmp_path / "script").mkdir()
+    (tmp_path / "script" / "Hangul.traineddata").write_bytes(b"x")
+    (tmp_path / "kor.traineddata").write_bytes(b"x")
+    monkeypatch.setattr(S, "SYSTEM_TESSDATA", (str(tmp_path),))
+    assert S.system_tessdata("Hangul") == tmp_path / "script" / "Hangul.traineddata"
+    assert S.system_tessdata("kor") == tmp_path / "kor.traineddata"
+    found = S.prepare_script_models(tmp_path / "cache")
+    assert (found[S.TESS] / "tessdata" / "Hangul.traineddata").is_file()
+    assert S.korean_note(found) is None
+
+
+def test_kor_without_the_script_model_warns_once(tmp_path, caplog, monkeypatch):
+    tessdata = tmp_path / S.TESS / "tessdata"
+    tessdata.mkdir(parents=True)
+    (tessdata / "kor.traineddata").write_bytes(b"x")
+    note = S.korean_note({S.TESS: tmp_path / S.TESS})
+    assert note and "tesseract-ocr-script-hang" in note
+    monkeypatch.setattr(S, "_warned", set())
+    with caplog.at_level("WARNING", logger=S.__name__):
+        S._warn_once(note)
+        S._warn_once(note)
+    assert [r.getMessage() for r in caplog.records] == [f"ocr: {note}"]
+    assert S.korean_note({}) is None                    # no Korean recognizer at all: unsupported_script says it
+
+
 # ---- real models on rendered cards ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -237,3 +332,30 @@ def test_without_the_engines_recognizer_english_words_go_to_tesseract_eng(found,
     lines = runner.engine.recognize(img)
     text = " ".join(t for t, _, _ in router.route(img, lines).lines)
     assert "(Google" in text and "드라이브" in text and "슬랙" in text, text
+
+
+@pytest.mark.slow
+def test_hangul_script_model_reads_beside_kor_with_word_spacing(runner):
+    """With Debian's tesseract-ocr-script-hang installed, Korean lines are read by `kor` and the Hangul
+    script model; the script model's reading keeps the line's word spaces, not one per syllable."""
+    import cv2
+
+    from polycap.pipelines.ocr_eval import cer_counts
+
+    readers = {r.lang: r for r in runner.router.ko_readers}
+    if "Hangul" not in readers:
+        pytest.skip(f"no Hangul script model: {S.INSTALL_KO_SCRIPT}")
+    assert "kor + Hangul" in runner.models["rec_ko"] and readers["Hangul"].respace
+    line = "베이징 차오양, 디지털 기술로 농업 새로운 발전"
+    gray = cv2.cvtColor(np.asarray(_render([line], "clean").convert("RGB")), cv2.COLOR_RGB2GRAY)
+    text, conf, _ = readers["Hangul"].read(gray)
+    assert conf >= S.KO_MIN_CONF and cer_counts(text, line)[0] <= 2, text
+    assert len(text.split()) == len(line.split()), text
+
+
+def test_bench_word_error_counts_see_word_spacing():
+    from bench.ocr_ko_vi import word_counts
+
+    assert word_counts("베이징 차오양", "베이징 차오양") == (0, 2)
+    assert word_counts("베이징 차 오 양", "베이징 차오양") == (3, 2)   # 1 word replaced, 2 added; CER ignores spaces
+    assert word_counts("", "서울 Seoul") == (2, 2)

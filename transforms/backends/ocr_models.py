@@ -227,10 +227,12 @@ def script_notes(models: OcrModels, langs: list[str]) -> list[str]:
     """Run-summary lines: which scripts will be stored as unsupported_script on this install, and the fix."""
     have = ocr_script.script_langs({k: Path(v) for k, v in models.scripts.items()})
     missing = [lang for lang in ("ko", "vi") if lang not in have]
+    ko_note = ocr_script.korean_note({k: Path(v) for k, v in models.scripts.items()}) if "ko" in langs else None
+    notes = [f"ocr: WARNING {ko_note}"] if ko_note else []
     if not missing:
-        return [f"ocr: script routing on ({', '.join(sorted(models.scripts))})"]
+        return [f"ocr: script routing on ({', '.join(sorted(models.scripts))})", *notes]
     return [f"ocr: WARNING no {' or '.join(missing)} recognizer installed: such lines are stored as "
-            f"unsupported_script, not as text. {_script_fix(missing)}"]
+            f"unsupported_script, not as text. {_script_fix(missing)}", *notes]
 
 
 def _orientation_path(cfg: Any) -> str | None:

@@ -7,12 +7,18 @@ as nothing or as Chinese-looking garbage and drops Vietnamese letters ("Người
 scores. Detection stays PP-OCRv6; each detected line's first reading decides whether it is re-read:
 
 - Korean: a *suspect* line (no text, a low score, too few characters for the box, or Han characters when
-  the job reads no Chinese/Japanese) is re-read by Tesseract `kor` on the line crop padded with its
-  background grey; its reading is kept when it is mostly Hangul and Tesseract is confident (else it is
-  tried once more binarized). `kor` has no Latin letters, so each non-Hangul run inside the reading
-  (an English word, a number) is re-read by the main engine's recognizer (PP-OCR) on that part of the
-  crop. A Hangul page the orientation classifier turned upside down is re-read turned back (the
-  classifier was trained without Hangul).
+  the job reads no Chinese/Japanese) is re-read by Tesseract `kor` and by Tesseract's Hangul script model
+  on the line crop padded with its background grey; a reading counts when it is mostly Hangul and
+  Tesseract is confident (else that model tries once more binarized), and of the two the one with the
+  higher mean word confidence is kept (`kor` on a tie). The two models fail on different lines: `kor`
+  (trained on Korean text) misreads faint or busy-background lines, the script model (trained on more
+  fonts) spaces syllables apart; its spaces are kept only over real whitespace in the crop (`ink_spaced`).
+  Neither has a Latin alphabet fit for English words (`kor` none, the script model a weak one), so each
+  non-Hangul run inside the reading (an English word, a number) is re-read by the main engine's
+  recognizer (PP-OCR) on that part of the crop. A Hangul page the orientation classifier turned upside
+  down is re-read turned back (the classifier was trained without Hangul). Without the script model
+  (`tesseract-ocr-script-hang`) Korean is read by `kor` alone, with a warning once per process and a line
+  in the run summary.
 - Vietnamese: when the job reads Vietnamese (`ocr.langs`), or a page shows Vietnamese (a letter only
   Vietnamese uses, or langdetect), every line with Latin letters is re-read by the Vietnamese recognizer and
   its reading is kept when it has letters only Vietnamese uses (ă, đ, ơ, ư, ĩ, ũ, U+1EA0-1EF9).
@@ -24,7 +30,10 @@ Weights (all offline; measured in bench/results/ocr_ko_vi.json):
 
 - Korean: Tesseract 5 LSTM `kor` (tessdata_fast), from Debian's `tesseract-ocr-kor` 1:4.1.0-2, run by
   `libtesseract5` 5.3.0 through its C API. Apache-2.0 (Google). Its LSTM alphabet holds 1,076 Hangul
-  syllables (the common ones), digits and punctuation, no Latin letters.
+  syllables (the common ones), digits and punctuation, no Latin letters. And the Hangul script model
+  `Hangul` (tessdata_fast, several fonts, the same 1,076 syllables plus 52 Latin letters), from Debian's
+  `tesseract-ocr-script-hang` 1:4.1.0-2 (`tessdata/Hangul.traineddata`; upstream's layout
+  `tessdata/script/Hangul.traineddata` is found too). Apache-2.0 (Google).
 - Vietnamese: `trueocr-vi-r01`, a CTC line recognizer (rec.onnx, 7.7 MB) inside the PyPI wheel
   `trueocr` 0.1.1. Apache-2.0. 222 characters: all 134 Vietnamese letters, ASCII letters and digits,
   common punctuation (no `?`, `!`, straight `"`).
@@ -40,6 +49,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import os
 import shutil
 import tempfile
@@ -52,12 +62,13 @@ from typing import Any
 
 import numpy as np
 
-TESS = "tesseract-5"                  # cache folder: tessdata/{kor,vie,eng}.traineddata (those installed)
+TESS = "tesseract-5"                  # cache folder: tessdata/{kor,Hangul,vie,eng}.traineddata (those installed)
 TESSDATA_VERSION = "tessdata_fast 4.1.0"
 TRUEOCR_VI = "trueocr-vi-r01"         # cache folder: rec.onnx + meta.json (from the trueocr wheel)
 SYSTEM_TESSDATA = ("/usr/share/tesseract-ocr/5/tessdata", "/usr/share/tesseract-ocr/4.00/tessdata",
                    "/usr/share/tessdata")
-INSTALL_KO = "apt-get install tesseract-ocr-kor tesseract-ocr-eng (brings libtesseract5)"
+INSTALL_KO = "apt-get install tesseract-ocr-kor tesseract-ocr-script-hang tesseract-ocr-eng (brings libtesseract5)"
+INSTALL_KO_SCRIPT = "apt-get install tesseract-ocr-script-hang"
 INSTALL_VI = "apt-get install tesseract-ocr-vie, or pip install 'polycap[ocr]' (the trueocr wheel)"
 
 # Thresholds, from the rendered cards in bench/results/ocr_ko_vi.json.
@@ -68,6 +79,11 @@ KO_MIN_CONF = 0.55         # Tesseract mean word confidence / 100; Latin lines r
 VI_MIN_CONF = 0.6          # Vietnamese re-reads kept on the cards score 0.85-0.97; "SPEED" read as `vie` is
                            # "gố)" at 0.05
 KO_MIN_HANGUL = 0.5        # share of letters that are Hangul in an accepted Korean reading
+# The Hangul script model writes a space between most syllables. On the ko cards of seeds 0 and 1
+# (1,720 spaces it wrote where it read every character right) the widest blank column run between the two
+# syllables, over the line's ink height, was >= 0.36 for 98 % of real word spaces and <= 0.29 for 98 % of
+# the spurious ones; at 0.3, 4 real spaces were lost and 18 spurious ones kept.
+WORD_GAP = 0.3
 _VI_ONLY = set("ăĂđĐơƠưƯĩĨũŨ") | {chr(c) for c in range(0x1EA0, 0x1EFA)}
 # Letters PP-OCRv6 can write that hint at Vietnamese: a page with one is re-read line by line in Vietnamese.
 VI_HINTS = _VI_ONLY | set("âêôÂÊÔàáãèéìíòóõùúýÀÁÃÈÉÌÍÒÓÕÙÚÝ")
@@ -150,6 +166,36 @@ def pad_background(gray: np.ndarray, pad: int) -> np.ndarray:
     return np.ascontiguousarray(np.pad(gray, pad, constant_values=int(np.median(border))), dtype=np.uint8)
 
 
+def _ink(gray: np.ndarray) -> np.ndarray:
+    """Ink pixels of a line image: the smaller class of an Otsu threshold (dark on light or light on dark)."""
+    import cv2
+
+    dark: np.ndarray = cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[1] == 0
+    return dark if dark.mean() <= 0.5 else ~dark
+
+
+def ink_spaced(gray: np.ndarray, syms: list[Symbol], min_gap: float = WORD_GAP) -> str:
+    """The reading rebuilt from its symbols, with a space before a word's first symbol only where the
+    image (`gray`, the image the symbol boxes are on) has a blank column run of at least `min_gap` x the
+    ink height between the centres of that symbol and the one before it."""
+    ink = _ink(gray)
+    rows = np.nonzero(ink.any(axis=1))[0]
+    ink_h = float(np.percentile(rows, 95) - np.percentile(rows, 5)) if rows.size else float(gray.shape[0])
+    cols = np.asarray(ink.any(axis=0))
+    out = []
+    for i, sym in enumerate(syms):
+        if i and sym.word_start:
+            a, b = sorted(((syms[i - 1].box[0] + syms[i - 1].box[2]) // 2, (sym.box[0] + sym.box[2]) // 2))
+            run = best = 0
+            for has_ink in cols[max(a, 0):max(b + 1, 0)]:
+                run = 0 if has_ink else run + 1
+                best = max(best, run)
+            if best >= min_gap * max(ink_h, 1.0):
+                out.append(" ")
+        out.append(sym.text)
+    return " ".join("".join(out).split())
+
+
 def flip_quad(quad: list[float], width: int, height: int) -> list[float]:
     """The same line on the image turned 180 degrees, first point again top-left of the text."""
     pts = [(width - x, height - y) for x, y in zip(quad[0::2], quad[1::2])]
@@ -198,11 +244,13 @@ def _bind(lib: Any) -> None:
 
 class TesseractLines:
     """Tesseract 5 in-process through libtesseract's C API, one text line at a time (a lock serializes
-    callers: one handle is not thread-safe). `read(gray) -> (text, conf 0..1, symbols)`."""
+    callers: one handle is not thread-safe). `read(gray) -> (text, conf 0..1, symbols)`. `respace`: the
+    reading's spaces are kept only over whitespace in the image (`ink_spaced`; for the Hangul script model)."""
 
     PAD = 8
 
-    def __init__(self, tessdata: str | Path, lang: str):
+    def __init__(self, tessdata: str | Path, lang: str, respace: bool = False):
+        self.lang, self.respace = lang, respace
         single_thread_openmp()   # too late when PaddleX came first: OcrRunner calls it before the engine
         try:
             lib = ctypes.CDLL(ctypes.util.find_library("tesseract") or "libtesseract.so.5")
@@ -226,6 +274,7 @@ class TesseractLines:
         img = self.padded(gray)
         h, w = img.shape
         lib, syms = self.lib, []
+        symbols = symbols or self.respace
         with self.lock:
             lib.TessBaseAPISetImage(self.handle, img.ctypes.data, w, h, 1, w)
             lib.TessBaseAPISetSourceResolution(self.handle, 300)
@@ -252,6 +301,8 @@ class TesseractLines:
                     if not lib.TessResultIteratorNext(it, _RIL_SYMBOL):
                         break
                 lib.TessResultIteratorDelete(it)
+        if self.respace and syms:
+            return ink_spaced(img, syms), conf, syms
         return " ".join(text.split()), conf, syms
 
     def __del__(self):
@@ -310,7 +361,7 @@ LineReader = Callable[[list[np.ndarray]], list[tuple[str, float]]]
 
 # ---- model folders ----------------------------------------------------------------------------------
 
-TESS_LANGS = ("kor", "vie", "eng")
+TESS_LANGS = ("kor", "Hangul", "vie", "eng")
 
 
 def _copy_file(src: Path, dest: Path) -> None:
@@ -327,9 +378,11 @@ def _copy_file(src: Path, dest: Path) -> None:
 
 
 def system_tessdata(lang: str) -> Path | None:
+    """An installed `<lang>.traineddata`; script models (`Hangul`) also under `script/`, upstream's layout."""
     for d in SYSTEM_TESSDATA:
-        if (Path(d) / f"{lang}.traineddata").is_file():
-            return Path(d) / f"{lang}.traineddata"
+        for sub in ("", "script"):
+            if (Path(d) / sub / f"{lang}.traineddata").is_file():
+                return Path(d) / sub / f"{lang}.traineddata"
     return None
 
 
@@ -374,6 +427,26 @@ def script_langs(found: dict[str, Path]) -> set[str]:
     return langs
 
 
+def korean_note(found: dict[str, Path]) -> str | None:
+    """A warning when Korean is read by `kor` without the Hangul script model beside it, else None."""
+    tessdata = found[TESS] / "tessdata" if TESS in found else None
+    if not tessdata or not (tessdata / "kor.traineddata").is_file() or (tessdata / "Hangul.traineddata").is_file():
+        return None
+    return ("Korean lines are read by Tesseract kor alone: the Hangul script model is not installed "
+            f"(higher Korean CER on faint and busy-background lines, see bench/results/ocr_ko_vi.json); "
+            f"fix: {INSTALL_KO_SCRIPT}")
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Log `message` once per process (one OCR runner per worker; a worker may build several)."""
+    if message not in _warned:
+        _warned.add(message)
+        logging.getLogger(__name__).warning("ocr: %s", message)
+
+
 # ---- routing ----------------------------------------------------------------------------------------
 
 @dataclass
@@ -392,6 +465,12 @@ class ScriptRouter:
         tessdata = found[TESS] / "tessdata" if TESS in found else Path()
         have = {p.name.split(".")[0] for p in tessdata.glob("*.traineddata")} if TESS in found else set()
         self.ko = TesseractLines(tessdata, "kor") if "kor" in have else None
+        # Korean lines are read by `kor` and, where installed, the Hangul script model; the more confident wins
+        self.ko_readers = [self.ko] if self.ko else []
+        if self.ko and "Hangul" in have:
+            self.ko_readers.append(TesseractLines(tessdata, "Hangul", respace=True))
+        elif self.ko and "ko" in langs and (note := korean_note(found)):
+            _warn_once(note)
         # Tesseract `eng` reads the English words in Korean lines only where the engine lends no recognizer
         self.eng = TesseractLines(tessdata, "eng") if "eng" in have and self.ko and latin is None else None
         self.vi: TesseractLines | TrueOcrLines | None = None
@@ -404,7 +483,9 @@ class ScriptRouter:
         self.models = {}
         if self.ko:
             latin_by = " + rec (Latin runs)" if self.latin else " + eng" if self.eng else ""
-            self.models["rec_ko"] = f"tesseract kor ({TESSDATA_VERSION}){latin_by}"
+            names = " + ".join(r.lang for r in self.ko_readers)
+            pick = ", the more confident per line" if len(self.ko_readers) > 1 else ""
+            self.models["rec_ko"] = f"tesseract {names} ({TESSDATA_VERSION}{pick}){latin_by}"
         if self.vi:
             self.models["rec_vi"] = (f"tesseract vie ({TESSDATA_VERSION})" if isinstance(self.vi, TesseractLines)
                                      else TRUEOCR_VI)
@@ -427,8 +508,11 @@ class ScriptRouter:
         for start, end in runs:
             # `kor`'s boxes for letters it has no glyph for sit up to ~1/4 line height right of the ink: on the
             # left that much margin (or a "(" is lost), on the right 4 px but never into the next syllable,
-            # which `kor` often half-reads as junk inside the run ("7}"; a crop into it reads "(Palu)7H")
-            x0 = max(0, min(s.box[0] for s in syms[start:end]) - max(4, img.shape[0] // 4))
+            # which `kor` often half-reads as junk inside the run ("7}"; a crop into it reads "(Palu)7H"); on
+            # the left no more than 1/8 line height into the syllable before (the script model's boxes are
+            # tight: its margin into "드" read "드E(Ford)"; ko cards seed 0: 14 -> 13 errors, seed 1: 44 -> 40)
+            x0 = max(0, min(s.box[0] for s in syms[start:end]) - max(4, img.shape[0] // 4),
+                     syms[start - 1].box[2] - img.shape[0] // 8 if start > 0 else 0)
             x1 = min(img.shape[1], max(s.box[2] for s in syms[start:end]) + 4,
                      syms[end].box[0] if end < len(syms) else img.shape[1])
             crops.append(img[:, x0:max(x1, x0 + 1)])
@@ -448,13 +532,34 @@ class ScriptRouter:
         return text
 
     def _korean(self, rgb: np.ndarray, quad: list[float], try_flip: bool = True) -> tuple[str, float, bool] | None:
-        """(text, conf, flipped) when the line reads as Korean, else None. `try_flip=False` once a line of the
-        page has read as Korean the right way up (the turned-over read is then skipped: one `kor` call less
-        per line)."""
+        """(text, conf, flipped) when the line reads as Korean, else None: of the readings by each Korean
+        recognizer (`kor`, the Hangul script model), the most confident; a later one must beat an earlier one.
+        The first (`kor`) decides whether the line is Korean at all: the script model reads Hangul into
+        things that are not text (ger_1.jpg's coat of arms: "¢-굿", where `kor` reads nothing Korean).
+        `try_flip=False` once a line of the page has read as Korean the right way up (the turned-over read
+        is then skipped: one call less per recognizer and line)."""
         import cv2
 
-        assert self.ko is not None
         gray = cv2.cvtColor(crop_quad(rgb, quad), cv2.COLOR_RGB2GRAY)
+        best = None
+        for reader in self.ko_readers:
+            read = self._korean_by(reader, gray, try_flip)
+            if read is not None and (best is None or read[1] > best[1]):
+                best = read
+            if best is None:   # `kor` decides whether the line is Korean; the script model only reads it again
+                return None
+        if best is None:
+            return None
+        text, conf, flipped, img, syms = best
+        if (self.latin is not None or self.eng is not None) and latin_runs(syms):
+            text = self._latin_fix(img, text, syms)
+        return text, conf, flipped
+
+    def _korean_by(self, reader: TesseractLines, gray: np.ndarray, try_flip: bool
+                   ) -> tuple[str, float, bool, np.ndarray, list[Symbol]] | None:
+        """One recognizer's best Korean reading of a line: (text, conf, flipped, image read, symbols) or None."""
+        import cv2
+
         best = None
         # as cropped, turned over (a Hangul page the orientation classifier turned), and only when neither
         # reads as Korean, binarized (Otsu): grey text crossed by a white rule (PaddleOCR's korean/1.jpg)
@@ -465,17 +570,12 @@ class ScriptRouter:
                 if best is not None:
                     break
                 img = cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[1]
-            text, conf, syms = self.ko.read(img, symbols=self.latin is not None or self.eng is not None)
+            text, conf, syms = reader.read(img, symbols=self.latin is not None or self.eng is not None)
             if hangul_share(text) >= KO_MIN_HANGUL and conf >= KO_MIN_CONF and (best is None or conf > best[1]):
                 best = (text, conf, flipped, img, syms)
             if best and best[1] >= 0.8:
                 break
-        if best is None:
-            return None
-        text, conf, flipped, img, syms = best
-        if (self.latin is not None or self.eng is not None) and latin_runs(syms):
-            text = self._latin_fix(img, text, syms)
-        return text, conf, flipped
+        return best
 
     def _read_vi(self, rgb: np.ndarray, quads: list[list[float]]) -> list[tuple[str, float]]:
         import cv2
