@@ -1,5 +1,7 @@
 """Peak memory of `polycap run` (the whole process tree) against the input count, in the local mode the README
-recommends (DirectRunner in memory; inputs above `run.wave_size` run in waves, pipelines/waves.py).
+recommends (DirectRunner in memory, waves on: pipelines/waves.py). In that mode every run goes through the
+same launcher: inputs above `run.wave_size` run in waves, one forked child per wave, and inputs that fit in one
+wave (the 1k run) run as one graph in one forked child, so 1k and 100k are measured in the same mode.
 
 Goal: the peak at 100k inputs within 10 % of the peak at 1k. Inputs are small distinct JPEGs (96x96, an 8x8
 grid of random colours upscaled, so every pHash differs) in folders of 1000, plus ~1 % byte-identical copies
@@ -7,6 +9,8 @@ and ~0.5 % recompressed copies (near duplicates) spread over the run, so exact a
 waves. Peak tree memory: the sum of PSS (proportional set size, /proc/PID/smaps_rollup) over the run's
 process and its children, sampled every 0.05 s; each wave is a forked child sharing the launcher's pages, which
 a sum of RSS would count twice (recorded too, as peak_tree_rss_sum_mb), as is each process's own VmHWM.
+The launcher's own PSS (peak_launcher_pss_mb; alone, between waves: peak_launcher_alone_pss_mb) and the
+children's (peak_children_pss_mb) are recorded apart, with the code version each run measured.
 Run: `python -m bench.pipeline_memory [N ...]` (default 1000 10000 100000); `--one-graph` measures the single
 Beam graph (`--wave-size 0`) instead, `--wave-size N` waves of N; `--urls` serves the same files on 127.0.0.1
 and reads them from a parquet URL list instead of the folders. Writes bench/results/pipeline_memory.json
@@ -28,6 +32,8 @@ from pathlib import Path
 from PIL import Image
 
 from bench import write_result
+from polycap.pipelines.run import code_version
+from polycap.schemas.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT = REPO / "bench" / "results" / "pipeline_memory.json"
@@ -124,9 +130,15 @@ def run_once(src: Path, out: Path, wave_args: list[str], url_list: Path | None =
     proc = subprocess.Popen([sys.executable, "-m", "polycap.pipelines.cli", "run", str(cfg), "--progress", "0",
                              *wave_args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak_tree, peak_rss, hwm, samples = 0, 0, {}, 0
+    peak_launcher = peak_children = peak_alone = 0
     while proc.poll() is None:
         pids = _tree(proc.pid)
-        peak_tree = max(peak_tree, sum(_pss_kb(p) for p in pids))
+        pss = {p: _pss_kb(p) for p in pids}
+        children = sum(v for p, v in pss.items() if p != proc.pid)
+        peak_tree = max(peak_tree, sum(pss.values()))
+        peak_launcher, peak_children = max(peak_launcher, pss[proc.pid]), max(peak_children, children)
+        if len(pids) == 1:                    # no wave child: the launcher's own pages, shared with no one
+            peak_alone = max(peak_alone, pss[proc.pid])
         peak_rss = max(peak_rss, sum(_status_kb(p, "VmRSS") for p in pids))
         for p in pids:
             hwm[p] = max(hwm.get(p, 0), _status_kb(p, "VmHWM"))
@@ -141,8 +153,12 @@ def run_once(src: Path, out: Path, wave_args: list[str], url_list: Path | None =
     return {"inputs": stats["inputs"], "kept": stats["kept"], "rejected_by_reason": stats["rejected_by_reason"],
             "waves": stats.get("waves", 1), "shards": stats["shards"], "wall_s": round(wall, 1),
             "peak_tree_pss_mb": round(peak_tree / 1024, 1), "peak_tree_rss_sum_mb": round(peak_rss / 1024, 1),
+            "peak_launcher_pss_mb": round(peak_launcher / 1024, 1),
+            "peak_launcher_alone_pss_mb": round(peak_alone / 1024, 1),
+            "peak_children_pss_mb": round(peak_children / 1024, 1),
             "max_process_hwm_mb": round(max(hwm.values(), default=0) / 1024, 1),
             "sum_process_hwm_mb": round(sum(hwm.values()) / 1024, 1), "rss_samples": samples,
+            "code_version": code_version(),
             "load_avg_before": [round(x, 2) for x in load0],
             "load_avg_after": [round(x, 2) for x in os.getloadavg()]}
 
@@ -189,12 +205,16 @@ def main(sizes: list[int], one_graph: bool = False, wave_size: int | None = None
               for k, v in runs.items() if base and k.startswith("waves_default/")}
     big = runs.get("waves_default/100000")
     result = {
-        "goal": "peak tree RSS at 100k inputs within 10 % of the peak at 1k, default (waves) local mode",
+        "goal": "peak tree PSS at 100k inputs within 10 % of the peak at 1k, default (waves) local mode",
+        "default_wave_size": RunConfig().wave_size,
         "runs": runs, "peak_ratio_to_1k": ratios,
         "meets_goal": bool(big and base and big["peak_tree_pss_mb"] <= 1.1 * base["peak_tree_pss_mb"]),
         "note": "DirectRunner in memory; 2-core machine shared with other jobs (load averages per run); "
                 "peak_tree_pss_mb (the goal's measure) and peak_tree_rss_sum_mb sampled every 0.05 s; "
-                "max_process_hwm_mb is the kernel's per-process peak",
+                "max_process_hwm_mb is the kernel's per-process peak; waves_default/* ran with the default wave size "
+                "of their code_version (1k: one graph in a forked child since the launcher runs every local run), "
+                "waves_N/* with --wave-size N, one_graph/* with --wave-size 0 (in process, no launcher), urls_* from "
+                "a parquet URL list served on 127.0.0.1",
     }
     write_result("pipeline_memory", result)
     print(json.dumps(result, indent=2))
@@ -203,6 +223,9 @@ def main(sizes: list[int], one_graph: bool = False, wave_size: int | None = None
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
+    if "--help" in argv or "-h" in argv:
+        print(__doc__)
+        sys.exit(0)
     size = int(argv.pop(argv.index("--wave-size") + 1)) if "--wave-size" in argv else None   # another wave size
     args = [a for a in argv if not a.startswith("--")]
     main([int(a) for a in args] or [1000, 10000, 100000], one_graph="--one-graph" in argv, wave_size=size,

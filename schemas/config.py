@@ -321,12 +321,13 @@ class ShardsConfig(Section):
 
 @dataclass(frozen=True)
 class RunConfig(Section):
-    # Local runs (DirectRunner/Prism) of local folder sources with more inputs than this go in waves of this
-    # many inputs (pipelines/waves.py): memory bounded by the wave, not the dataset. 0: one graph always.
-    # Remote runners always run one graph. 10000 (bench/results/pipeline_memory.json): 30k inputs peak at
-    # 655 MB in 141 s, where one graph takes 941 MB and 115 s and grows ~27 KB an input; waves of 1000 hold
-    # ~400 MB at 100k but take ~2.7x one graph's time (each wave pays Beam's start-up).
-    wave_size: int = 10000
+    # Local runs (DirectRunner/Prism) of local folder / URL-list sources go in waves of this many inputs, each
+    # graph in a forked child of the launcher (pipelines/waves.py): memory bounded by the wave, not the
+    # dataset. 0: one graph in process. Remote runners always run one graph. 1000 (bench/results/
+    # pipeline_memory.json): the peak stays at the 1k run's (~300 MB) at any size, for ~1.4x one graph's
+    # time (each wave pays ~2 s CPU of Beam graph construction and start-up); one graph grows ~27 KB an
+    # input, and waves of 2000 already peak ~20 % above a 1k run.
+    wave_size: int = 1000
 
     def validate(self) -> None:
         _ranges(self, non_negative=("wave_size",))
