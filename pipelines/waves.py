@@ -292,8 +292,9 @@ def in_child(work: Callable[[], None], what: str, resume_hint: bool = True) -> N
     if sent:
         err, tb = pickle.loads(sent)
         raise err from ChildTraceback(tb)
+    why = f"killed by signal {-code}" if code < 0 else f"exit status {code}; its error is printed above"
     hint = "; rerun the job to resume from this wave" if resume_hint else ""
-    raise RuntimeError(f"{what} failed (exit status {code}; its error is printed above){hint}")
+    raise RuntimeError(f"{what} failed ({why}){hint}")
 
 
 def preload() -> None:
@@ -341,7 +342,7 @@ def _finish_wave(wave: WaveSlice, split: str) -> None:
 
 
 def run_waves(cfg: Config, out: str, args: list[str], run_caption: bool, run_translate: bool, run_id: str,
-              started: float, notes: list[str], progress_s: float) -> dict[str, Any] | None:
+              started: float, notes: list[str], progress_s: float) -> dict[str, Any]:
     """Run the job in waves and commit it; returns this split's stats. Inputs that fit in one wave run as
     one graph, also in a forked child, so a run of any size has the same two processes (the launcher,
     which holds no per-input or per-wave state, and one graph of at most `run.wave_size` inputs): the

@@ -288,6 +288,7 @@ class _Unpicklable(Exception):
 
 def test_in_child_runs_the_work_in_another_process_and_raises_its_error_here(tmp_path):
     import os
+    import signal
 
     from polycap.pipelines.waves import in_child
     from polycap.transforms.backends.base import ModelUnavailableError
@@ -310,3 +311,5 @@ def test_in_child_runs_the_work_in_another_process_and_raises_its_error_here(tmp
         in_child(odd, "wave 3")
     with pytest.raises(RuntimeError, match=r"^the run failed \(exit status 1; [^;]*\)$"):
         in_child(odd, "the run", resume_hint=False)
+    with pytest.raises(RuntimeError, match=r"^wave 0 failed \(killed by signal 9\); rerun"):
+        in_child(lambda: os.kill(os.getpid(), signal.SIGKILL), "wave 0")
