@@ -7,32 +7,55 @@ is denser than UI Korean); the odd lines stay unseen. For each target language a
 (characters, whitespace runs counted once) it records the quantiles of log(output characters / source
 characters) over the human translations, and the same for the reference cut to 40 % (the truncation the
 lower bound must catch). `LENGTH_BUCKETS` in transforms/translate_gates.py takes the 0.3 % and 99.9 %
-quantiles from here, `SHORT_QUANTILES` the 0.05 and 0.3 quantiles of both domains pooled. The same human
-texts give the word-end counts `transforms/word_ends.json.gz` (`word_end_counts`; words with fewer than
-MIN_WORD_EVIDENCE occurrences are left out). The held-out packages are never fitted on.
+quantiles from here. The same human texts give the word-end counts `transforms/word_ends.json.gz`
+(`word_end_counts`; words with fewer than MIN_WORD_EVIDENCE occurrences are left out) and the omission model
+`transforms/omission.json.gz` (`fit_omission`: a translation table of English content words, a length
+model, the word endings human text has, and logistic weights fitted on the human translations against the
+same texts cut to 40 %; its report, with the weights, goes into the result under "omission"). The held-out
+packages and the odd NTREX lines are never fitted on.
 """
 from __future__ import annotations
 
 import gzip
 import json
+import math
 from pathlib import Path
+
+import numpy as np
 
 from bench.translate_gates import load_pairs
 from bench.translate_gates_catalogs import DEV, LANGS, WORK, fetch, load
+from polycap.transforms.coverage import fit_coverage, fit_length, word_endings
 from polycap.transforms.translate_gates import (
+    MIN_OMISSION_SOURCE,
     MIN_WORD_EVIDENCE,
+    OMISSION_FEATURES,
+    OMISSION_FILE,
     WORD_ENDS_FILE,
     _size,
+    first_failure,
     length_log_ratio,
+    omission_features,
     word_end_counts,
 )
 
 EVAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "eval"
 BUCKETS = [4, 8, 16, 32, 64]      # the last bucket holds every longer source
 QUANTILES = [0.001, 0.003, 0.005, 0.01, 0.05, 0.3, 0.5, 0.95, 0.99, 0.999]
-SHORT_Q = (0.05, 0.3)               # the quantiles SHORT_QUANTILES takes (pooled domains)
 WORD_ENDS = Path(__file__).resolve().parents[1] / "transforms" / WORD_ENDS_FILE
 LOWER_Q, UPPER_Q = 0.003, 0.999     # the bounds LENGTH_BUCKETS takes
+OMISSION = Path(__file__).resolve().parents[1] / "transforms" / OMISSION_FILE
+MEDIAN_BUCKETS = [0, *BUCKETS]      # source characters; the omission model's length-ratio medians
+# The omission model's operating point: the share of the fitted human translations (both domains) its score
+# may reject on top of the other gates, one of BUDGET_GRID (the others' thresholds are stored for the benches'
+# trade-off tables), chosen per language by `_choose_budget` against DEV_FR_TARGET, the false-reject target
+# of the gates. Human references weigh REF_WEIGHT times a cut in the fit.
+BUDGET_GRID = (0.0003, 0.0005, 0.001, 0.002, 0.003, 0.005)
+DEV_FR_TARGET = 0.01
+REF_WEIGHT = 5.0
+L2 = 0.01
+# Gates the omission model is fitted after: every gate but itself (what it sees is what they pass).
+OMISSION_SKIP = frozenset({"omission"})
 
 
 def _q(xs: list[float], q: float) -> float:
@@ -89,19 +112,117 @@ def fit() -> dict:
         for i in range(len(BUCKETS) - 2, -1, -1):
             lo[i], hi[i] = min(lo[i], lo[i + 1]), max(hi[i], hi[i + 1])
         out["bounds"][lang] = list(zip(BUCKETS, lo, hi))
-    out["short_quantiles"] = {}
     out["word_ends"] = {}
     for lang in LANGS:
         refs = [it for items in domains.values() for it in items if it["lang"] == lang and it["kind"] == "reference"]
-        pooled: dict[int, list[float]] = {b: [] for b in BUCKETS}
-        for it in refs:
-            b, r = _bucket(_size(it["source"])), length_log_ratio(it["source"], it["output"])
-            if b is not None and r is not None:
-                pooled[b].append(r)
-        out["short_quantiles"][lang] = [(b, *(_q(pooled[b], q) for q in SHORT_Q)) for b in BUCKETS if pooled[b]]
         counts = word_end_counts((it["output"] for it in refs), lang)
         out["word_ends"][lang] = {w: c for w, c in sorted(counts.items()) if c[0] + c[2] >= MIN_WORD_EVIDENCE}
+    out["domains"] = {d: [it for it in items if it["kind"] == "reference"] for d, items in domains.items()}
     return out
+
+
+def _cut(text: str) -> str:
+    """The truncation the model learns to catch: the text cut to 40 % of its characters (the catalogs'
+    `truncated` kind)."""
+    core = text.strip()
+    return core[: round(len(core) * 0.4)]
+
+
+def _logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted L2-regularised logistic regression by Newton's method (deterministic)."""
+    b = np.zeros(x.shape[1])
+    for _ in range(100):
+        p = 1 / (1 + np.exp(-(x @ b)))
+        grad = x.T @ (w * (p - y)) + L2 * b
+        hess = (x * (w * p * (1 - p))[:, None]).T @ x + L2 * np.eye(len(b))
+        step = np.linalg.solve(hess, grad)
+        b -= step
+        if np.abs(step).max() < 1e-9:
+            break
+    return b
+
+
+def fit_omission(pairs: list[tuple[str, str]], lang: str, n_catalog: int) -> tuple[dict, dict]:
+    """(model, report) of one target language from human pairs (the first `n_catalog` from the dev catalogs,
+    then NTREX lines).
+
+    Features of pair i and of its 40 % cut come from the lexicon, length model and endings fitted without
+    pair i's fold, so the weights learn what they say of unseen text. Rows another gate already rejects are
+    left out of the fit. The threshold is the operating point chosen by `_choose_budget`."""
+    coverage_p, table, folds = fit_coverage(pairs, lang)
+    length = fit_length(pairs, _size)
+    fold_lengths = []
+    for k in range(len(folds)):
+        m = fit_length([p for j, p in enumerate(pairs) if j % len(folds) != k], _size)
+        fold_lengths.append((m, {w: j + 2 for j, w in enumerate(m["vocab"])}))
+    endings = sorted({e for _, o in pairs for e in word_endings(o, lang)})
+    fold_endings = [frozenset(e for j, (_, o) in enumerate(pairs) if j % len(folds) != k for e in word_endings(o, lang))
+                    for k in range(len(folds))]
+    refs = [length_log_ratio(s, o) for s, o in pairs]
+    medians = []
+    for i, lo in enumerate(MEDIAN_BUCKETS):
+        hi = MEDIAN_BUCKETS[i + 1] if i + 1 < len(MEDIAN_BUCKETS) else math.inf
+        rs = sorted(r for (s, _), r in zip(pairs, refs) if r is not None and lo <= _size(s) < hi)
+        medians.append((lo, round(rs[len(rs) // 2], 3) if rs else 0.0))
+    rows, labels, caught, catalog = [], [], [], []
+    for i, (s, o) in enumerate(pairs):
+        if _size(s) < MIN_OMISSION_SOURCE:
+            continue
+        for output, label in ((o, 0.0), (_cut(o), 1.0)):
+            if label and (not output.strip() or " ".join(output.split()) == " ".join(o.split())):
+                continue
+            rows.append(omission_features(s, output, lang, folds[i % len(folds)], coverage_p, medians,
+                                          fold_lengths[i % len(folds)], fold_endings[i % len(folds)]))
+            labels.append(label)
+            catalog.append(i < n_catalog)
+            caught.append(first_failure(s, output, lang, skip=OMISSION_SKIP) is not None)
+    x, y, other = np.array(rows), np.array(labels), np.array(caught)
+    keep = ~other
+    b = _logistic(x[keep], y[keep], np.where(y[keep] == 1, 1.0, REF_WEIGHT))
+    score = x @ b
+    ref_scores = np.sort(score[keep & (y == 0)])[::-1]
+
+    def at(budget: float) -> float:
+        k = int(budget * (y == 0).sum())
+        return float(ref_scores[k]) if k < len(ref_scores) else float(ref_scores.min()) - 1
+
+    dev_refs = (y == 0) & np.array(catalog)
+    dev_fr = {budget: float((other | (score > at(budget)))[dev_refs].mean()) for budget in BUDGET_GRID}
+    budget = _choose_budget(dev_fr)
+    threshold = at(budget)
+    hit = score > threshold
+    report = {"pairs": len(pairs), "lexicon_terms": len(table), "budget": budget,
+              "dev_catalog_false_reject_rate_by_budget": {str(k): round(v, 5) for k, v in dev_fr.items()},
+              "weights": dict(zip(OMISSION_FEATURES, np.round(b, 4).tolist())),
+              "fitted_false_reject_rate": {"other_gates": float(other[y == 0].mean()),
+                                           "with_omission": float((other | hit)[y == 0].mean())},
+              "fitted_cut_catch_rate": {"other_gates": float(other[y == 1].mean()),
+                                        "with_omission": float((other | hit)[y == 1].mean())}}
+    model = {"lexicon": {t: [table[t], coverage_p[t]] for t in sorted(table)}, "medians": medians, "length": length,
+             "endings": endings,
+             "features": list(OMISSION_FEATURES), "weights": [round(v, 6) for v in b.tolist()],
+             "threshold": round(threshold, 6),
+             "operating_points": {str(k): round(at(k), 6) for k in BUDGET_GRID}}
+    return model, report
+
+
+def _choose_budget(dev_fr: dict[float, float]) -> float:
+    """The largest budget whose total false-reject rate (all gates) on the dev catalogs' human translations,
+    with out-of-fold features, stays within DEV_FR_TARGET; the smallest if none does. Chosen on dev data
+    only: the held-out catalogs and odd NTREX lines then say where it lands."""
+    within = [b for b in BUDGET_GRID if dev_fr[b] <= DEV_FR_TARGET]
+    return max(within) if within else min(BUDGET_GRID)
+
+
+def omission(domains: dict[str, list[dict[str, str]]]) -> tuple[dict, dict]:
+    """Models and reports for every language, from the human references of both domains."""
+    models, reports = {}, {}
+    for lang in LANGS:
+        pairs = [(it["source"], it["output"]) for items in domains.values() for it in items
+                 if it["lang"] == lang and it["kind"] == "reference"]
+        n_catalog = sum(it["lang"] == lang and it["kind"] == "reference" for it in domains["catalogs"])
+        models[lang], reports[lang] = fit_omission(pairs, lang, n_catalog)
+    return models, reports
 
 
 def main() -> None:
@@ -113,12 +234,18 @@ def main() -> None:
     with gzip.GzipFile(WORD_ENDS, "wb", mtime=0) as f:       # byte-identical on a re-fit
         f.write(json.dumps(data, ensure_ascii=False, sort_keys=True).encode("utf-8"))
     res["word_ends"] = {lang: {"words_stored": len(v)} for lang, v in ends.items()}
+    models, res["omission"] = omission(res.pop("domains"))
+    model_data = {"data": "omission model (translation table, length medians, logistic weights) of human "
+                          "EN->ko/vi translations: " + res["data"]["catalogs"] + "; " + res["data"]["ntrex"]
+                          + " (python -m bench.translate_gates_fit)", "languages": models}
+    with gzip.GzipFile(OMISSION, "wb", mtime=0) as f:
+        f.write(json.dumps(model_data, ensure_ascii=False, sort_keys=True).encode("utf-8"))
     path = Path(__file__).resolve().parent / "results" / "translate_gates_length.json"
     path.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
     for lang, bounds in res["bounds"].items():
         print(f'    "{lang}": {bounds},')
-    for lang, q in res["short_quantiles"].items():
-        print(f'    short "{lang}": {q},')
+    for lang, r in res["omission"].items():
+        print(f"    omission {lang}: {r['fitted_false_reject_rate']} {r['fitted_cut_catch_rate']}")
 
 
 if __name__ == "__main__":

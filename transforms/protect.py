@@ -50,9 +50,10 @@ _PATTERNS: list[tuple[str, str]] = [
     ("dollar", r"(?<![\w$])(?:\$\{[A-Za-z_][A-Za-z0-9_]*\}|\$[A-Za-z_][A-Za-z0-9_]*)"),
     # `-x`, `--long-name` (the `=VALUE` after it is translated); not `-WIDTH`, `-SIGNAL`: an upper-case
     # word after one dash is a metavariable that translators localize ("-RỘNG"); not `--Long Name--`: long
-    # options start in lower case, a capital after two dashes is a heading's decoration
+    # options start in lower case, a capital after two dashes is a heading's decoration; nor a word that
+    # runs into more dashes ("---swap-- -system--", a table heading)
     ("option", rf"(?<![\w/.-])(?<!\w['’\"])(?:--[a-z0-9][A-Za-z0-9_-]*|-(?![A-Z]{{2}})[A-Za-z][A-Za-z0-9_-]*)"
-               rf"(?<!-)(?!{_LATIN})"),
+               rf"(?<!-)(?![-]|{_LATIN})"),
     ("path", rf"(?<![\w/.~:<>%$)-])(?:~|\.{{1,2}})?/{_PATH_SEG}(?:/{_PATH_SEG})*/?"),
     ("coords", r"\(\s*-?\d+(?:\.\d+)?\s*,\s*-?\d+(?:\.\d+)?\s*\)(?:\s*,\s*\(\s*-?\d+(?:\.\d+)?\s*,\s*"
                r"-?\d+(?:\.\d+)?\s*\))*|\[\s*-?\d+(?:\.\d+)?(?:\s*,\s*-?\d+(?:\.\d+)?){1,7}\s*\]"),
@@ -223,6 +224,15 @@ def _norm_number(s: str) -> str:
     return digits.strip("0") or "0"
 
 
+_WEB_PREFIX = re.compile(r"^(?:https?://)?(?:www\.)?", re.IGNORECASE)
+
+
+def _same_address(span: Span) -> str:
+    """A span's text as compared: a URL without its http/https scheme and leading www. (translators bring
+    "http://www.gnu.org/..." up to "https://gnu.org/...": the same page)."""
+    return _WEB_PREFIX.sub("", span.text) if span.kind == "url" else span.text
+
+
 def _diff(a: list[str], b: list[str]) -> tuple[list[str], list[str]]:
     return list((Counter(a) - Counter(b)).elements()), list((Counter(b) - Counter(a)).elements())
 
@@ -236,8 +246,8 @@ def compare_spans(source: str, output: str) -> str | None:
     multiset up to digit grouping and rescaling (1,000 vs 1.000 in Vietnamese, 2000만 for 20 million).
     """
     src, out = find_spans(source), find_spans(output)
-    s_struct = [s.text for s in src if s.kind in STRUCTURAL - {"printf"}]
-    o_struct = [s.text for s in out if s.kind in STRUCTURAL - {"printf"}]
+    s_struct = [_same_address(s) for s in src if s.kind in STRUCTURAL - {"printf"}]
+    o_struct = [_same_address(s) for s in out if s.kind in STRUCTURAL - {"printf"}]
     s_struct += printf_args([s.text for s in src if s.kind == "printf"])
     o_struct += printf_args([s.text for s in out if s.kind == "printf"])
     lost, added = _diff(s_struct, o_struct)

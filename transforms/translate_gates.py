@@ -12,6 +12,7 @@ from functools import lru_cache
 from importlib.resources import files
 
 from polycap.schemas import Reason
+from polycap.transforms.coverage import last_ending, predicted_length, uncovered
 from polycap.transforms.langid import top_language
 from polycap.transforms.protect import compare_spans, plain_text, span_matches
 
@@ -27,21 +28,14 @@ LENGTH_BUCKETS: dict[str, list[tuple[int, float, float]]] = {
     "vi": [(4, -1.099, 1.872), (8, -0.981, 1.695), (16, -0.819, 1.695), (32, -0.819, 0.86), (64, -0.516, 0.852)],
 }
 DEFAULT_BUCKETS = [(16, math.log(0.25), math.log(3.5))]
+MIN_SENTENCE_CHARS = 64     # the last bucket: sources this long keep their lower bound under the omission model
 # Where a translation may end. `word_ends.json.gz` (package data, fitted by the same script on the same human
 # texts) counts, per target language, each word (a Hangul run for Korean, a Latin-letter syllable for
 # Vietnamese; protected spans removed): how often it occurs whole, how often at the end of a clause (before
 # the text's end or closing punctuation), and how often longer words start with it. A last word that human
-# text only ever continues, as the start of a longer word ("디렉" for 디렉터리, "chư" for chưa) or as a word
-# that never closes a clause ("các", "của"), is evidence of a cut; it rejects only together with an output
-# shorter than most human translations of a source that long. Per bucket (min source characters,
-# log-ratio quantile 0.05, quantile 0.3) of the pooled human translations.
+# text only continues, as the start of a longer word ("디렉" for 디렉터리, "chư" for chưa) or as a word
+# that never closes a clause ("các", "của"), is evidence of a cut: two features of the omission model below.
 WORD_ENDS_FILE = "word_ends.json.gz"
-SHORT_QUANTILES: dict[str, list[tuple[int, float, float]]] = {
-    "ko": [(4, -1.253, -0.847), (8, -1.204, -0.693), (16, -0.944, -0.58), (32, -0.796, -0.505), (64, -0.886, -0.693)],
-    "vi": [(4, -0.693, 0.0), (8, -0.452, 0.0), (16, -0.3, 0.0), (32, -0.19, 0.0), (64, -0.162, 0.0)],
-}
-MAX_WHOLE_SHARE = 0.02      # a word seen whole at most this often among the words it starts: a cut word
-MAX_CLAUSE_END_SHARE = 0.02  # a word that ends a clause at most this often: a cut phrase
 
 # -- script and language --------------------------------------------------------------------------------
 # Share of Hangul among the output's letters that were not copied from the source (names, commands):
@@ -203,19 +197,23 @@ def check_truncated(source: str, output: str, finish_reason: str = "stop", targe
     if finish_reason == "length":
         return Reason.GATE_TRUNCATED
     src, out = source.rstrip(), output.rstrip()
+    if not _TRAILER.search(src):
+        out = _TRAILER.sub("", out) or out
     if not src or not out:
         return None
     for o, c in _BRACKETS:
-        # a GNU `quote' opener may come back as “ (its closer ' is an apostrophe too often to count)
-        # and a “ may be closed by a straight quote: translators mix the two
+        # a GNU `quote' opener may come back as “ (its closer ' is an apostrophe too often to count),
+        # a “ may be closed by a straight quote (translators mix the two), also by a single one where the
+        # source quotes 'like this' ("“%s'")
         allowed = src.count(o) - src.count(c) + ((src.count("`") + src.count('"') % 2) if o == "“" else 0)
-        if out.count(o) - out.count(c) - (out.count('"') if o == "“" else 0) > max(0, allowed):
+        closed = out.count(c) + ((out.count('"') + min(out.count("'"), src.count("'") // 2)) if o == "“" else 0)
+        if out.count(o) - closed > max(0, allowed):
             return Reason.GATE_TRUNCATED
     # A source sentence (not a short label) that ends with punctuation: the output must end a sentence too;
     # Korean predicate endings (-다, -요, -까, -죠) close one without a period. After a placeholder or an
     # option ("Tác giả: %s", "... Bỏ qua cờ --debug") translators drop the period most.
     if src[-1] in SENTENCE_END and len(src.split()) >= MIN_SENTENCE_WORDS_BY_LANG.get(target, MIN_SENTENCE_WORDS) \
-            and out[-1] not in SENTENCE_END + ":)\"'”’»」다요까죠" and not _ends_on_span(out, numbers=False):
+            and out[-1] not in SENTENCE_END + ":)]}>\"'”’»」다요까죠" and not _ends_on_span(out, numbers=False):
         return Reason.GATE_TRUNCATED
     last = _TOKEN_END.search(out)
     if last and src[-1].isalnum():
@@ -238,7 +236,8 @@ def check_truncated(source: str, output: str, finish_reason: str = "stop", targe
     if out[-1] in _OPENERS and src[-1] not in _OPENERS + "`'\"":
         return Reason.GATE_TRUNCATED
     words = _WORD.findall(out) if out[-1].isalpha() else []
-    if words and words[-1].lower() not in _copied_words(src) \
+    copied = _copied_words(src)
+    if words and not {words[-1].lower(), words[-1].lower() + "s", words[-1].lower() + "es"} & copied \
             and _VI_SHAPED.fullmatch(unicodedata.normalize("NFD", words[-1].lower())) \
             and words[-1][1:] == words[-1][1:].lower() and words[-1] != words[-1].upper() \
             and any(map(_has_vi_mark, words)) \
@@ -247,6 +246,9 @@ def check_truncated(source: str, output: str, finish_reason: str = "stop", targe
     return None
 
 
+# What a translator may add after the end of a text: an emoticon ("Bạn thua. :(" for "You lose!") or a run of
+# decoration ("... (đúng) •••" where the source opened with "***"); the text is judged without it.
+_TRAILER = re.compile(r"(?:\s+[:;]-?[()DPp]|\s*[•*=~#]{2,})\s*$")
 # (a colon is no opener: "Unable to invoke" -> "다음을 실행할 수 없습니다:", the list follows elsewhere)
 _OPENERS = "([{<“‘«「『,-–—"
 _EN_SUFFIXES = frozenset("s es ed d ing er ers ly".split())
@@ -270,8 +272,8 @@ def vi_syllable_ok(word: str) -> bool:
     w = word.lower()
     base = _untoned(w)
     rhyme = _VI_ONSET.sub("", base, count=1)
-    if base.startswith("gi") and not rhyme[:1].isalpha():
-        rhyme = base[1:]                                    # "gì": g + i
+    if base.startswith("gi") and not re.match("[aăâeêioôơuưy]", rhyme):
+        rhyme = base[1:]                                    # "gì", "gìn", "lô-gíc": g + i...
     if not rhyme or not re.match("[aăâeêioôơuưy]", rhyme) or not _VI_CODA_OK.search(rhyme):
         return False
     if re.search(r"(?:[ăâ]|iê|yê|uô|ươ)$", rhyme):
@@ -478,7 +480,9 @@ def check_length_ratio(source: str, output: str, target: str) -> Reason | None:
     r = length_log_ratio(source, output)
     if bounds is None or r is None:
         return None
-    return Reason.GATE_LENGTH_RATIO if not bounds[0] <= r <= bounds[1] else None
+    # where an omission model exists it judges short outputs of labels and short sentences
+    low = -math.inf if target in OMISSION_LANGS and _size(source) < MIN_SENTENCE_CHARS else bounds[0]
+    return Reason.GATE_LENGTH_RATIO if not low <= r <= bounds[1] else None
 
 
 # -- where a translation may end ----------------------------------------------------------------------
@@ -515,35 +519,123 @@ def word_ends() -> dict[str, dict[str, tuple[int, int, int]]]:
     return {lang: {w: (c[0], c[1], c[2]) for w, c in words.items()} for lang, words in data["counts"].items()}
 
 
-def check_ends_inside_word(source: str, output: str, target: str) -> Reason | None:
-    """The output ends on a word human text only continues, and is shorter than most human translations
-    of a source this long: a cut ("파일이 이미 있습", "Biểu thức chí" is not caught: "chí" is a word; "Không
-    thể tạo các" is). Words copied from the source (names, commands) and upper-case Latin words are not
-    judged, nor sources that are not mostly Latin letters (the ratios are fitted on English sources)."""
-    quantiles = SHORT_QUANTILES.get(target)
-    if not quantiles or target not in _LAST_UNIT:
-        return None
-    if _ends_on_span(output):
-        return None
+# -- omission: a fitted model of what a complete translation looks like ------------------------------------
+# `omission.json.gz` (package data, fitted by `python -m bench.translate_gates_fit` on the dev catalogs and the
+# even NTREX lines, like the word ends) holds per target language: a translation table of English content
+# words (`coverage.fit_lexicon`) with each word's out-of-fold coverage p (how often a human translation
+# carries one of its translations), the median log length ratio per source-length bucket, and the weights of
+# a logistic score over OMISSION_FEATURES fitted on human translations against the same texts cut to 40 %;
+# the threshold is the score that rejects the fitted false-reject budget of the human translations. For
+# these languages it replaces a lower bound on the length ratio: a short output that carries the
+# translation of every word the table knows is a terse translation ("인증 실패" for "authentication
+# failure"), a short one that lacks them is a cut.
+OMISSION_FILE = "omission.json.gz"
+OMISSION_FEATURES = ("uncovered", "covered", "uncovered_share", "ratio", "ratio_x_uncovered", "ratio_x_covered",
+                     "all_covered", "no_known_terms", "last_word_whole", "last_word_clause_end", "last_word_unknown",
+                     "short_source", "ratio_x_short", "all_covered_x_short", "uncovered_first_half",
+                     "expected_ratio", "expected_ratio_x_short", "unseen_ending", "bias")
+OMISSION_LANGS = ("ko", "vi")
+MAX_COVERAGE_P = 0.97       # a word's evidence is capped: no table entry is certain
+SHORT_SOURCE = 16           # characters: labels, where the ratio varies most
+# Shorter sources are abbreviations and column heads ("bo" -> "출", "cur" -> "현"): their length says nothing,
+# as for LENGTH_BUCKETS, and they are not judged.
+MIN_OMISSION_SOURCE = 4
+
+
+@lru_cache(maxsize=1)
+def omission_model() -> dict[str, dict]:
+    """The fitted model, read once from the package data ({} when the file is absent, as while fitting)."""
+    try:
+        with (files("polycap.transforms") / OMISSION_FILE).open("rb") as raw, \
+                gzip.open(raw, "rt", encoding="utf-8") as f:
+            return dict(json.load(f)["languages"])
+    except FileNotFoundError:
+        return {}
+
+
+def _last_word_features(source: str, output: str, target: str) -> tuple[float, float, float]:
+    """log share of whole occurrences and of clause ends of the output's last word in human text (see
+    WORD_ENDS_FILE), and 1.0 for a word human text never had; zeros where the end is a span, a copied word
+    or an upper-case Latin word."""
+    if target not in _LAST_UNIT or _ends_on_span(output):
+        return 0.0, 0.0, 0.0
     m = _LAST_UNIT[target].search(_plain(output).rstrip())
-    letters = [c for c in source if c.isalpha()]
-    if not m or not letters or sum(map(_is_latin, letters)) < 0.5 * len(letters):
-        return None
+    if not m:
+        return 0.0, 0.0, 0.0
     word = m.group(0)
+    if word.lower() in _copied_words(source) or (word.isascii() and not word.islower()):
+        return 0.0, 0.0, 0.0
     counts = word_ends().get(target, {}).get(word.lower())
-    r = length_log_ratio(source, output)
-    if counts is None or r is None or word.lower() in _copied_words(source) or (word.isascii() and not word.islower()):
-        return None
-    n = _size(source)
-    bounds = next((b for b in reversed(quantiles) if n >= b[0]), None)
-    if bounds is None:
-        return None
+    if counts is None:
+        return 0.0, 0.0, 1.0
     whole, ends, started = counts
-    if r < bounds[2] and (whole + 0.5) / (whole + started + 1) < MAX_WHOLE_SHARE:
-        return Reason.GATE_TRUNCATED
-    if r < bounds[1] and (ends + 0.5) / (whole + 1) < MAX_CLAUSE_END_SHARE and not _EN_OPEN_END.search(source):
-        return Reason.GATE_TRUNCATED        # (a source that ends on "to" or "with" licenses an open end)
-    return None
+    return math.log((whole + 0.5) / (whole + started + 1)), math.log((ends + 0.5) / (whole + 1)), 0.0
+
+
+def omission_features(source: str, output: str, target: str, lexicon: dict[str, list[str]],
+                      coverage_p: dict[str, float], medians: list[tuple[int, float]],
+                      length: tuple[dict, dict[str, int]], endings: frozenset[str]) -> list[float]:
+    """OMISSION_FEATURES of one pair: the evidence (-log(1 - p)) of the known source words the output
+    lacks and of those it carries, the share it lacks, the log length ratio less the human median for a
+    source this long (capped at +1), that ratio (when negative) times the lacking and times the carried
+    evidence, whether every known word is carried, whether no word is known, the
+    last-word features, whether the source is short, and a constant."""
+    known, missing = uncovered(source, output, target, lexicon)
+    def weight(t: str) -> float:
+        return -math.log(1 - min(coverage_p.get(t, 0.5), MAX_COVERAGE_P))
+    lacking = sum(map(weight, missing))
+    carried = sum(weight(t) for t in known if t not in missing)
+    # where in the source the lacking words are: a cut loses the end of a Vietnamese translation (the end of
+    # the English) and the end of a Korean one (verb-final: often the start of the English)
+    half = len(known) / 2
+    lacking_first = sum(weight(t) for i, t in enumerate(known) if i < half and t in missing)
+    n = _size(source)
+    median = next((m for lo, m in reversed(medians) if n >= lo), 0.0)
+    r = min((length_log_ratio(source, output) or 0.0) - median, 1.0)
+    whole, clause_end, unknown = _last_word_features(source, output, target)
+    short = n < SHORT_SOURCE
+    end = last_ending(output, target)
+    unseen = end is not None and end not in endings and end not in _copied_words(source)
+    expected = max(-3.0, min(1.0, math.log(max(_size(output), 0.5) / predicted_length(source, *length))))
+    return [lacking, carried, len(missing) / len(known) if known else 0.0, r, min(r, 0.0) * lacking,
+            min(r, 0.0) * carried, float(bool(known) and not missing), float(not known), whole, clause_end,
+            unknown, float(short), r * short, float(short and bool(known) and not missing), lacking_first,
+            expected, min(expected, 0.0) * short, float(unseen), 1.0]
+
+
+@lru_cache(maxsize=4)
+def _lexicon(target: str) -> tuple[dict[str, list[str]], dict[str, float], tuple[dict, dict[str, int]],
+                                   frozenset[str]]:
+    model = omission_model()[target]
+    length = model["length"]
+    return ({t: e[0] for t, e in model["lexicon"].items()}, {t: e[1] for t, e in model["lexicon"].items()},
+            (length, {w: j + 2 for j, w in enumerate(length["vocab"])}), frozenset(model["endings"]))
+
+
+def omission_score(source: str, output: str, target: str) -> tuple[float, float] | None:
+    """(score, threshold) of the fitted omission model; None where it does not judge: no model for the
+    target, or a source that is not mostly Latin letters (the model is fitted on English sources)."""
+    model = omission_model().get(target)
+    letters = [c for c in source if c.isalpha()]
+    if model is None or _size(source) < MIN_OMISSION_SOURCE or sum(map(_is_latin, letters)) < 0.5 * len(letters):
+        return None
+    lexicon, coverage_p, length, endings = _lexicon(target)
+    x = omission_features(source, output, target, lexicon, coverage_p, [tuple(m) for m in model["medians"]], length,
+                          endings)
+    return sum(w * v for w, v in zip(model["weights"], x)), model["threshold"]
+
+
+def omission_detail(source: str, output: str, target: str) -> str:
+    """What the omission model saw: the length ratio and the known source words the output lacks."""
+    missing = uncovered(source, output, target, _lexicon(target)[0])[1]
+    r = length_log_ratio(source, output) or 0.0
+    return f"omission: length ratio {math.exp(r):.2f}, lacks {missing[:4]}"
+
+
+def check_omission(source: str, output: str, target: str) -> Reason | None:
+    """Shorter than a complete translation, by the fitted omission model: a cut or a dropped clause."""
+    scored = omission_score(source, output, target)
+    return Reason.GATE_TRUNCATED if scored is not None and scored[0] > scored[1] else None
 
 
 def check_spans(source: str, output: str) -> Reason | None:
@@ -606,22 +698,45 @@ GATES: list[tuple[str, GateFn]] = [
     ("repetition", lambda s, o, t, f: check_repetition(s, o)),
     ("ends_mid_sentence", lambda s, o, t, f: check_truncated(s, o, f, t)),
     ("length_ratio", lambda s, o, t, f: check_length_ratio(s, o, t)),
-    ("ends_inside_word", lambda s, o, t, f: check_ends_inside_word(s, o, t)),
+    ("omission", lambda s, o, t, f: check_omission(s, o, t)),
 ]
 
 
-def first_failure(source: str, output: str, target: str,
-                  finish_reason: str = "stop") -> tuple[Reason, str] | None:
-    """(reason, detail) of the first gate that fails on the restored output, or None if all pass.
+_HOTKEY = {c: re.compile(rf"(?<![\w{re.escape(c)}]){re.escape(c)}(?=\w)|(?<=\w){re.escape(c)}(?=\w)")
+           for c in "^&"}
 
-    Both texts are read in NFC, so a Hangul syllable is one letter whatever form the model emitted."""
-    source, output = unicodedata.normalize("NFC", source), unicodedata.normalize("NFC", output)
+
+def _without_hotkey(source: str, output: str) -> tuple[str, str]:
+    """Both texts without a menu's hotkey marker ("^Install" -> "Cà^i", "I^nformation" -> "Thông ti^n",
+    "&Open" -> "&Mở"), where each has exactly one, before a letter: the marker is no character of the word."""
+    for pat in _HOTKEY.values():
+        if len(pat.findall(source)) == 1 and len(pat.findall(output)) == 1:
+            return pat.sub("", source), pat.sub("", output)
+    return source, output
+
+
+def normalized(source: str, output: str) -> tuple[str, str]:
+    """Both texts as the gates read them: NFC (a Hangul syllable is one letter whatever form the model
+    emitted), without a menu's hotkey marker."""
+    return _without_hotkey(unicodedata.normalize("NFC", source), unicodedata.normalize("NFC", output))
+
+
+def first_failure(source: str, output: str, target: str, finish_reason: str = "stop",
+                  skip: frozenset[str] = frozenset()) -> tuple[Reason, str] | None:
+    """(reason, detail) of the first gate that fails on the restored output, or None if all pass; gates
+    named in `skip` are not run (the omission fit judges what the other gates leave). Texts are read
+    `normalized`."""
+    source, output = normalized(source, output)
     for name, gate in GATES:
+        if name in skip:
+            continue
         reason = gate(source, output, target, finish_reason)
         if reason is not None:
             detail = compare_spans(source, output) if name == "spans" else name
             if name == "length_ratio":
                 r = length_log_ratio(source, output) or 0.0
                 detail = f"length ratio {math.exp(r):.2f} ({'too short' if r < 0 else 'too long'})"
+            if name == "omission":
+                detail = omission_detail(source, output, target)
             return reason, str(detail)
     return None

@@ -146,3 +146,13 @@ def test_span_scan_guard_changes_no_match():
         assert [(m.lastgroup, m.span()) for m in SPAN_RE.finditer(text)] == want, text
     assert [m.lastgroup for m in SPAN_RE.finditer("see https://x.org, run --force in /usr/lib %s ۷")] == [
         "url", "option", "path", "printf", "number"]
+
+
+def test_a_url_brought_up_to_https_or_without_www_is_the_same_address():
+    assert compare_spans("See <http://www.gnu.org/gethelp/>", "Xem <https://www.gnu.org/gethelp/>") is None
+    assert compare_spans("See <http://www.gnu.org/licenses/gpl.html>", "Xem <http://gnu.org/licenses/gpl.html>") is None
+    assert compare_spans("See http://a.org/x", "Xem http://b.org/x") is not None       # another address
+
+
+def test_a_word_between_dash_runs_is_a_table_heading_not_an_option():
+    assert [s.text for s in find_spans("procs ---swap-- -system-- --help -x")] == ["--help", "-x"]

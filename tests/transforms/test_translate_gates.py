@@ -1,3 +1,5 @@
+import math
+
 from bench.translate_gates import build_items, evaluate, load_pairs
 from polycap.schemas import Reason
 from polycap.transforms import translate_gates as g
@@ -167,18 +169,59 @@ def test_word_end_counts_count_whole_words_clause_ends_and_longer_words_started(
     assert {"ko", "vi"} <= set(ends) and all(len(c) == 3 for c in ends["vi"].values())
 
 
-def test_a_cut_inside_a_word_or_before_a_phrase_ends_is_truncated():
-    # a last word human text only ever continues ("있습" -> 있습니다, "디렉터" -> 디렉터리; "các" never closes
-    # a clause), in an output shorter than most human translations of the source
-    assert g.first_failure("File exists -- cannot overwrite", "파일이 이미 있습", "ko")[0] == Reason.GATE_TRUNCATED
-    assert g.first_failure("Go To Directory", "디렉터", "ko")[0] == Reason.GATE_TRUNCATED
-    assert g.first_failure("Cannot make regular backup", "Không thể tạo các", "vi")[0] == Reason.GATE_TRUNCATED
-    assert g.first_failure("File exists -- cannot overwrite", "파일이 이미 있습니다", "ko") is None
-    assert g.first_failure("Go To Directory", "디렉터리로 이동", "ko") is None
-    assert g.first_failure("Cannot make regular backup", "Không thể tạo bản sao lưu thường", "vi") is None
-    # an output that ends on a placeholder, or on a word copied from the source, is not judged by its last word
-    assert g.check_ends_inside_word("Write error on %s", "Lỗi ghi các %s", "vi") is None
-    assert g.check_ends_inside_word("Invalid cast", "các cast", "vi") is None
+def test_a_cut_is_an_omission_and_a_complete_translation_is_not():
+    # the fitted omission model (omission.json.gz): a short output that lacks the translations of known
+    # source words is a cut, whether it ends inside a word ("디렉터") or on a whole one ("Không thể tạo")
+    cuts = [("Go To Directory", "디렉터", "ko"), ("cannot read object name", "오브젝트 이름", "ko"),
+            ("Cannot make regular backup", "Không thể tạo", "vi"), ("Not found, no such name", "Không tìm thấy", "vi")]
+    for src, out, lang in cuts:
+        reason, detail = g.first_failure(src, out, lang)
+        assert reason == Reason.GATE_TRUNCATED and detail.startswith("omission"), (src, detail)
+    assert "backup" in g.first_failure("Cannot make regular backup", "Không thể tạo", "vi")[1]   # names what it lacks
+    for src, out, lang in [("Go To Directory", "디렉터리로 이동", "ko"),
+                           ("cannot read object name", "오브젝트 이름을 읽을 수 없습니다", "ko"),
+                           ("Cannot make regular backup", "Không thể tạo bản sao lưu thường", "vi"),
+                           ("Not found, no such name", "Không tìm thấy, không có tên như vậy", "vi"),
+                           ("File exists -- cannot overwrite", "파일이 이미 있습니다 -- 덮어쓸 수 없습니다", "ko")]:
+        assert g.first_failure(src, out, lang) is None, src
+
+
+def test_a_terse_translation_that_carries_the_known_words_is_no_omission():
+    # Korean UI labels are far shorter than their English ("Information request" -> "정보 요청", a length
+    # ratio of 0.26, under the old fixed lower bound of 0.26 for this length): carrying the translation of
+    # each known word, the label passes; the same length without them is a cut
+    assert g.first_failure("Information request", "정보 요청", "ko") is None
+    assert g.first_failure("Information request", "정보", "ko")[0] == Reason.GATE_TRUNCATED
+    assert g.first_failure("Bad header data", "잘못된 헤더 데이터", "ko") is None
+
+
+def test_omission_is_not_judged_for_abbreviations_or_non_english_sources():
+    assert g.omission_score("cur", "현", "ko") is None             # under MIN_OMISSION_SOURCE characters
+    assert g.omission_score("文件已存在，无法覆盖", "파일", "ko") is None
+    assert g.omission_score("File exists", "파일", "ja") is None      # no model for the target
+    assert g.first_failure("bo", "출", "ko") is None
+
+
+def test_omission_features_follow_the_lexicon_with_a_fake_model():
+    # a fake two-word lexicon (stemmed terms): "fil" is carried as 파일, "exist" lacks any of its translations
+    lexicon, p = {"fil": ["파일"], "exist": ["있", "존재"]}, {"fil": 0.9, "exist": 0.8}
+    length = ({"vocab": [], "coef": [1.0, 1.0], "intercept": 0.0}, {})
+    x = dict(zip(g.OMISSION_FEATURES, g.omission_features("File exists", "파일", "ko", lexicon, p, [(0, 0.0)],
+                                                          length, frozenset({"파일"}))))
+    assert round(x["uncovered"], 3) == round(-math.log(1 - 0.8), 3)
+    assert round(x["covered"], 3) == round(-math.log(0.1), 3)
+    assert x["uncovered_share"] == 0.5 and x["all_covered"] == 0.0 and x["no_known_terms"] == 0.0
+    assert round(x["ratio"], 3) == round(math.log(2 / 11), 3) and x["short_source"] == 1.0 and x["bias"] == 1.0
+    assert x["unseen_ending"] == 0.0
+    x = dict(zip(g.OMISSION_FEATURES, g.omission_features("File exists", "파일이 있습", "ko", lexicon, p, [(0, 0.0)],
+                                                          length, frozenset({"파일"}))))
+    assert x["uncovered"] == 0.0 and x["all_covered"] == 1.0 and x["unseen_ending"] == 1.0    # "있습" unseen
+
+
+def test_long_sources_keep_the_fitted_lower_length_bound():
+    src = "The quick brown fox jumps over the lazy dog near the river bank today."      # 64+ characters
+    assert g.check_length_ratio(src, "여우", "ko") == Reason.GATE_LENGTH_RATIO
+    assert g.check_length_ratio("Information request", "정보 요청", "ko") is None    # the omission model judges
 
 
 def test_an_output_that_only_carries_what_it_copied_is_english_left():
@@ -206,3 +249,40 @@ def test_compile_and_service_are_not_translation_talk():
     assert g.first_failure("Compiler: g++ %s", "Bộ biên dịch: g++ %s", "vi") is None
     assert g.first_failure("PAM service name to use: %s", "Tên dịch vụ PAM được dùng: %s", "vi") is None
     assert g.first_failure("Open the file", "Phần dịch:\nMở tập tin", "vi")[0] == Reason.GATE_PREAMBLE
+
+
+def test_menu_hotkey_markers_are_no_letters():
+    assert g.normalized("^Install", "Cà^i") == ("Install", "Cài")
+    assert g.normalized("I^nformation", "Thông ti^n") == ("Information", "Thông tin")
+    assert g.normalized("a ^ b", "x ^ y") == ("a ^ b", "x ^ y")             # no hotkey: left as it is
+    assert g.first_failure("^Close", "Đón^g", "vi") is None                  # was read as "Đón" + "g"
+
+
+def test_an_added_emoticon_or_decoration_ends_nothing():
+    assert g.first_failure("You lose!", "Bạn thua. :(", "vi") is None
+    src = "*** WARNING ***   Ignoring these trust violations because it is 'true'!"
+    assert g.first_failure(src, "••• CẢNH BÁO   Đang bỏ qua những vi phạm sự tin cậy vì nó là 'true' (đúng) •••",
+                           "vi") is None
+    assert g.first_failure("You lose!", "Bạn thua (", "vi")[0] == Reason.GATE_TRUNCATED
+
+
+def test_a_closing_bracket_ends_a_usage_line():
+    assert g.check_truncated("%s [options] file...", "%s [TUỲ_CHỌN] [TẬP_TIN…]", target="vi") is None
+
+
+def test_a_copied_word_without_its_plural_ending_is_no_cut_word():
+    assert g.check_truncated("x   processes without controlling ttys", "x   tiến trình không điều khiển các tty",
+                             target="vi") is None
+    assert g.check_truncated("x   processes without controlling terminals", "x   tiến trình không điều khiển các tty",
+                             target="vi") == Reason.GATE_TRUNCATED
+
+
+def test_gi_before_a_consonant_is_a_syllable():
+    for word in ("gìn", "gíc", "gịt"):
+        assert g.vi_syllable_ok(word), word
+    assert g.check_truncated("container for logical partitions", "cái chứa các phân vùng lô-gíc", target="vi") is None
+
+
+def test_a_single_quote_may_close_a_curly_one():
+    assert g.check_truncated("Did you mean '%s'?", "Có phải ý bạn là “%s'?", target="vi") is None
+    assert g.check_truncated("Did you mean '%s'?", "Có phải ý bạn là “%s", target="vi") == Reason.GATE_TRUNCATED
