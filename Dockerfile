@@ -18,9 +18,9 @@ COPY prompts prompts
 COPY trainer trainer
 COPY configs configs
 ARG EXTRAS=ocr,gcs,s3
-# Korean / Vietnamese OCR (transforms/backends/ocr_script.py): Tesseract's kor, vie and eng LSTM models
-RUN apt-get update && apt-get install -y --no-install-recommends tesseract-ocr-kor tesseract-ocr-vie \
-    tesseract-ocr-eng && rm -rf /var/lib/apt/lists/*
+# Korean / Vietnamese OCR (transforms/backends/ocr_script.py): Tesseract's kor, Hangul (script), vie and eng LSTM models
+RUN apt-get update && apt-get install -y --no-install-recommends tesseract-ocr-kor tesseract-ocr-script-hang \
+    tesseract-ocr-vie tesseract-ocr-eng && rm -rf /var/lib/apt/lists/*
 # torch first (point pip at a CPU-only torch index here to keep the image small), then polycap with Beam held
 # at the launcher's version.
 RUN pip install --no-cache-dir torch==2.13.0 \

@@ -32,7 +32,7 @@ browser: ## Debian's chromium for the report's browser test: installed when miss
 	else echo "chromium: $(CHROMIUM) missing and not root; tests/pipelines/test_report_browser.py will skip"; fi
 
 OCR_DEBS ?= tesseract-ocr-kor tesseract-ocr-script-hang tesseract-ocr-vie tesseract-ocr-eng fonts-nanum fonts-noto-cjk fonts-dejavu
-ocr-debs: ## Debian's Tesseract kor/vie/eng (Korean + Vietnamese OCR) and the fonts of the OCR test cards, when root
+ocr-debs: ## Debian's Tesseract kor/Hangul/vie/eng (Korean + Vietnamese OCR) and the fonts of the OCR test cards, when root
 	@if dpkg -s $(OCR_DEBS) >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get install -y -q $(OCR_DEBS) || { apt-get update -q && apt-get install -y -q $(OCR_DEBS); }; \
