@@ -382,12 +382,15 @@ def _name_part(word: str) -> bool:
 
 def _source_words(source: str) -> list[tuple[str, int, int]]:
     """(word, start, end) of the source's words, hyphenated ones split ("run-level"); words glued to syntax
-    (`a|b`, `[=x]`, `exit=`, `x_y`, `nano2`) are values, keys and identifiers, not words."""
+    (`a|b`, `[=x]`, `exit=`, `x_y`, `nano2`) and to a dot inside a token (`help.txt`, `os.path`, file names and
+    dotted identifiers) are values, keys and identifiers, not words."""
     words = []
     for m in _TOKEN.finditer(source):
         tok = m.group(0)
         before, after = source[max(0, m.start() - 1):m.start()], source[m.end():m.end() + 1]
-        if re.search(r"[\d_]", tok) or before in ("|", "=", "_") or after in ("|", "=", "_", "["):
+        dotted = (after == "." and source[m.end() + 1:m.end() + 2].isalnum()) \
+            or (before == "." and source[max(0, m.start() - 2):m.start() - 1].isalnum())
+        if re.search(r"[\d_]", tok) or before in ("|", "=", "_") or after in ("|", "=", "_", "[") or dotted:
             continue
         pos = m.start()
         for part in re.split(r"['’-]", tok):
@@ -715,10 +718,17 @@ def _without_hotkey(source: str, output: str) -> tuple[str, str]:
     return source, output
 
 
+# A Korean column heading spaced out to a column's width (균등 배분: "주  소" for 주소, "이  름"): one word.
+_SPACED_OUT = re.compile(r"\s*[\uac00-\ud7a3](?:[ \t]{2,}[\uac00-\ud7a3])+\s*")
+
+
 def normalized(source: str, output: str) -> tuple[str, str]:
     """Both texts as the gates read them: NFC (a Hangul syllable is one letter whatever form the model
-    emitted), without a menu's hotkey marker."""
-    return _without_hotkey(unicodedata.normalize("NFC", source), unicodedata.normalize("NFC", output))
+    emitted), without a menu's hotkey marker, a spaced-out Korean heading as its word."""
+    source, output = _without_hotkey(unicodedata.normalize("NFC", source), unicodedata.normalize("NFC", output))
+    if _SPACED_OUT.fullmatch(output):
+        output = "".join(output.split())
+    return source, output
 
 
 def first_failure(source: str, output: str, target: str, finish_reason: str = "stop",

@@ -286,3 +286,14 @@ def test_gi_before_a_consonant_is_a_syllable():
 def test_a_single_quote_may_close_a_curly_one():
     assert g.check_truncated("Did you mean '%s'?", "Có phải ý bạn là “%s'?", target="vi") is None
     assert g.check_truncated("Did you mean '%s'?", "Có phải ý bạn là “%s", target="vi") == Reason.GATE_TRUNCATED
+
+
+def test_a_file_name_is_no_english_to_translate():
+    assert g.first_failure("help.txt", "help.txt", "vi") is None
+    assert g.first_failure("Read help.txt", "Read help.txt", "vi")[0] == Reason.GATE_ENGLISH_LEFT     # "Read" is
+
+
+def test_a_spaced_out_korean_heading_is_one_word():
+    assert g.normalized("Address", "주  소") == ("Address", "주소")
+    assert g.normalized("Address", "주  소 주  소")[1] == "주  소 주  소"     # a doubled heading stays doubled
+    assert g.first_failure("Address", "주  소 주  소", "ko")[0] == Reason.GATE_REPETITION
