@@ -51,8 +51,8 @@ def code_version() -> str:
         return "unknown"
 
 
-def _one(_: Any) -> int:
-    return 1
+def _input_count(_: Any) -> dict[str, int]:
+    return {"inputs": 1}
 
 
 class WriteCount(beam.DoFn):
@@ -114,6 +114,27 @@ def translate_plan(cfg: Config) -> tuple[bool, str]:
     if t.backend == "openai" and not t.endpoint:
         return False, "translate: NOT RUN — no translate.endpoint configured; no translation invented"
     return True, f"translate: {t.backend} {t.model} -> {', '.join(t.to)} (model checked on each worker)"
+
+
+class JobOptions(PipelineOptions):
+    """PipelineOptions whose views are parsed once. Beam asks for a view (`view_as`) ~900 times while it builds
+    and starts one graph of this job (each applied transform, each type-hint check), and every view runs
+    argparse over the job's flags again (~0.35 ms each: ~0.3 s per graph, paid by every wave). The views of
+    one options object differ only in which names they show; their values live in the one `_all_options`
+    dict they share, so a view kept and handed out again reads and writes exactly what a new one would.
+    Deep copies (Beam copies the options into each Pipeline) and pickles start with no kept views."""
+
+    def view_as(self, cls: type[Any]) -> Any:
+        views = self.__dict__.setdefault("_views", {})
+        view = views.get(cls)
+        if view is None:
+            view = views[cls] = super().view_as(cls)
+        return view
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state.pop("_views", None)
+        return state
 
 
 def runner_name(args: list[str]) -> str:
@@ -251,12 +272,10 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, r
         watch(r_pc, f"ProgressInRejected{i}", "inputs")
     samples = [s for s, _ in read] | "FlattenSources" >> beam.Flatten()
     rejects = [r for _, r in read]
-    # Count a 1 per input rather than flattening the inputs themselves: the DirectRunner materializes
-    # every multi-input Flatten, so a Flatten of the raw samples copied every input image into a buffer
-    # just to count it (bench/pipeline.py input, 1000 photos: ~3% of the run's CPU, ~15% of its sys time).
-    ones = [pc | f"One{i}" >> beam.Map(_one) for i, pc in enumerate((samples, *rejects))]
-    inputs = (ones | "AllInputs" >> beam.Flatten() | "CountInputs" >> beam.CombineGlobally(sum)
-              | "InputCount" >> beam.Map(lambda n: {"inputs": int(n)}))
+    # Count a partial count per input rather than flattening the inputs themselves: the DirectRunner
+    # materializes every multi-input Flatten, so a Flatten of the raw samples copied every input image into a
+    # buffer just to count it (bench/pipeline.py input, 1000 photos: ~3% of the run's CPU, ~15% of its sys time).
+    inputs = [pc | f"One{i}" >> beam.Map(_input_count) for i, pc in enumerate((samples, *rejects))]
 
     stages: list[tuple[str, beam.PTransform]] = [
         ("Decode", DecodeImages(cfg.decode, staging_root(out, run_id))),  # + stages
@@ -290,15 +309,18 @@ def build_pipeline(p: beam.Pipeline, cfg: Config, out: str, run_caption: bool, r
     committed = samples | "WriteShards" >> WriteShards(cfg.shards, store, langs=wave.langs if wave else ())
     all_rejects = rejects | "FlattenRejects" >> beam.Flatten()
     reject_files = all_rejects | "WriteRejects" >> WriteRejects(store, subdir=split)   # rejects/<split>/
-    # Counted where each stream flows; every count below is one dict, so the final merge is tiny. The kept
-    # count comes from what the commit step reports, so `balanced` compares independent counts.
+    # Counted where each stream flows, as one partial-count dict per element, all summed by one combine
+    # (MergeCounts): one CombineGlobally per stream cost ~9 graph steps each, ~1/4 of a wave's graph, paid
+    # again by every wave's construction and start-up (bench/results/wave_cost.json). The kept count comes
+    # from what the commit step reports, so `balanced` compares independent counts; the shard count alone
+    # is combined first, since staging is cleared once, after every shard is committed.
     counts = (
-        inputs,
-        all_rejects | "CountRejects" >> CountAll(_reject_count),
-        samples | "CountLanguages" >> CountAll(_language_count),
+        *inputs,
+        all_rejects | "CountRejects" >> beam.Map(_reject_count),
+        samples | "CountLanguages" >> beam.Map(_language_count),
         committed | "CountShards" >> CountAll(_shard_count)
         | "ClearStaging" >> beam.Map(_clear_staging_after, out),
-        reject_files | "CountRejectFiles" >> CountAll(_file_count),
+        reject_files | "CountRejectFiles" >> beam.Map(_file_count),
     )
     _ = (counts | "AllCounts" >> beam.Flatten() | "MergeCounts" >> beam.CombineGlobally(MergeCounts())
          | "WriteStats" >> beam.ParDo(WriteJson(stats_path(store, split),
@@ -383,7 +405,7 @@ def run(cfg: Config, pipeline_args: list[str] | None = None, config_path: str | 
                 if clear_leftover(out, cfg.shards.split):
                     print(f"[polycap] removed {fs.join(out, '_waves', cfg.shards.split)}/, left by an unfinished "
                           "run in waves: this run writes the whole output in one graph", file=sys.stderr, flush=True)
-                with beam.Pipeline(options=PipelineOptions(args)) as p:
+                with beam.Pipeline(options=JobOptions(args)) as p:
                     build_pipeline(p, cfg, out, run_caption, run_translate, run_id, started, notes, progress_s)
             ok = True
         finally:

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from polycap.schemas import SCHEMA_VERSION
 from polycap.schemas.config import Config, to_dict
@@ -347,15 +346,16 @@ def run_waves(cfg: Config, out: str, args: list[str], run_caption: bool, run_tra
     one graph, also in a forked child, so a run of any size has the same two processes (the launcher,
     which holds no per-input or per-wave state, and one graph of at most `run.wave_size` inputs): the
     peak does not depend on how many waves there are."""
-    from polycap.pipelines.run import build_pipeline
+    from polycap.pipelines.run import JobOptions, build_pipeline
 
+    options = JobOptions(args)               # parsed once (each graph copies it, without its views)
     split = cfg.shards.split
     wdir = waves_dir(out, split)
     offsets = prepare(cfg, wdir)
     preload()
     if offsets is None:
         def one_graph() -> None:
-            with beam.Pipeline(options=PipelineOptions(args)) as p:
+            with beam.Pipeline(options=options) as p:
                 build_pipeline(p, cfg, out, run_caption, run_translate, run_id, started, notes, progress_s)
 
         in_child(one_graph, "the run", resume_hint=False)
@@ -380,7 +380,7 @@ def run_waves(cfg: Config, out: str, args: list[str], run_caption: bool, run_tra
             wave = WaveSlice(w, wdir, fs.join(wdir, f"w{w:06d}"), langs)
             fs.delete_prefix(wave.kept_dir)            # a crashed attempt's parts
             wave.groups, wave.refused, wave.rows = read_slice(listing, offsets[w], offsets[w + 1])
-            with beam.Pipeline(options=PipelineOptions(args)) as p:
+            with beam.Pipeline(options=options) as p:
                 build_pipeline(p, cfg, out, run_caption, run_translate, run_id, time.time(), notes, progress_s,
                                wave=wave)
             _finish_wave(wave, split)
