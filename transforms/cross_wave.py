@@ -4,9 +4,11 @@ kept, is a `duplicate` reject naming that kept item; the wave's dedup then runs 
 members are recorded for the waves after it (sharding/wave_index.py)."""
 # An earlier wave's copy always stays: a later, better copy of an image already written cannot replace it
 # (it is dropped naming the earlier one), where one graph over all inputs would have kept the better copy.
-# Near-dup candidates: the same multi-index split of the pHash as transforms/neardup.py (m substrings, two
-# hashes within t agree on one substring within s = t // m <= 2 bits), as sorted arrays of the earlier
-# waves' kept pHashes: each query looks up every value within s bits of each of its substrings.
+# Near-dup candidates: the same multi-index split of the pHash as transforms/neardup.py (m substrings; two
+# hashes within t agree on one substring within s = t // m <= 2 bits). The earlier waves' substrings live on
+# disk in the wave index (sharding/wave_index.py `near`): each query reads the rows under every value within s
+# bits of each of its substrings, so a wave's process holds no per-item state of the earlier waves (loading
+# their pHashes cost ~56 B per kept item in every wave's child: bench/results/wave_index_scale.json).
 from __future__ import annotations
 
 import json
@@ -20,44 +22,36 @@ from polycap.schemas import Reason, Sample
 from polycap.schemas.config import DedupConfig
 from polycap.sharding import wave_index as wi
 from polycap.transforms.dedup import STAGE, member_order, to_member
-from polycap.transforms.neardup import NearMember, mih_widths, same_picture, substrings
+from polycap.transforms.neardup import NearMember, mih_widths, same_picture, substrings_of
 from polycap.transforms.plumbing import RoutingDoFn, make_reject, route_stage
 
 
-class PriorHashes:
-    """The earlier waves' kept pHashes, searchable within Hamming t (complete: every item within t is found)."""
+def near_split(t: int) -> tuple[list[int], list[list[int]]]:
+    """Substring widths for radius t and, per substring, the masks of the values within s bits of a value."""
+    widths = mih_widths(t)
+    s = min(2, t // len(widths))
+    return widths, [[sum(1 << b for b in bits) for r in range(s + 1) for bits in combinations(range(w), r)]
+                    for w in widths]
 
-    def __init__(self, ids: np.ndarray, hashes: np.ndarray, t: int):
-        self.ids, self.h, self.t = ids, hashes, t
-        self.widths = mih_widths(t)
-        s = min(2, t // len(self.widths))
-        self.subs: list[np.ndarray] = []
-        self.orders: list[np.ndarray] = []
-        self.flips: list[np.ndarray] = []
-        for w, sub in zip(self.widths, substrings(hashes, self.widths)):
-            # 4 B per item per substring for the order, 2 (or 4) for the value: ~40 B per kept item in all
-            order = np.argsort(sub, kind="stable").astype(np.uint32)
-            self.orders.append(order)
-            self.subs.append(sub[order].astype(np.uint16 if w <= 16 else np.uint32))
-            masks = [0] + [sum(1 << b for b in bits) for r in range(1, s + 1) for bits in combinations(range(w), r)]
-            self.flips.append(np.array(masks, dtype=np.uint64))
+
+class EarlierHashes:
+    """The earlier waves' kept pHashes in the wave index, searchable within Hamming t (complete: every item
+    within t is found). `wi.use_near_widths(folder, near_split(t)[0])` must have run on the index."""
+
+    def __init__(self, conn: Any, t: int):
+        self.conn, self.t = conn, t
+        self.widths, self.flips = near_split(t)
+
+    def keys(self, phash: int) -> list[int]:
+        return [j << 32 | v ^ f for j, (v, flips) in enumerate(zip(substrings_of(phash, self.widths), self.flips))
+                for f in flips]
 
     def within(self, phash: int) -> list[tuple[int, int]]:
         """(distance, rowid) of every earlier item within t of `phash`, nearest first."""
-        if not len(self.h):
-            return []
-        q = np.array([phash], dtype=np.uint64)
-        found: list[np.ndarray] = []
-        for sub, order, flips, qs in zip(self.subs, self.orders, self.flips, substrings(q, self.widths)):
-            values = (qs[0] ^ flips).astype(sub.dtype)
-            lo, hi = np.searchsorted(sub, values, "left"), np.searchsorted(sub, values, "right")
-            found.extend(order[a:b] for a, b in zip(lo, hi) if b > a)
-        if not found:
-            return []
-        idx = np.unique(np.concatenate(found))
-        dist = np.bitwise_count(self.h[idx] ^ q[0])
+        ids, hashes = wi.near_candidates(self.conn, self.keys(phash))
+        dist = np.bitwise_count(hashes ^ np.uint64(phash))
         ok = dist <= self.t
-        return sorted(zip(dist[ok].tolist(), self.ids[idx[ok]].tolist()))
+        return sorted(zip(dist[ok].tolist(), ids[ok].tolist()))
 
 
 def _prior_member(row: dict[str, Any]) -> NearMember:
@@ -73,11 +67,12 @@ class _DropKnownFn(RoutingDoFn):
         self.waves_dir, self.cfg = waves_dir, cfg
 
     def setup(self) -> None:
-        self.conn = wi.connect(self.waves_dir, readonly=True)
         self.prior = None
         if self.cfg.near:
-            ids, hashes = wi.textured_hashes(self.conn)
-            self.prior = PriorHashes(ids, hashes, self.cfg.max_hamming)
+            wi.use_near_widths(self.waves_dir, near_split(self.cfg.max_hamming)[0])
+        self.conn = wi.connect(self.waves_dir, readonly=True)
+        if self.cfg.near:
+            self.prior = EarlierHashes(self.conn, self.cfg.max_hamming)
 
     def teardown(self) -> None:
         self.conn.close()

@@ -22,9 +22,10 @@ from polycap.sharding.record_json import record_from_json
 from polycap.sharding.rejects import read_rejects
 from polycap.sharding.validate import validate_dir
 from polycap.sharding.wave_commit import merge_stats
-from polycap.transforms.cross_wave import PriorHashes
+from polycap.transforms.cross_wave import EarlierHashes
 from polycap.transforms.download import ingest_reject, list_rows, new_sample
 from tests.transforms.image_server import ImageServer
+from tests.transforms.test_cross_wave import index_of
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -204,17 +205,20 @@ def _slice_items(path: str, a: int, b: int) -> list:
     return items
 
 
-def test_prior_hashes_find_exactly_the_items_within_t():
+def test_earlier_hashes_find_exactly_the_items_within_t(tmp_path):
     rng = np.random.default_rng(0)
     h = rng.integers(0, 2**63, 3000, dtype=np.int64).view(np.uint64) * np.uint64(2) + np.uint64(1)
     flips = [sum(1 << int(b) for b in rng.choice(64, k, replace=False)) for k in range(0, 16)]
     queries = [int(h[i]) ^ f for i, f in zip(rng.integers(0, len(h), 16), flips)]
-    prior = PriorHashes(np.arange(len(h), dtype=np.int64) + 100, h, t=10)
-    for q in queries:
-        dist = np.bitwise_count(h ^ np.uint64(q))
-        want = sorted((int(d), int(i) + 100) for i, d in enumerate(dist) if d <= 10)
-        assert prior.within(q) == want
-    assert PriorHashes(np.zeros(0, np.int64), np.zeros(0, np.uint64), 10).within(5) == []
+    with index_of(tmp_path, [h]) as conn:
+        rid = dict(conn.execute("SELECT key, rowid FROM kept"))
+        prior = EarlierHashes(conn, t=10)
+        for q in queries:
+            dist = np.bitwise_count(h ^ np.uint64(q))
+            want = sorted((int(d), rid[f"k{i}"]) for i, d in enumerate(dist) if d <= 10)
+            assert prior.within(q) == want
+    with index_of(tmp_path / "empty", []) as conn:
+        assert EarlierHashes(conn, 10).within(5) == []
 
 
 def test_listing_keeps_stems_together_and_cuts_waves_by_offsets(tmp_path):
