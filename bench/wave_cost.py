@@ -120,7 +120,7 @@ def phases_main(argv: list[str]) -> None:
     waves._finish_wave = timer("commit_to_index", waves._finish_wave)
     in_child = waves.in_child
 
-    def in_child_timed(work, what, resume_hint=True):
+    def in_child_timed(work, what, resume_hint=True, **kw):
         forked = time.perf_counter()
 
         def child():
@@ -133,7 +133,7 @@ def phases_main(argv: list[str]) -> None:
                 spent["child"] = time.perf_counter() - t
                 print("PHASES " + json.dumps({"what": what, **{k: round(v, 3) for k, v in spent.items()}}),
                       file=sys.stderr, flush=True)
-        in_child(child, what, resume_hint)
+        in_child(child, what, resume_hint, **kw)
     waves.in_child = in_child_timed
     sys.argv = ["polycap", *argv]
     main()

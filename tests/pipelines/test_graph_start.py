@@ -1,5 +1,6 @@
-"""What every graph's start costs less (pipelines/run.py): JobOptions parses each options view once, and
-`keep_dofn_specs` answers Beam's state and timer spec question once per DoFn; both answer as Beam does."""
+"""What every graph's start costs less (pipelines/run.py, waves.py): JobOptions parses each options view once,
+`keep_dofn_specs` answers Beam's state and timer spec question once per DoFn (both answer as Beam does), and
+the launcher stays frozen from wave to wave."""
 from __future__ import annotations
 
 import copy
@@ -136,3 +137,21 @@ def test_a_stateful_pipeline_runs_with_kept_specs(kept_specs):
     with beam.Pipeline(options=JobOptions([])) as p:
         out = p | beam.Create([("a", 1), ("a", 2), ("b", 5)]) | beam.ParDo(Sum()) | beam.CombinePerKey(max)
         assert_that(out, equal_to([("a", 3), ("b", 5)]))
+
+
+def test_in_child_leaves_the_launcher_frozen_only_when_asked(tmp_path):
+    import gc
+
+    from polycap.pipelines.waves import in_child
+
+    marker = tmp_path / "ran"
+    try:
+        in_child(lambda: marker.write_text("1"), "wave 0", thaw=False)
+        assert marker.read_text() == "1"
+        assert gc.get_freeze_count() > 0          # the next wave's collection skips the launcher's objects
+        in_child(lambda: marker.write_text("2"), "wave 1", thaw=False)
+        assert marker.read_text() == "2"
+    finally:
+        gc.unfreeze()
+    in_child(lambda: marker.write_text("3"), "the run")
+    assert marker.read_text() == "3" and gc.get_freeze_count() == 0
