@@ -90,8 +90,8 @@ def forget_from(conn: sqlite3.Connection, wave: int) -> None:
 
 
 def finish_wave(conn: sqlite3.Connection, wave: int, parts: Iterable[str], stats: dict[str, Any]) -> int:
-    """Move a wave's kept members (its parquet parts) into the index and mark it finished, in one
-    transaction; returns the rows added."""
+    """Move a wave's kept members (its parquet parts) into the index, file them in `near` (once its widths
+    are set: use_near_widths) and mark the wave finished, in one transaction; returns the rows added."""
     added = 0
     with conn:
         for part in parts:
@@ -101,7 +101,7 @@ def finish_wave(conn: sqlite3.Connection, wave: int, parts: Iterable[str], stats
                                    ((k, wave, u, h, s, r, b) for k, u, h, s, r, b in rows))
             added += cur.rowcount
         if (filed := _near_filed(conn)) is not None:
-            _fill_near(conn, filed[0], "AND wave = ?", (wave,))
+            _fill_near(conn, filed[0], "AND rowid > ?", (filed[1],))    # the rows added since it was filed
             _set_near_filed(conn, filed[0])
         conn.execute("INSERT OR REPLACE INTO waves VALUES (?, ?)", (wave, json.dumps(stats, sort_keys=True)))
     return added
