@@ -64,13 +64,41 @@ def build(folder: Path, n: int, seed: int = 0) -> dict:
         if w == 0:
             wi.use_near_widths(str(folder), near_split(T)[0])    # as wave 1's child does
     build_s = time.perf_counter() - t0
+    finish = _time_finish_wave(conn, folder, rng, n // PART + 1)
     conn.close()
+    with wi.connect(str(folder)) as c:             # what a resumed run of an index without `near` pays once
+        c.execute("DELETE FROM meta WHERE k = ?", (wi.NEAR_META,))
+    t0 = time.perf_counter()
+    wi.use_near_widths(str(folder), near_split(T)[0])
+    rebuild_s = time.perf_counter() - t0
     q = [int(h[int(i)]) ^ sum(1 << int(b) for b in rng.choice(64, int(rng.integers(0, 13)), replace=False))
          for i in rng.integers(0, n, 500)] + [int(x) for x in rng.integers(0, 2**64, 500, dtype=np.uint64)]
     np.save(folder / "queries.npy", np.array(q, dtype=np.uint64))
     db = folder / wi.INDEX_NAME
     return {"kept": n, "build_s": round(build_s, 1), "index_mb": round(db.stat().st_size / 2**20, 1),
-            "finish_wave_s_per_10k_rows_median": round(statistics.median(fill_s), 3)}
+            "finish_wave_s_per_10k_rows_median": round(statistics.median(fill_s), 3), **finish,
+            "near_rebuild_s": round(rebuild_s, 1)}
+
+
+def _time_finish_wave(conn, folder: Path, rng: np.random.Generator, wave: int) -> dict:
+    """finish_wave of a wave of 1000 kept rows, 3 with `near` filed, then 3 without (its widths unset; the
+    rebuild after this files their rows)."""
+    from polycap.sharding import wave_index as wi
+
+    took: dict[str, list[float]] = {"near": [], "no_near": []}
+    for rep in range(6):
+        mode = "near" if rep < 3 else "no_near"
+        if rep == 3:
+            with conn:
+                conn.execute("DELETE FROM meta WHERE k = ?", (wi.NEAR_META,))
+        rows = [{"key": f"x{wave + rep:06d}{i:06d}", "uri": "u", "phash": wi.signed64(int(x)), "solid": "",
+                 "rank": "[]", "thumb": rng.bytes(1024)} for i, x in enumerate(rng.integers(0, 2**64, 1000, np.uint64))]
+        part = wi.write_part(rows, str(folder / "parts"))
+        t0 = time.perf_counter()
+        wi.finish_wave(conn, wave + rep, [part], {})
+        took[mode].append(time.perf_counter() - t0)
+        os.remove(part)
+    return {f"finish_wave_1000_rows_s_{k}": round(statistics.median(v), 3) for k, v in took.items()}
 
 
 # ---- the previous search (transforms/cross_wave.PriorHashes, sharding/wave_index.textured_hashes) ----
