@@ -245,7 +245,21 @@ def prepare(cfg: Config, wdir: str) -> list[int] | None:
     return offsets
 
 
-def in_child(work: Callable[[], None], what: str, resume_hint: bool = True, thaw: bool = True) -> None:
+def forks(options: Any) -> bool:
+    """Whether in_child may fork for graphs run with these options: only for the DirectRunner in memory. The
+    multi_processing mode and Prism talk to their workers over gRPC, and gRPC's core is not fork-safe: a child
+    forked from a process that used gRPC before (a second run in one Python process, e.g. a test session or a
+    notebook) hung waiting on its workers. Those modes run each wave in the launcher's process instead; their
+    per-image work is in worker processes that exit with each graph."""
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    mode = options.view_as(DirectOptions).direct_running_mode or "in_memory"
+    return hasattr(os, "fork") and runner in ("DirectRunner", "direct") and mode == "in_memory"
+
+
+def in_child(work: Callable[[], None], what: str, resume_hint: bool = True, thaw: bool = True,
+             fork: bool = True) -> None:
     """Run `work` (one wave's pipeline, or the one graph of a run that fits in one wave) in a forked child
     and wait for it, so it starts from the launcher's memory and gives all of its own back to the OS when it
     exits. In one process the heap kept what each pipeline left (10k inputs, waves of 1000: peak PSS
@@ -257,8 +271,8 @@ def in_child(work: Callable[[], None], what: str, resume_hint: bool = True, thaw
     With `thaw=False` the launcher's objects stay frozen when the child is done, so the next call's collection
     walks only what the launcher made since (a full one walks ~200k objects, ~0.1 s a wave); the caller then
     calls gc.unfreeze() once it forks no more.
-    Without fork (not POSIX) it runs in process."""
-    if not hasattr(os, "fork"):
+    Without fork (not POSIX, or `fork=False`: see `forks`) it runs in process."""
+    if not fork or not hasattr(os, "fork"):
         work()
         gc.collect()
         return
@@ -353,6 +367,7 @@ def run_waves(cfg: Config, out: str, args: list[str], run_caption: bool, run_tra
     from polycap.pipelines.run import JobOptions, build_pipeline
 
     options = JobOptions(args)               # parsed once (each graph copies it, without its views)
+    fork = forks(options)
     split = cfg.shards.split
     wdir = waves_dir(out, split)
     offsets = prepare(cfg, wdir)
@@ -362,7 +377,7 @@ def run_waves(cfg: Config, out: str, args: list[str], run_caption: bool, run_tra
             with beam.Pipeline(options=options) as p:
                 build_pipeline(p, cfg, out, run_caption, run_translate, run_id, started, notes, progress_s)
 
-        in_child(one_graph, "the run", resume_hint=False)
+        in_child(one_graph, "the run", resume_hint=False, fork=fork)
         return fs.read_json(stats_path(out, split))
     n_waves = len(offsets) - 1
     notes = [*notes, f"run in {n_waves} waves of up to {cfg.run.wave_size} inputs (run.wave_size); an image "
@@ -390,7 +405,7 @@ def run_waves(cfg: Config, out: str, args: list[str], run_caption: bool, run_tra
                                    wave=wave)
                 _finish_wave(wave, split)
 
-            in_child(one_wave, f"wave {w}", thaw=False)   # frozen from wave to wave
+            in_child(one_wave, f"wave {w}", thaw=False, fork=fork)   # frozen from wave to wave
     finally:
         gc.unfreeze()
     wave_dirs = [fs.join(wdir, f"w{w:06d}") for w in range(n_waves)]

@@ -317,3 +317,21 @@ def test_in_child_runs_the_work_in_another_process_and_raises_its_error_here(tmp
         in_child(odd, "the run", resume_hint=False)
     with pytest.raises(RuntimeError, match=r"^wave 0 failed \(killed by signal 9\); rerun"):
         in_child(lambda: os.kill(os.getpid(), signal.SIGKILL), "wave 0")
+
+
+def test_waves_fork_only_for_the_in_memory_direct_runner(tmp_path):
+    """gRPC is not fork-safe: the multi_processing mode and Prism run each wave in the launcher's process (a
+    forked multi_processing wave hung in a test session that had used gRPC before)."""
+    import os
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from polycap.pipelines.waves import forks, in_child
+
+    assert forks(PipelineOptions([]))
+    assert forks(PipelineOptions(["--runner=DirectRunner", "--direct_running_mode=in_memory"]))
+    assert not forks(PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"]))
+    assert not forks(PipelineOptions(["--runner=PrismRunner"]))
+    marker = tmp_path / "pid"
+    in_child(lambda: marker.write_text(str(os.getpid())), "the run", fork=False)
+    assert int(marker.read_text()) == os.getpid()
