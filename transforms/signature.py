@@ -2,6 +2,7 @@
 that box, solid-colour class and an encoding-quality estimate; computed once, inside decode's pass."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,43 +38,78 @@ def _flat(lines: np.ndarray) -> np.ndarray:
     Judged per line, so a frame, the blended line JPEG leaves next to it and a margin all peel alike."""
     end = max(1, lines.shape[1] // 50)   # the ends cross a frame's blended corner: not judged
     inner = lines[:, end:-end] if lines.shape[1] > 4 * end else lines
-    med = np.median(inner[:, ::4], axis=1, keepdims=True)   # every 4th pixel: the colour of a flat line
-    d = np.abs(inner - med)
-    far = np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2])   # not .max(axis=-1): numpy's reduction
-    return (far > FLAT_TOL).mean(axis=1) <= FLAT_OUTLIERS             # over a 3-wide axis is ~20x slower
+    ranked = np.sort(inner[:, ::4], axis=1)   # every 4th pixel: the colour of a flat line
+    k = ranked.shape[1]
+    # twice the median (twice the middle value, or the sum of the two middle ones) against twice each pixel:
+    # the same test as |pixel - median| > FLAT_TOL, in int16 (values <= 510), ~2x faster than np.median
+    # and float differences
+    med2 = ranked[:, (k - 1) // 2] + ranked[:, k // 2]
+    d2 = np.abs(2 * inner - med2[:, None, :])
+    far = np.maximum(np.maximum(d2[..., 0], d2[..., 1]), d2[..., 2])   # not .max(axis=-1): numpy's reduction
+    return np.count_nonzero(far > 2 * FLAT_TOL, axis=1) / far.shape[1] <= FLAT_OUTLIERS   # over 3 is slower
 
 
-def _lead(lines: np.ndarray) -> int:
-    """Number of leading flat lines, judged in growing chunks from the front (a photo stops at its first
-    line, a framed image a chunk past its frame) instead of judging every line of the image."""
-    i, step, n = 0, 8, lines.shape[0]
+def _lead(lines: Callable[[int, int], np.ndarray], n: int) -> int:
+    """Number of leading flat lines among n, judged in growing chunks from the front (a photo stops at its first
+    line, a framed image a chunk past its frame) instead of judging every line of the image. lines(i, j)
+    gives lines i..j-1 from the front (lines x pixels x channels)."""
+    i, step = 0, 2
     while i < n:
-        flags = _flat(lines[i:i + step])
+        flags = _flat(lines(i, min(n, i + step)))
         if not flags.all():
             return i + int(np.argmin(flags))
         i, step = i + step, step * 2
     return n
 
 
+class _Reduced:
+    """The image box-reduced by `factor` (Image.reduce), made strip by strip as the peel asks for lines: a photo
+    needs only a few lines at each side, not the whole reduced copy. A strip of the reduced image is the
+    reduce of the matching source box (blocks start at multiples of the factor, the last one clipped at the
+    image's edge as in the whole reduce), so the pixels are the same as those of the whole copy."""
+
+    def __init__(self, rgb: Image.Image, factor: int):
+        self.rgb, self.f = rgb, factor
+        self.w, self.h = (-(-rgb.width // factor), -(-rgb.height // factor)) if factor >= 2 else rgb.size
+
+    def strip(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        f, (w, h) = self.f, self.rgb.size
+        if f >= 2:
+            part = self.rgb.reduce(f, (x0 * f, y0 * f, min(w, x1 * f), min(h, y1 * f)))
+        else:
+            part = self.rgb.crop((x0, y0, x1, y1))
+        return np.asarray(part, dtype=np.int16)
+
+    def lines(self, box: tuple[int, int, int, int], side: str) -> Callable[[int, int], np.ndarray]:
+        """The lines of `box` (x0, y0, x1, y1 in reduced pixels) counted from one side (top, bottom, left or
+        right): lines(i, j) gives lines i..j-1 from that side as (lines x pixels x channels)."""
+        x0, y0, x1, y1 = box
+        if side == "top":
+            return lambda i, j: self.strip(x0, y0 + i, x1, y0 + j)
+        if side == "bottom":
+            return lambda i, j: self.strip(x0, y1 - j, x1, y1 - i)[::-1]
+        if side == "left":
+            return lambda i, j: np.ascontiguousarray(self.strip(x0 + i, y0, x0 + j, y1).transpose(1, 0, 2))
+        return lambda i, j: np.ascontiguousarray(self.strip(x1 - j, y0, x1 - i, y1).transpose(1, 0, 2)[::-1])
+
+
 def content_box(rgb: Image.Image) -> tuple[tuple[int, int, int, int], bool] | None:
     """(box, bordered) after peeling flat rows and columns from every side; None when everything is flat."""
-    factor = -(-max(rgb.size) // TRIM_SIDE)      # integer box reduction: ~4x cheaper than a resize to TRIM_SIDE
-    small = rgb.reduce(factor) if factor >= 2 else rgb
-    a = np.asarray(small, dtype=np.int16)
-    h, w = a.shape[:2]
+    small = _Reduced(rgb, -(-max(rgb.size) // TRIM_SIDE))   # integer box reduction: ~4x cheaper than a resize
+    w, h = small.w, small.h
     y0, y1, x0, x1 = 0, h, 0, w
     for _ in range(3):   # rows judged on the columns that remain, then columns on the rows that remain
-        region = a[y0:y1, x0:x1]
-        top = _lead(region)
+        top = _lead(small.lines((x0, y0, x1, y1), "top"), y1 - y0)
         if top == y1 - y0:
             return None
-        y0, y1 = y0 + top, y1 - _lead(region[::-1])
-        cols = a[y0:y1, x0:x1].transpose(1, 0, 2)
-        dx0 = _lead(cols)
+        y0 += top
+        y1 -= _lead(small.lines((x0, y0, x1, y1), "bottom"), y1 - y0)
+        dx0 = _lead(small.lines((x0, y0, x1, y1), "left"), x1 - x0)
         if dx0 == x1 - x0:
             return None
-        dx1 = _lead(cols[::-1])
-        x0, x1 = x0 + dx0, x1 - dx1
+        x0 += dx0
+        dx1 = _lead(small.lines((x0, y0, x1, y1), "right"), x1 - x0)
+        x1 -= dx1
         if not (dx0 or dx1):
             break
     sx, sy = rgb.width / w, rgb.height / h

@@ -86,6 +86,71 @@ def test_signature_trims_borders_and_classes_flat_images():
     assert red.solid and red.solid == big_red.solid and not a.solid
 
 
+def whole_array_box(rgb: Image.Image) -> tuple[tuple[int, int, int, int], bool] | None:
+    """content_box the plain way: the whole reduced copy as one array, np.median, every line of a side."""
+    f = -(-max(rgb.size) // 512)
+    a = np.asarray(rgb.reduce(f) if f >= 2 else rgb, dtype=np.int16)
+    h, w = a.shape[:2]
+
+    def flat(lines):
+        end = max(1, lines.shape[1] // 50)
+        inner = lines[:, end:-end] if lines.shape[1] > 4 * end else lines
+        far = np.abs(inner - np.median(inner[:, ::4], axis=1, keepdims=True)).max(axis=-1)
+        return (far > 48).mean(axis=1) <= 0.002
+
+    def lead(lines):
+        flags = flat(lines)
+        return len(flags) if flags.all() else int(np.argmin(flags))
+
+    y0, y1, x0, x1 = 0, h, 0, w
+    for _ in range(3):
+        region = a[y0:y1, x0:x1]
+        if lead(region) == y1 - y0:
+            return None
+        y0, y1 = y0 + lead(region), y1 - lead(region[::-1])
+        cols = a[y0:y1, x0:x1].transpose(1, 0, 2)
+        dx0, dx1 = lead(cols), lead(cols[::-1])
+        if dx0 == x1 - x0:
+            return None
+        x0, x1 = x0 + dx0, x1 - dx1
+        if not (dx0 or dx1):
+            break
+    sx, sy = rgb.width / w, rgb.height / h
+    box = (round(x0 * sx), round(y0 * sy), max(round(x0 * sx) + 1, round(x1 * sx)),
+           max(round(y0 * sy) + 1, round(y1 * sy)))
+    return box, max(y0, h - y1) > 0.01 * h or max(x0, w - x1) > 0.01 * w
+
+
+def test_content_box_from_strips_equals_the_whole_reduced_copy():
+    """content_box reduces and judges only the strips it peels: the same box as the whole reduced copy,
+    on framed, letterboxed, margined, noisy, tiny and flat images of sizes that the reduce factor does not
+    divide (its last block is partial)."""
+    from polycap.transforms.signature import content_box
+
+    rng = np.random.default_rng(7)
+    base = card("Borders of every width")
+    seen = set()
+    for k in range(60):
+        w, h = (int(v) for v in rng.integers(1, 1400, 2))
+        im = base.resize((w, h))
+        fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+        if k % 4 == 0:   # detail up to the edges: nothing to peel
+            im = Image.fromarray(rng.integers(0, 256, (h, w, 3)).astype(np.uint8))
+        elif k % 4 == 1:
+            im = ImageOps.expand(im, border=int(rng.integers(1, 200)), fill=fill)
+        elif k % 4 == 2:
+            im = ImageOps.expand(im, border=tuple(int(v) for v in rng.integers(0, 300, 4)), fill=fill)
+        elif k % 4 == 3:
+            noisy = np.asarray(im, dtype=np.int16) + rng.integers(-40, 40, (h, w, 3))
+            im = ImageOps.expand(Image.fromarray(noisy.clip(0, 255).astype(np.uint8)), border=int(rng.integers(0, 60)))
+        if k % 10 == 9:
+            im = Image.new("RGB", (w, h), fill)
+        want = whole_array_box(im)
+        assert content_box(im) == want, (k, im.size)
+        seen.add("flat" if want is None else ("bordered" if want[1] else "plain"))
+    assert seen == {"flat", "bordered", "plain"}
+
+
 def test_pixel_check_tells_text_cards_of_one_layout_apart():
     one = card("Welsh AMs worried about looking like muppets")
     other = card("Plans to change the name of the assembly")
