@@ -13,6 +13,7 @@ FLAT_TOL = 48          # a line is flat when all but FLAT_OUTLIERS of its pixels
                        # strong ink only, so JPEG ringing (q30) and faint anti-aliasing do not move the box
 FLAT_OUTLIERS = 0.002  # (a stray pixel or two: dust, noise)
 MIN_BORDER = 0.01      # trimmed bands thinner than this fraction of a side are not counted as an added border
+PHASH_SIDE = 32        # imagehash.phash's resize (hash_size 8 x highfreq_factor 4)
 THUMB = 32             # thumbnail side: 32x32 gray = 1 KB, enough to tell text cards of one layout apart
 LOSSLESS = ("PNG", "TIFF", "BMP", "PPM", "QOI", "TGA")
 
@@ -154,17 +155,33 @@ def hash_and_thumb(gray: Image.Image) -> tuple[str, bytes]:
     return str(imagehash.phash(g)), g.resize((THUMB, THUMB), Image.Resampling.BOX).tobytes()
 
 
-def signature(rgb: Image.Image, quality: int) -> Signature:
+def signature(rgb: Image.Image, quality: int, gray: Image.Image | None = None) -> Signature:
     """The near-dup signature of a decoded RGB image: borders found on a <= TRIM_SIDE copy, pHash and
     thumbnail of the content box cut from the full image (so that two copies of one picture at different
-    sizes or with different borders give the same crop up to a pixel of the original)."""
+    sizes or with different borders give the same crop up to a pixel of the original). `gray`: the image's
+    convert("L") when the caller has it (the crop of it is the crop's own convert, pixel for pixel)."""
     found = content_box(rgb)
     if found is None:
         small = rgb.reduce(max(1, max(rgb.size) // 64))
         r, g, b = (int(v) >> 4 for v in np.asarray(small, dtype=np.float64).reshape(-1, 3).mean(axis=0))
-        crop, box, bordered, solid = rgb, (0, 0, rgb.width, rgb.height), False, f"{r:x}{r:x}{g:x}{g:x}{b:x}{b:x}"
+        box, bordered, solid = (0, 0, rgb.width, rgb.height), False, f"{r:x}{r:x}{g:x}{g:x}{b:x}{b:x}"
     else:
-        box, bordered = found
-        crop, solid = (rgb if box == (0, 0, rgb.width, rgb.height) else rgb.crop(box)), ""
-    phash, thumb = hash_and_thumb(crop.convert("L"))
+        (box, bordered), solid = found, ""
+    whole = box == (0, 0, rgb.width, rgb.height)
+    if gray is None:
+        gray = (rgb if whole else rgb.crop(box)).convert("L")
+    elif not whole:
+        gray = gray.crop(box)
+    phash, thumb = hash_and_thumb(gray)
     return Signature(phash=phash, thumb=thumb, box=box, bordered=bordered, solid=solid, quality=quality)
+
+
+def phash_and_signature(rgb: Image.Image, quality: int) -> tuple[str, Signature]:
+    """imagehash.phash of the whole image (hex) and its signature from one gray conversion: imagehash converts
+    to "L" and LANCZOS-resizes to 32x32 itself, so the hash of that 32x32 copy is the same hash (its own
+    convert and resize of a 32x32 "L" image are copies), and the signature crops the same gray."""
+    import imagehash
+
+    gray = rgb.convert("L")
+    whole = str(imagehash.phash(gray.resize((PHASH_SIDE, PHASH_SIDE), Image.Resampling.LANCZOS)))
+    return whole, signature(rgb, quality, gray)

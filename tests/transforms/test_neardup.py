@@ -151,6 +151,18 @@ def test_content_box_from_strips_equals_the_whole_reduced_copy():
     assert seen == {"flat", "bordered", "plain"}
 
 
+def test_phash_and_signature_equal_imagehash_and_signature_apart():
+    import imagehash
+
+    from polycap.transforms.signature import phash_and_signature
+
+    rng = np.random.default_rng(3)
+    photo = Image.fromarray(rng.integers(0, 256, (300, 200, 3)).astype(np.uint8)).resize((900, 700))
+    for im in (photo, card("Framed"), ImageOps.expand(photo, 40, fill=(9, 9, 9)), Image.new("RGB", (50, 40), "red"),
+               photo.resize((120, 90))):
+        assert phash_and_signature(im, 80) == (str(imagehash.phash(im)), signature(im, 80))
+
+
 def test_pixel_check_tells_text_cards_of_one_layout_apart():
     one = card("Welsh AMs worried about looking like muppets")
     other = card("Plans to change the name of the assembly")
