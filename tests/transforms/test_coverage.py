@@ -52,3 +52,22 @@ def test_aptitude_bar_context_is_not_part_of_the_text():
     pairs = {"Encoding of help.txt|UTF-8": "UTF-8", "a|b|c": "x|y", "Localized defaults|": "aptitude-defaults.vi",
              "source|sources": "nguồn|các nguồn"}
     assert strip_bar_context(pairs) == {"UTF-8": "UTF-8", "a|b|c": "x|y", "source|sources": "nguồn|các nguồn"}
+
+
+def test_budgets_chosen_together_within_both_false_reject_targets():
+    from bench.translate_gates_fit import BUDGET_GRID, _choose_budgets
+
+    def report(n, fr, cut):
+        return {"dev_catalog_references": n,
+                "dev_catalog_false_reject_rate_by_budget": {str(b): f for b, f in zip(BUDGET_GRID, fr)},
+                "dev_catalog_cut_catch_rate_by_budget": {str(b): c for b, c in zip(BUDGET_GRID, cut)}}
+    # ko is cheap and already catches most cuts; vi needs a larger budget, which only fits beside ko's
+    # smaller one: the combined rate (1000 ko + 1000 vi references) must stay <= 1 %, each <= 1.5 %
+    ko = report(1000, [0.004, 0.004, 0.005, 0.0065, 0.007, 0.008], [0.90, 0.92, 0.95, 0.96, 0.97, 0.98])
+    vi = report(1000, [0.010, 0.011, 0.013, 0.014, 0.016, 0.020], [0.80, 0.85, 0.90, 0.94, 0.97, 0.99])
+    chosen = _choose_budgets({"ko": ko, "vi": vi})
+    # vi's 0.002 (1.4 %, catches 0.94) leaves room for ko's 0.001 (0.5 %: 0.95 % combined), not its 0.002
+    assert chosen == {"ko": 0.001, "vi": 0.002}
+    # nothing within the targets: the smallest budgets
+    bad = report(1000, [0.02] * 6, [0.9] * 6)
+    assert _choose_budgets({"ko": bad, "vi": bad}) == {"ko": BUDGET_GRID[0], "vi": BUDGET_GRID[0]}
