@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import heapq
 import http.client
 import ipaddress
+import itertools
 import os
 import re
 import socket
@@ -156,13 +158,74 @@ def _tls_context() -> ssl.SSLContext:
 
 
 def _abort(conn: _Pinned) -> None:
-    """The deadline watchdog: unblock a read stuck on a server that drips headers or body byte by byte."""
+    """Unblock a read stuck on a server that drips headers or body byte by byte."""
     sock = conn.raw_sock
     if sock is not None:
         try:
             socket.socket.shutdown(sock, socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+class _Watchdog:
+    """The deadline watchdog of every download of a process: one thread that aborts each connection still
+    open at its deadline. A threading.Timer per request cost ~0.3 ms of CPU a URL (a thread started and
+    stopped each time: 0.7 vs 0.4 ms a URL, 1000 loopback downloads by 16 threads)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.due: list[tuple[float, int]] = []          # heap of (deadline, ticket), cancelled ones included
+        self.open: dict[int, _Pinned] = {}              # ticket -> connection, until cancelled or aborted
+        self.tickets = itertools.count()
+        threading.Thread(target=self._run, name="polycap-fetch-watchdog", daemon=True).start()
+
+    def watch(self, conn: _Pinned, deadline: float) -> int:
+        with self.cond:
+            ticket = next(self.tickets)
+            self.open[ticket] = conn
+            if len(self.due) > 2 * len(self.open) + 64:   # drop cancelled entries before they pile up
+                self.due = [d for d in self.due if d[1] in self.open]
+                heapq.heapify(self.due)
+            heapq.heappush(self.due, (deadline, ticket))
+            if self.due[0][1] == ticket:
+                self.cond.notify()
+            return ticket
+
+    def cancel(self, ticket: int) -> None:
+        with self.cond:
+            self.open.pop(ticket, None)
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while self.due and self.due[0][1] not in self.open:
+                    heapq.heappop(self.due)
+                wait = self.due[0][0] - time.monotonic() if self.due else None
+                if wait is None or wait > 0:
+                    self.cond.wait(wait)
+                    continue
+                conn = self.open.pop(heapq.heappop(self.due)[1])
+            _abort(conn)
+
+
+_WATCHDOGS: dict[int, _Watchdog] = {}   # per process: a forked worker starts its own thread
+_watchdog_lock = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:
+    global _watchdog_lock
+    _watchdog_lock = threading.Lock()    # the parent's may have been held by another thread at the fork
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
+
+
+def _watchdog() -> _Watchdog:
+    dog = _WATCHDOGS.get(os.getpid())
+    if dog is None:
+        with _watchdog_lock:
+            dog = _WATCHDOGS.get(os.getpid()) or _WATCHDOGS.setdefault(os.getpid(), _Watchdog())
+    return dog
 
 
 def _read_body(resp: http.client.HTTPResponse, cfg: IngestConfig, deadline: float) -> bytes:
@@ -195,9 +258,8 @@ def _hop(url: str, cfg: IngestConfig, deadline: float) -> tuple[int, str, Any, b
     kw: dict[str, Any] = {"context": _tls_context()} if https else {}
     conn = (_PinnedHTTPS if https else _PinnedHTTP)(host, port, timeout=remaining, **kw)
     conn.addrs, conn.connect_timeout = resolve(host, port, cfg, deadline), min(cfg.connect_timeout_s, remaining)
-    watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _abort, (conn,))
-    watchdog.daemon = True
-    watchdog.start()
+    dog = _watchdog()
+    ticket = dog.watch(conn, deadline)
     try:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn.request("GET", target, headers={"User-Agent": cfg.user_agent, "Accept": "image/*,*/*;q=0.8"})
@@ -205,7 +267,7 @@ def _hop(url: str, cfg: IngestConfig, deadline: float) -> tuple[int, str, Any, b
         body = _read_body(resp, cfg, deadline) if 200 <= resp.status < 300 else b""
         return resp.status, resp.reason, resp.headers, body
     finally:
-        watchdog.cancel()
+        dog.cancel(ticket)
         conn.close()
 
 

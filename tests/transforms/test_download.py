@@ -167,6 +167,35 @@ def test_slow_drip_hits_the_total_deadline(server):
     assert e.value.reason == Reason.DOWNLOAD_TIMEOUT and e.value.detail == "timeout after 0.7s"
 
 
+def test_watchdog_aborts_each_connection_at_its_own_deadline_once():
+    """One watchdog thread serves every download of a process: a later, earlier-due connection is aborted
+    first (not after the one ahead of it), a cancelled one never, a far one not yet; a process has one."""
+    import socket
+    import time
+    from types import SimpleNamespace
+
+    from polycap.transforms.fetch import _watchdog
+
+    pairs = [socket.socketpair() for _ in range(3)]
+    far, soon, cancelled = (SimpleNamespace(raw_sock=a) for a, _ in pairs)
+    dog = _watchdog()
+    assert _watchdog() is dog
+    now = time.monotonic()
+    dog.watch(far, now + 60)
+    dog.watch(soon, now + 0.05)
+    dog.cancel(dog.watch(cancelled, now + 0.02))
+    pairs[1][0].settimeout(10)
+    assert pairs[1][0].recv(1) == b""       # shut down by the watchdog
+    dog.cancel(-1)                          # unknown or finished tickets are ignored
+    for i in (0, 2):
+        pairs[i][0].setblocking(False)
+        with pytest.raises(BlockingIOError):  # still open: nothing to read yet, not shut down
+            pairs[i][0].recv(1)
+    for a, b in pairs:
+        a.close()
+        b.close()
+
+
 @pytest.mark.parametrize("route", ["_/huge/3000000", "_/huge-cl/3000000"])
 def test_body_over_max_bytes_is_aborted(server, route):
     with pytest.raises(FetchError) as e:
