@@ -1,4 +1,4 @@
 """`python -m polycap`: the same command line as the `polycap` script."""
-from polycap.pipelines.cli import main
+from polycap.pipelines.cli import entry
 
-main()
+entry()

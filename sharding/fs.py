@@ -273,7 +273,18 @@ def _s3_put_if_absent(path: str, data: bytes) -> bool | None:
     return True
 
 
+def _local_path(path: str) -> str | None:
+    """The plain path of a file on this machine's disk (`file://` dropped); None for any other filesystem."""
+    if "://" not in path:
+        return path
+    return path[len("file://"):] if path.startswith("file://") else None
+
+
 def read_bytes(path: str) -> bytes:
+    local = _local_path(path)
+    if local is not None:                   # one open and read, no Beam filesystem lookup per file
+        with open(local, "rb") as f:
+            return f.read()
     with open_read(path) as f:
         return f.read()
 
@@ -282,6 +293,37 @@ def write_bytes(path: str, data: bytes, durable: bool = True) -> None:
     """Atomic small-file write (temp + rename locally; a single PUT on object stores)."""
     with atomic_create(path, durable) as f:
         f.write(data)
+
+
+_scratch_dirs: set[str] = set()    # local folders write_scratch made (or found) in this process
+
+
+def write_scratch(path: str, data: bytes) -> None:
+    """Write a run's scratch file (staged image bytes), read only later in the same run: on a local disk in
+    place (open, write, close; its folder made once per process), with no temp name, rename, fsync or check
+    that it exists. Each of those system calls let go of the GIL, and decode's pool threads, which stage from
+    inside the decode, waited for it back (~9 calls a file before). Not atomic: a crash can leave a partial
+    file, which no later run reads (staging is per run id); a second write of the same path in the run writes
+    the same bytes. Other filesystems: one PUT, as write_bytes."""
+    local = _local_path(path)
+    if local is None:
+        write_bytes(path, data, durable=False)
+        return
+    folder = os.path.dirname(local)
+    if folder not in _scratch_dirs:
+        os.makedirs(folder, exist_ok=True)
+        _scratch_dirs.add(folder)
+    try:
+        fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except FileNotFoundError:               # the folder was removed since (an earlier run's staging cleared)
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def read_json(path: str) -> Any:

@@ -79,9 +79,14 @@ def _fields(tp: Any) -> tuple[tuple[str, Any, bool], ...]:
     return _fields_cached(tp)
 
 
+@functools.cache        # resolved once: get_type_hints evaluates every annotation string on each call
+def _hints(tp: Any) -> dict[str, Any]:
+    return typing.get_type_hints(tp)
+
+
 @functools.cache        # every sample's record walks the same few classes
 def _fields_cached(tp: Any) -> tuple[tuple[str, Any, bool], ...]:
-    hints = typing.get_type_hints(tp)
+    hints = _hints(tp)
     return tuple((f.name, *_strip_optional(hints[f.name])) for f in dataclasses.fields(tp) if f.name not in _SKIP)
 
 
@@ -128,7 +133,7 @@ def sample_to_json(sample: Sample, langs: list[str] | None = None) -> dict[str, 
     """The shard json of `sample` for a run whose languages are `langs` (default: the sample's own)."""
     langs = sorted(set(langs if langs is not None else sample.captions) | set(sample.captions))
     d: dict[str, Any] = {"key": sample.key, "schema_version": SCHEMA_VERSION}
-    hints = typing.get_type_hints(Sample)
+    hints = _hints(Sample)
     for name in ("source", "image", "hashes", "ocr"):
         d[name] = _encode(getattr(sample, name), hints[name])
     zero_cap = _encode(None, hints["captions"].__args__[1])
@@ -173,7 +178,7 @@ def record_from_json(rec: dict[str, Any]) -> dict[str, Any]:
     language (present ones only), `ocr` None when no OCR ran. A 1.x json (already that shape) passes as is."""
     if not is_v2(rec):
         return rec
-    hints = typing.get_type_hints(Sample)
+    hints = _hints(Sample)
     out: dict[str, Any] = {"key": rec.get("key"), "schema_version": rec.get("schema_version")}
     for name in ("source", "image", "hashes"):
         out[name] = _decode(rec.get(name) or {}, hints[name])
@@ -194,7 +199,7 @@ def _build(tp: Any, value: Any) -> Any:
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise TypeError(f"{tp.__name__}: expected an object, got {type(value).__name__}")
-        hints = typing.get_type_hints(tp)
+        hints = _hints(tp)
         return tp(**{f.name: _build(hints[f.name], value[f.name])
                      for f in dataclasses.fields(tp) if f.name in value})
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -248,7 +253,7 @@ def _object_schema(tp: Any, extra: dict[str, Any] | None = None) -> dict[str, An
 
 def json_schema() -> dict[str, Any]:
     """JSON Schema (draft 2020-12) of the shard json member that `sample_to_json` writes."""
-    hints = typing.get_type_hints(Sample)
+    hints = _hints(Sample)
     lang = {"type": "string", "pattern": "^[a-z]{2,3}(-[A-Za-z0-9]+)?$"}
     caption = _object_schema(hints["captions"].__args__[1], {
         "lang": lang, "member": {"type": "string", "pattern": "^[a-z]{2,3}(-[a-z0-9]+)?\\.txt$"},

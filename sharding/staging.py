@@ -3,9 +3,9 @@
 Beam's in-memory DirectRunner materializes every stage's output (and every GroupByKey input) in memory; with
 image bytes in the records a run held ~0.23 MB per image (bench/results/urls_vs_img2dataset.json). In decode's
 pool thread (transforms/decode.py) each decoded sample's bytes go to
-`<output>/_staging/<run_id>/<k[:2]>/<key>.jpg` through the filesystem layer (sharding/fs.py: temp + rename on
-a disk, one PUT on an object store) and the record keeps `image.ref`; OCR, captioning and the shard writer
-read them back with `image_bytes()`.
+`<output>/_staging/<run_id>/<k[:2]>/<key>.jpg` through the filesystem layer (sharding/fs.py `write_scratch`:
+written in place on a disk, one PUT on an object store) and the record keeps `image.ref`; OCR, captioning and
+the shard writer read them back with `image_bytes()`.
 
 Staged bytes cannot go stale: the key is the content address of the *input* bytes, and what decode stages for
 it depends on the decode settings, so a folder shared between runs would hand a rerun with other settings
@@ -38,16 +38,15 @@ def staged_path(root: str, key: str) -> str:
 def stage_bytes(sample: Sample, root: str) -> Sample:
     """Write the image bytes under `root` (this run's folder) and return the record without them.
 
-    Within one run a key always stages the same bytes (same input, same settings), so a disk skips a file
-    that exists and an object store just PUTs again (cheaper than asking first). Thread-safe (decode's pool
-    threads call it); an OSError propagates to the caller's reject handling."""
+    Within one run a key always stages the same bytes (same input, same settings), so a key staged twice
+    (exact duplicates) is just written again, as cheap as asking first. Written as a scratch file
+    (`fs.write_scratch`: no temp name, rename or fsync on a disk; staged bytes live for one run and a crashed
+    run's are never read again; an fsync per image was a fifth of a folder run's time). Thread-safe
+    (decode's pool threads call it); an OSError propagates to the caller's reject handling."""
     if not sample.image.bytes:
         return sample
     path = staged_path(root, sample.key)
-    if not (fs.has_dirs(path) and fs.is_file(path)):
-        # no fsync: staged bytes live for one run (a crashed run's are never read again), so durability buys
-        # nothing, and an fsync per image was a fifth of a folder run's time
-        fs.write_bytes(path, sample.image.bytes, durable=False)
+    fs.write_scratch(path, sample.image.bytes)
     return dataclasses.replace(sample, image=dataclasses.replace(sample.image, bytes=b"", ref=path))
 
 

@@ -16,14 +16,24 @@ def test_stage_and_read_back(tmp_path):
     staged = stage_bytes(s, root)
     assert staged.image.bytes == b"" and staged.image.ref.startswith(root)
     assert image_bytes(staged) == data == image_bytes(s)
-    mtime = os.path.getmtime(staged.image.ref)
-    assert stage_bytes(s, root).image.ref == staged.image.ref            # same key, same run: not rewritten
-    assert os.path.getmtime(staged.image.ref) == mtime
-    assert not [f for f in os.listdir(os.path.dirname(staged.image.ref)) if ".tmp-" in f]
+    again = stage_bytes(s, root)                                         # same key, same run: same place
+    assert again.image.ref == staged.image.ref and image_bytes(again) == data
+    assert os.listdir(os.path.dirname(staged.image.ref)) == [os.path.basename(staged.image.ref)]
     clear_staging(str(tmp_path))
     assert not os.path.exists(root)
     with pytest.raises(OSError):
         image_bytes(staged)                                              # gone is an error, never b""
+
+
+def test_staging_again_after_the_folder_was_cleared(tmp_path):
+    """A process that staged into a run's folder before it was removed (an earlier run in the same process)
+    makes the folder again instead of failing."""
+    s = make_sample(jpeg_bytes())
+    root = staging_root(str(tmp_path), "r1")
+    stage_bytes(s, root)
+    clear_staging(str(tmp_path))
+    staged = stage_bytes(s, root)
+    assert image_bytes(staged) == s.image.bytes
 
 
 def test_runs_never_share_staged_bytes(tmp_path):
