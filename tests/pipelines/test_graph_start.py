@@ -155,3 +155,24 @@ def test_in_child_leaves_the_launcher_frozen_only_when_asked(tmp_path):
         gc.unfreeze()
     in_child(lambda: marker.write_text("3"), "the run")
     assert marker.read_text() == "3" and gc.get_freeze_count() == 0
+
+
+def test_bundle_state_samplers_wake_within_the_short_period(monkeypatch):
+    """quick_sampler_stop: a sampler made as Beam's bundle processor makes it (no period given) wakes every
+    SAMPLER_PERIOD_MS at most, a shorter period asked for is kept, and it still samples and stops."""
+    from apache_beam.runners.worker import statesampler
+    from apache_beam.utils.counters import CounterFactory
+
+    from polycap.pipelines.run import SAMPLER_PERIOD_MS, quick_sampler_stop
+
+    monkeypatch.setattr(statesampler.StateSampler, "__init__", statesampler.StateSampler.__init__)
+    quick_sampler_stop()
+    quick_sampler_stop()                   # twice: wrapped once
+    made = statesampler.StateSampler("step", CounterFactory())
+    assert made.sampling_period_ms == SAMPLER_PERIOD_MS < statesampler.DEFAULT_SAMPLING_PERIOD_MS
+    assert statesampler.StateSampler("step", CounterFactory(), sampling_period_ms=3).sampling_period_ms == 3
+    made.start()
+    with made.scoped_state("step", "process"):
+        pass
+    made.stop()
+    assert made.finished
