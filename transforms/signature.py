@@ -144,22 +144,32 @@ def thumbnail(crop: Image.Image) -> bytes:
     return crop.convert("L").resize((THUMB, THUMB), Image.Resampling.BOX).tobytes()
 
 
-def hash_and_thumb(gray: Image.Image) -> tuple[str, bytes]:
+def hash_and_thumb(gray: Image.Image, known: str | None = None) -> tuple[str, bytes]:
     """imagehash.phash and the THUMB x THUMB box thumbnail of a gray image, both from a copy box-reduced to
     >= 128 px on the short side (imagehash's 32x32 LANCZOS resize costs ~10 ms on a full photo; the hash of
-    the reduced copy differs from it by a bit or two at most, and every image goes the same way)."""
-    import imagehash
-
+    the reduced copy differs from it by a bit or two at most, and every image goes the same way). `known`:
+    imagehash.phash of `gray` itself, when the caller has it (used when there is nothing to reduce)."""
     factor = min(gray.size) // 128
     g = gray.reduce(factor) if factor >= 2 else gray
-    return str(imagehash.phash(g)), g.resize((THUMB, THUMB), Image.Resampling.BOX).tobytes()
+    phash = known if known is not None and g is gray else lanczos_phash(g)
+    return phash, g.resize((THUMB, THUMB), Image.Resampling.BOX).tobytes()
 
 
-def signature(rgb: Image.Image, quality: int, gray: Image.Image | None = None) -> Signature:
+def lanczos_phash(gray: Image.Image) -> str:
+    """imagehash.phash of a gray image (hex), computed on its 32x32 LANCZOS copy: imagehash's own convert("L") and
+    resize of that copy are copies, so the hash is the same, without its copy of the whole image."""
+    import imagehash
+
+    return str(imagehash.phash(gray.resize((PHASH_SIDE, PHASH_SIDE), Image.Resampling.LANCZOS)))
+
+
+def signature(rgb: Image.Image, quality: int, gray: Image.Image | None = None,
+              gray_phash: str | None = None) -> Signature:
     """The near-dup signature of a decoded RGB image: borders found on a <= TRIM_SIDE copy, pHash and
     thumbnail of the content box cut from the full image (so that two copies of one picture at different
     sizes or with different borders give the same crop up to a pixel of the original). `gray`: the image's
-    convert("L") when the caller has it (the crop of it is the crop's own convert, pixel for pixel)."""
+    convert("L") when the caller has it (the crop of it is the crop's own convert, pixel for pixel), and
+    `gray_phash` its imagehash.phash."""
     found = content_box(rgb)
     if found is None:
         small = rgb.reduce(max(1, max(rgb.size) // 64))
@@ -172,16 +182,15 @@ def signature(rgb: Image.Image, quality: int, gray: Image.Image | None = None) -
         gray = (rgb if whole else rgb.crop(box)).convert("L")
     elif not whole:
         gray = gray.crop(box)
-    phash, thumb = hash_and_thumb(gray)
+    phash, thumb = hash_and_thumb(gray, gray_phash if whole else None)
     return Signature(phash=phash, thumb=thumb, box=box, bordered=bordered, solid=solid, quality=quality)
 
 
 def phash_and_signature(rgb: Image.Image, quality: int) -> tuple[str, Signature]:
     """imagehash.phash of the whole image (hex) and its signature from one gray conversion: imagehash converts
     to "L" and LANCZOS-resizes to 32x32 itself, so the hash of that 32x32 copy is the same hash (its own
-    convert and resize of a 32x32 "L" image are copies), and the signature crops the same gray."""
-    import imagehash
-
+    convert and resize of a 32x32 "L" image are copies), and the signature crops the same gray (and takes the
+    same hash for the content box when the box is the whole image and too small to reduce)."""
     gray = rgb.convert("L")
-    whole = str(imagehash.phash(gray.resize((PHASH_SIDE, PHASH_SIDE), Image.Resampling.LANCZOS)))
-    return whole, signature(rgb, quality, gray)
+    whole = lanczos_phash(gray)
+    return whole, signature(rgb, quality, gray, whole)
