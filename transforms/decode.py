@@ -19,7 +19,7 @@ from polycap.schemas.config import DecodeConfig
 from polycap.sharding.image_format import sniff_format
 from polycap.sharding.staging import stage_bytes
 from polycap.transforms.plumbing import auto_threads, make_reject, route_stage, stage_dofn
-from polycap.transforms.signature import Signature, encoding_quality, signature
+from polycap.transforms.signature import Signature, encoding_quality, phash_and_signature
 
 STAGE = "decode"
 
@@ -343,8 +343,7 @@ def _decode_opened(im: Image.Image, data: bytes, cfg: DecodeConfig) -> Decoded:
     if rgb.size != (ow, oh) and rgb.size != (oh, ow):
         info["resized"] = list(rgb.size)
     info.update(transposed=orientation, converted_from=converted_from)
-    phash = phash_hex(rgb)
-    sig = signature(rgb, encoding_quality(im))
+    phash, sig = phash_and_signature(rgb, encoding_quality(im))   # one gray copy for both (same values)
     untouched = (not orientation and converted_from is None and "resized" not in info
                  and "draft" not in info and info["frames"] == 1
                  and orig_format == "JPEG")  # shards store `.jpg` members
