@@ -120,6 +120,10 @@ def run(ctx: typer.Context,
     """Run the main job. Extra arguments after `--` go to Beam (e.g. --runner, --direct_num_workers)."""
     cfg = _load(config, [*set_, *([f"run.wave_size={wave_size}"] if wave_size is not None else [])],
                 output=output)   # before importing Beam: a bad config fails at once
+    from polycap.pipelines.lean_beam import skip_gcp_clients
+    from polycap.schemas.config import to_dict
+
+    skip_gcp_clients(to_dict(cfg), list(ctx.args))   # a local job naming no gs:// loads Beam without GCP clients
     from polycap.pipelines.run import run as run_job
     from polycap.pipelines.run import summary_lines
     from polycap.schemas.config import ConfigError
