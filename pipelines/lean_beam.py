@@ -28,7 +28,8 @@ class _DropBigQueryNote(logging.Filter):
         return _BQ_NOTE not in record.getMessage()
 
 
-def _runner(args: list[str]) -> str:
+def runner_name(args: list[str]) -> str:
+    """The Beam runner named in the pipeline args (`--runner=X` or `--runner X`), DirectRunner by default."""
     for i, a in enumerate(args):
         if a.startswith("--runner="):
             return a.split("=", 1)[1]
@@ -40,7 +41,7 @@ def _runner(args: list[str]) -> str:
 def needs_gcp(config: dict[str, Any], args: list[str]) -> bool:
     """Whether a job may use Google Cloud through Beam: a runner other than a local one, or gs:// in the
     config or the Beam arguments."""
-    return _runner(args) not in LOCAL_RUNNERS or "gs://" in json.dumps(config, default=str) + " ".join(args)
+    return runner_name(args) not in LOCAL_RUNNERS or "gs://" in json.dumps(config, default=str) + " ".join(args)
 
 
 def skip_gcp_clients(config: dict[str, Any], args: list[str]) -> bool:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from polycap.pipelines.lean_beam import LOCAL_RUNNERS, runner_name
 from polycap.schemas import SCHEMA_VERSION
 from polycap.schemas.config import Config, ConfigError, to_dict
 from polycap.sharding import fs
@@ -191,16 +192,6 @@ def quick_sampler_stop(period_ms: int = SAMPLER_PERIOD_MS) -> None:
 
     __init__._polycap_period_ms = period_ms     # type: ignore[attr-defined]
     cls.__init__ = __init__                     # type: ignore[method-assign]
-
-
-def runner_name(args: list[str]) -> str:
-    """The Beam runner named in the pipeline args (`--runner=X` or `--runner X`), DirectRunner by default."""
-    for i, a in enumerate(args):
-        if a.startswith("--runner="):
-            return a.split("=", 1)[1]
-        if a == "--runner" and i + 1 < len(args):
-            return args[i + 1]
-    return "DirectRunner"
 
 
 def check_sources(cfg: Config) -> None:
@@ -433,7 +424,7 @@ def run(cfg: Config, pipeline_args: list[str] | None = None, config_path: str | 
     fs.configure(args)            # the launcher's own reads and writes use the job's filesystem options
     out = fs.abs_path(cfg.output)
     runner = runner_name(args)
-    notes = preflight(cfg, remote=runner not in ("DirectRunner", "direct", "PrismRunner", "prism"))
+    notes = preflight(cfg, remote=runner not in LOCAL_RUNNERS)
     run_caption, caption_note = caption_plan(cfg)
     run_translate, translate_note = translate_plan(cfg)
     notes.extend([caption_note, translate_note])

@@ -27,6 +27,7 @@ from typing import Any
 
 import apache_beam as beam
 
+from polycap.pipelines.lean_beam import LOCAL_RUNNERS
 from polycap.schemas import SCHEMA_VERSION
 from polycap.schemas.config import Config, to_dict
 from polycap.sharding import fs
@@ -38,7 +39,6 @@ from polycap.transforms.progress import flush_all
 
 WAVES_DIR = "_waves"
 LISTING = "inputs.jsonl"
-LOCAL_RUNNERS = ("DirectRunner", "direct", "PrismRunner", "prism")
 
 
 @dataclass
