@@ -166,6 +166,15 @@ def _uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
+def _code() -> dict:
+    """The commit measured, and whether the tree had uncommitted changes to tracked files."""
+    git = ["git", "-C", str(REPO)]
+    rev = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True).stdout.strip()
+    return {"commit": rev or None, "uncommitted_changes": bool(dirty)}
+
+
 def main(n: int = 1000, repeats: int = 2) -> dict:
     sys.path.insert(0, str(REPO))
     from bench.pipeline import make_input
@@ -201,6 +210,7 @@ def main(n: int = 1000, repeats: int = 2) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     result = build_result(n, inputs, runs, fixed, have_i2d, half)
     result["uptime_start_end"] = [up0, _uptime()]
+    result["code"] = _code()
     write_result("urls_vs_img2dataset", result)
     print(json.dumps(result, indent=2))
     return result
