@@ -408,15 +408,22 @@ def run_waves(cfg: Config, out: str, args: list[str], run_caption: bool, run_tra
             in_child(one_wave, f"wave {w}", thaw=False, fork=fork)   # frozen from wave to wave
     finally:
         gc.unfreeze()
-    wave_dirs = [fs.join(wdir, f"w{w:06d}") for w in range(n_waves)]
-    commit_waves(out, split, wdir, wave_dirs)
-    conn = wi.connect(wdir)
-    per_wave = wi.finished_waves(conn)
-    conn.close()
-    stats = merge_stats([per_wave[w] for w in range(n_waves)])
-    stats.update(notes=notes, waves=n_waves, seconds=round(time.time() - started, 2))
-    fs.write_json(stats_path(out, split), stats)
-    fs.delete([fs.join(wdir, wi.INDEX_NAME)])     # first: a rerun that finds the rest starts afresh
-    fs.delete_prefix(wdir)
-    fs.remove_empty_dir(fs.parent(wdir))
-    return stats
+
+    def commit() -> None:
+        wave_dirs = [fs.join(wdir, f"w{w:06d}") for w in range(n_waves)]
+        commit_waves(out, split, wdir, wave_dirs)
+        conn = wi.connect(wdir)
+        per_wave = wi.finished_waves(conn)
+        conn.close()
+        stats = merge_stats([per_wave[w] for w in range(n_waves)])
+        stats.update(notes=notes, waves=n_waves, seconds=round(time.time() - started, 2))
+        fs.write_json(stats_path(out, split), stats)
+        fs.delete([fs.join(wdir, wi.INDEX_NAME)])     # first: a rerun that finds the rest starts afresh
+        fs.delete_prefix(wdir)
+        fs.remove_empty_dir(fs.parent(wdir))
+
+    # In a child as well: merging the waves' manifests (pyarrow) and stats in the launcher left its peak PSS
+    # at 162 MB for 10k inputs, against 145 MB with the commit in a child (bench.pipeline_memory 10000).
+    # A commit killed midway is finished by a rerun (sharding/wave_commit.py keeps its plan).
+    in_child(commit, "committing the waves (rerun the job to finish it)", resume_hint=False, fork=fork)
+    return fs.read_json(stats_path(out, split))
