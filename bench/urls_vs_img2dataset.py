@@ -167,11 +167,13 @@ def _uptime() -> str:
 
 
 def _code() -> dict:
-    """The commit measured, and whether the tree had uncommitted changes to tracked files."""
+    """The commit measured, and whether the tree had uncommitted changes to tracked files (results of
+    benches, this one's own earlier run included, do not count)."""
     git = ["git", "-C", str(REPO)]
     rev = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                           text=True).stdout.strip()
+    status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                            text=True).stdout.splitlines()
+    dirty = [line for line in status if not line[3:].startswith("bench/results/")]
     return {"commit": rev or None, "uncommitted_changes": bool(dirty)}
 
 
