@@ -1,7 +1,8 @@
 """FAKE translator for tests: a deterministic GenBackend that "translates" by a fixed word mapping.
 
-It is not a model. Each English word becomes a made-up Hangul (ko) or Vietnamese-looking (vi) word
-picked by a hash, placeholders ([[P3]]), digits, punctuation and line breaks are kept, so structure,
+It is not a model. Each English word the translate gates' fitted translation table knows becomes its first
+translation there; any other becomes a made-up Hangul (ko) or Vietnamese-looking (vi) word picked by a hash;
+placeholders ([[P3]]), digits, punctuation and line breaks are kept, so structure,
 caching and gate tests exercise the real code paths. Trigger words in the source make it misbehave:
   FAKEFAILONCE  -> first (normal-prompt) answer is the English input; the strict retry answers well
   FAKEFAILALWAYS-> every answer is the English input (ends in a GATE_ENGLISH_LEFT reject)
@@ -16,8 +17,11 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
+from functools import cache
 
 from polycap.transforms.backends.base import GenBackend, GenRequest, GenResult, register_backend
+from polycap.transforms.coverage import STOP_WORDS, stem
+from polycap.transforms.translate_gates import omission_model
 
 FAKE = "fake-translator"
 
@@ -31,7 +35,17 @@ def _h(word: str) -> int:
     return int(hashlib.sha256(word.lower().encode()).hexdigest()[:8], 16)
 
 
+@cache
+def _table(lang: str) -> dict[str, list[str]]:
+    """The translate gates' fitted translation table (transforms/omission.json.gz) for `lang`."""
+    model = omission_model().get(lang)
+    return {t: e[0] for t, e in model["lexicon"].items()} if model else {}
+
+
 def fake_word(word: str, lang: str) -> str:
+    known = _table(lang).get(stem(word)) if word.lower() not in STOP_WORDS else None
+    if known:         # a word the gates' table knows becomes its first translation there, as a real model's
+        return known[0]   # output carries one (random syllables would lack it and read as an omission)
     if lang == "ko":  # ~1 syllable per 2 letters: ko/en char ratio ~0.5, as in NTREX references
         n = max(1, (len(word) + 1) // 2)
         return "".join(_KO[(_h(word) + i * 7919) % len(_KO)] for i in range(n))
