@@ -75,6 +75,11 @@ def is_local(path: str) -> bool:
     return "://" not in path or path.startswith("file://")
 
 
+def local_path(path: str) -> str | None:
+    """The plain path of a file on this machine's disk (`file://` dropped); None for any other filesystem."""
+    return path.removeprefix("file://") if is_local(path) else None
+
+
 def abs_path(path: str) -> str:
     """Absolute local paths (workers of a multi-process runner share them); URLs unchanged."""
     return path if "://" in path else os.path.abspath(path)
@@ -221,8 +226,8 @@ def create_new(path: str, data: bytes) -> bool:
     that refuses the header falls back as below. Other object stores (gs://, ...): check, PUT, wait a moment
     and read it back; of two creators racing inside that window both may win, so this is a best effort
     there (documented in README, "Security and limits")."""
-    if has_dirs(path) and is_local(path):
-        local = path[len("file://"):] if path.startswith("file://") else path
+    local = local_path(path)
+    if has_dirs(path) and local is not None:
         os.makedirs(os.path.dirname(local) or ".", exist_ok=True)
         try:
             fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -273,15 +278,8 @@ def _s3_put_if_absent(path: str, data: bytes) -> bool | None:
     return True
 
 
-def _local_path(path: str) -> str | None:
-    """The plain path of a file on this machine's disk (`file://` dropped); None for any other filesystem."""
-    if "://" not in path:
-        return path
-    return path[len("file://"):] if path.startswith("file://") else None
-
-
 def read_bytes(path: str) -> bytes:
-    local = _local_path(path)
+    local = local_path(path)
     if local is not None:                   # one open and read, no Beam filesystem lookup per file
         with open(local, "rb") as f:
             return f.read()
@@ -305,7 +303,7 @@ def write_scratch(path: str, data: bytes) -> None:
     inside the decode, waited for it back (~9 calls a file before). Not atomic: a crash can leave a partial
     file, which no later run reads (staging is per run id); a second write of the same path in the run writes
     the same bytes. Other filesystems: one PUT, as write_bytes."""
-    local = _local_path(path)
+    local = local_path(path)
     if local is None:
         write_bytes(path, data, durable=False)
         return

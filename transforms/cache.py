@@ -28,7 +28,7 @@ def cache_key(*parts: Any) -> str:
 class ResultCache:
     def __init__(self, root: str):
         self.root = root.rstrip("/")
-        self._local = self.root.removeprefix("file://") if fs.is_local(self.root) else None
+        self._local = fs.local_path(self.root)
         self._made: set[str] = set()   # local subfolders known to exist
 
     def _path(self, key: str) -> str:

@@ -55,7 +55,8 @@ def escape_glob(path: str) -> str:
 
 
 def _local(path: str) -> str:
-    return path.removeprefix("file://")
+    """The disk path of a local `path` (callers check fs.is_local first)."""
+    return fs.local_path(path) or path
 
 
 def inside(path: str, root: str) -> bool:
