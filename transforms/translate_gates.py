@@ -196,9 +196,7 @@ def check_truncated(source: str, output: str, finish_reason: str = "stop", targe
     final period, so a missing period counts only after a real sentence."""
     if finish_reason == "length":
         return Reason.GATE_TRUNCATED
-    src, out = source.rstrip(), output.rstrip()
-    if not _TRAILER.search(src):
-        out = _TRAILER.sub("", out) or out
+    src, out = _judged_ends(source, output)
     if not src or not out:
         return None
     for o, c in _BRACKETS:
@@ -245,6 +243,15 @@ def check_truncated(source: str, output: str, finish_reason: str = "stop", targe
             and not vi_syllable_ok(words[-1]):
         return Reason.GATE_TRUNCATED
     return None
+
+
+def _judged_ends(source: str, output: str) -> tuple[str, str]:
+    """Both texts as their ends are judged: trailing space stripped, and a decoration or emoticon the
+    translator added after the end (`_TRAILER`) dropped unless the source has one too."""
+    src, out = source.rstrip(), output.rstrip()
+    if not _TRAILER.search(src):
+        out = _TRAILER.sub("", out) or out
+    return src, out
 
 
 def _sentence_unclosed(src: str, out: str, target: str) -> bool:
@@ -654,9 +661,7 @@ def omission_features(source: str, output: str, target: str, lexicon: dict[str, 
     end = last_ending(output, target)
     unseen = end is not None and end not in endings and end not in _copied_words(source)
     expected = max(-3.0, min(1.0, math.log(max(_size(output), 0.5) / predicted_length(source, *length))))
-    src, out = source.rstrip(), output.rstrip()
-    if not _TRAILER.search(src):
-        out = _TRAILER.sub("", out) or out
+    src, out = _judged_ends(source, output)
     return [lacking, carried, len(missing) / len(known) if known else 0.0, r, min(r, 0.0) * lacking,
             min(r, 0.0) * carried, float(bool(known) and not missing), float(not known), whole, clause_end,
             unknown, float(short), r * short, float(short and bool(known) and not missing), lacking_first,
@@ -765,8 +770,8 @@ GATES: list[tuple[str, GateFn]] = [
 ]
 
 
-_CONTENT_GATES = frozenset({"preamble", "english_left", "wrong_language", "repetition", "ends_mid_sentence",
-                            "length_ratio", "omission"})
+# What a named character or key (`names_symbol`) still goes through: emptiness, max_tokens and its numbers.
+_CONTENT_GATES = frozenset(name for name, _ in GATES) - {"empty", "truncated", "spans"}
 _HOTKEY = {c: re.compile(rf"(?<![\w{re.escape(c)}]){re.escape(c)}(?=\w)|(?<=\w){re.escape(c)}(?=\w)")
            for c in "^&_"}
 # In the source a GTK mnemonic underscore starts a word ("_Undo", "Save _As"); one inside a word is an

@@ -17,11 +17,10 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from functools import cache
 
 from polycap.transforms.backends.base import GenBackend, GenRequest, GenResult, register_backend
 from polycap.transforms.coverage import STOP_WORDS, stem
-from polycap.transforms.translate_gates import omission_model
+from polycap.transforms.translate_gates import _lexicon, omission_model
 
 FAKE = "fake-translator"
 
@@ -35,15 +34,9 @@ def _h(word: str) -> int:
     return int(hashlib.sha256(word.lower().encode()).hexdigest()[:8], 16)
 
 
-@cache
-def _table(lang: str) -> dict[str, list[str]]:
-    """The translate gates' fitted translation table (transforms/omission.json.gz) for `lang`."""
-    model = omission_model().get(lang)
-    return {t: e[0] for t, e in model["lexicon"].items()} if model else {}
-
-
 def fake_word(word: str, lang: str) -> str:
-    known = _table(lang).get(stem(word)) if word.lower() not in STOP_WORDS else None
+    table = _lexicon(lang)[0] if lang in omission_model() else {}   # the gates' fitted translation table
+    known = table.get(stem(word)) if word.lower() not in STOP_WORDS else None
     if known:         # a word the gates' table knows becomes its first translation there, as a real model's
         return known[0]   # output carries one (random syllables would lack it and read as an omission)
     if lang == "ko":  # ~1 syllable per 2 letters: ko/en char ratio ~0.5, as in NTREX references
