@@ -118,6 +118,9 @@ def run(ctx: typer.Context,
                                         help="remove a STALE lock left in the output by a dead run (a live "
                                              "run's lock is never broken)")):
     """Run the main job. Extra arguments after `--` go to Beam (e.g. --runner, --direct_num_workers)."""
+    from polycap.pipelines.lean_beam import system_arrow_pool
+
+    system_arrow_pool()           # before the config's schemas import pyarrow
     cfg = _load(config, [*set_, *([f"run.wave_size={wave_size}"] if wave_size is not None else [])],
                 output=output)   # before importing Beam: a bad config fails at once
     from polycap.pipelines.lean_beam import skip_gcp_clients

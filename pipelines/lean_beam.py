@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -53,4 +54,20 @@ def skip_gcp_clients(config: dict[str, Any], args: list[str]) -> bool:
         if name not in sys.modules:
             sys.modules[name] = None   # type: ignore[assignment]  # the next import of it raises ImportError
     logging.getLogger().addFilter(_DropBigQueryNote())
+    return True
+
+
+def system_arrow_pool() -> bool:
+    """Before pyarrow is first imported: make the system allocator (malloc) pyarrow's default memory pool, unless
+    ARROW_DEFAULT_MEMORY_POOL is set already; True when it did. Arrow reads that variable once, when pyarrow loads
+    (`pa.set_memory_pool` later reaches only pyarrow's own calls: the parquet writer still allocates from the
+    C++ default). Its own default, mimalloc, keeps freed pages in its reservation, and in a forked wave child
+    (pipelines/waves.py) each wave's parquet work (RecordKept's parts, finish_wave reading them back, the shard
+    writer's manifest and rejects) held 14-24 MB private dirty there at the child's peak, against 4-6 MB in the
+    one graph of a 1k run, so a run in waves peaked above one wave's worth (smaps of the children, 3k inputs in
+    waves of 1000 against 1k; bench/results/pipeline_memory.json). malloc returns large blocks to the system as
+    they are freed. The output's bytes do not depend on the allocator."""
+    if "pyarrow" in sys.modules or "ARROW_DEFAULT_MEMORY_POOL" in os.environ:
+        return False
+    os.environ["ARROW_DEFAULT_MEMORY_POOL"] = "system"
     return True

@@ -41,3 +41,32 @@ def test_a_fresh_local_job_runs_beam_without_the_gcp_clients():
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "ok"
     assert "apitools not found" not in out.stderr       # Beam's note about the missing clients is dropped
+
+
+_POOL = """
+import os, sys
+from polycap.pipelines.lean_beam import system_arrow_pool
+print(system_arrow_pool())
+import pyarrow as pa
+print(pa.default_memory_pool().backend_name)
+print(system_arrow_pool())          # pyarrow is loaded now: too late to choose, left alone
+"""
+
+
+def _pool_run(env: dict[str, str]) -> list[str]:
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    out = subprocess.run([sys.executable, "-c", _POOL], capture_output=True, text=True, timeout=120,
+                         env={**clean, **env})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.split()
+
+
+def test_a_fresh_process_gets_the_system_allocator_as_arrows_default_pool():
+    assert _pool_run({}) == ["True", "system", "False"]
+
+
+def test_an_allocator_the_user_chose_is_kept():
+    assert _pool_run({"ARROW_DEFAULT_MEMORY_POOL": "jemalloc"})[0] == "False"
+    assert _pool_run({"ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}) == ["False", "mimalloc", "False"]
