@@ -9,6 +9,10 @@ and ~0.5 % recompressed copies (near duplicates) spread over the run, so exact a
 waves. Peak tree memory: the sum of PSS (proportional set size, /proc/PID/smaps_rollup) over the run's
 process and its children, sampled every 0.05 s; each wave is a forked child sharing the launcher's pages, which
 a sum of RSS would count twice (recorded too, as peak_tree_rss_sum_mb), as is each process's own VmHWM.
+The tree's PSS of anonymous memory and of mapped files are recorded apart too (each its own peak,
+peak_tree_pss_anon_mb and peak_tree_pss_file_mb): the file part is the tree's share of library pages, which
+drops while other processes map the same files, so on a shared machine it moves by tens of MB between runs
+and a long run's peak catches its highest point (1k runs: 30-56 MB of the tree's peak; 10k: 78 MB).
 The launcher's own PSS (peak_launcher_pss_mb; alone, between waves: peak_launcher_alone_pss_mb) and the
 children's (peak_children_pss_mb) are recorded apart, with the code version each run measured.
 Run: `python -m bench.pipeline_memory [N ...]` (default 1000 10000 100000); `--one-graph` measures the single
@@ -118,6 +122,22 @@ def _pss_kb(pid: int) -> int:
     return 0
 
 
+def _pss_parts_kb(pid: int) -> tuple[int, int]:
+    """(Pss_Anon, Pss_File) of a process: its private memory, and its share of mapped files (libraries), which
+    falls as other processes on the machine map the same files (another Python of the same environment)."""
+    anon = file = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss_Anon:"):
+                    anon = int(line.split()[1])
+                elif line.startswith("Pss_File:"):
+                    file = int(line.split()[1])
+    except OSError:
+        pass
+    return anon, file
+
+
 def run_once(src: Path, out: Path, wave_args: list[str], url_list: Path | None = None) -> dict:
     cfg = out.parent / f"{out.name}.json"
     source = {"kind": "urls", "path": str(url_list)} if url_list else {"kind": "dir", "path": str(src)}
@@ -131,11 +151,14 @@ def run_once(src: Path, out: Path, wave_args: list[str], url_list: Path | None =
                              *wave_args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak_tree, peak_rss, hwm, samples = 0, 0, {}, 0
     peak_launcher = peak_children = peak_alone = 0
+    peak_anon = peak_file = 0
     while proc.poll() is None:
         pids = _tree(proc.pid)
         pss = {p: _pss_kb(p) for p in pids}
         children = sum(v for p, v in pss.items() if p != proc.pid)
         peak_tree = max(peak_tree, sum(pss.values()))
+        parts = [_pss_parts_kb(p) for p in pids]
+        peak_anon, peak_file = max(peak_anon, sum(a for a, _ in parts)), max(peak_file, sum(f for _, f in parts))
         peak_launcher, peak_children = max(peak_launcher, pss[proc.pid]), max(peak_children, children)
         if len(pids) == 1:                    # no wave child: the launcher's own pages, shared with no one
             peak_alone = max(peak_alone, pss[proc.pid])
@@ -156,6 +179,7 @@ def run_once(src: Path, out: Path, wave_args: list[str], url_list: Path | None =
             "peak_launcher_pss_mb": round(peak_launcher / 1024, 1),
             "peak_launcher_alone_pss_mb": round(peak_alone / 1024, 1),
             "peak_children_pss_mb": round(peak_children / 1024, 1),
+            "peak_tree_pss_anon_mb": round(peak_anon / 1024, 1), "peak_tree_pss_file_mb": round(peak_file / 1024, 1),
             "max_process_hwm_mb": round(max(hwm.values(), default=0) / 1024, 1),
             "sum_process_hwm_mb": round(sum(hwm.values()) / 1024, 1), "rss_samples": samples,
             "code_version": code_version(),
@@ -211,6 +235,8 @@ def main(sizes: list[int], one_graph: bool = False, wave_size: int | None = None
         "meets_goal": bool(big and base and big["peak_tree_pss_mb"] <= 1.1 * base["peak_tree_pss_mb"]),
         "note": "DirectRunner in memory; 2-core machine shared with other jobs (load averages per run); "
                 "peak_tree_pss_mb (the goal's measure) and peak_tree_rss_sum_mb sampled every 0.05 s; "
+                "peak_tree_pss_anon_mb / peak_tree_pss_file_mb: the tree's anonymous and file-backed PSS, each "
+                "its own peak (the file part falls while other processes map the same libraries); "
                 "max_process_hwm_mb is the kernel's per-process peak; waves_default/* ran with the default wave size "
                 "of their code_version (1k: one graph in a forked child since the launcher runs every local run), "
                 "waves_N/* with --wave-size N, one_graph/* with --wave-size 0 (in process, no launcher), urls_* from "
