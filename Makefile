@@ -31,8 +31,10 @@ browser: ## Debian's chromium for the report's browser test: installed when miss
 	  apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; \
 	else echo "chromium: $(CHROMIUM) missing and not root; tests/pipelines/test_report_browser.py will skip"; fi
 
-OCR_DEBS ?= tesseract-ocr-kor tesseract-ocr-script-hang tesseract-ocr-vie tesseract-ocr-eng fonts-nanum fonts-noto-cjk fonts-dejavu
-ocr-debs: ## Debian's Tesseract kor/Hangul/vie/eng (Korean + Vietnamese OCR) and the fonts of the OCR test cards, when root
+OCR_DEBS ?= tesseract-ocr-kor tesseract-ocr-script-hang tesseract-ocr-vie tesseract-ocr-eng fonts-nanum fonts-noto-cjk fonts-dejavu \
+  fonts-unfonts-core fonts-baekmuk fonts-nanum-extra fonts-lexi-gulim fonts-noto-core fonts-liberation2 fonts-freefont-ttf \
+  fonts-roboto-unhinted
+ocr-debs: ## Debian's Tesseract kor/Hangul/vie/eng (Korean + Vietnamese OCR) and the fonts of the OCR test cards (bench/ocr_cards.py, bench/ocr_unseen.py), when root
 	@if dpkg -s $(OCR_DEBS) >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get install -y -q $(OCR_DEBS) || { apt-get update -q && apt-get install -y -q $(OCR_DEBS); }; \

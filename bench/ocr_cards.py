@@ -86,16 +86,24 @@ def _draw(lines: list[str], font, fg, bg, pad: int):
 
 
 def render_card(lines: list[str], lang: str, condition: str, rng: random.Random, eval_dir: Path = EVAL,
-                font: str | None = None):
+                font: str | None = None, face_file: tuple[Path, int] | None = None):
     """One RGB card (PIL image) showing `lines` under `condition`; returns (image, font file name). `font`
-    (one of FONTS[lang]) instead of a random one."""
+    (one of FONTS[lang]) instead of a random one; `face_file` = (font file, .ttc index) for any other font
+    (bench/ocr_unseen.py). Besides CONDITIONS, `inverted` draws light text on a dark panel and `jpeg` stores a
+    clean card as a JPEG of quality 25-60."""
     from PIL import Image, ImageFont
 
-    name, index = (font, dict(FONTS[lang])[font]) if font else rng.choice(FONTS[lang])
+    if face_file:
+        name, index = face_file[0].name, face_file[1]
+    else:
+        name, index = (font, dict(FONTS[lang])[font]) if font else rng.choice(FONTS[lang])
     size = rng.randint(13, 15) if condition == "small" else rng.randint(24, 30)
-    face = ImageFont.truetype(str(font_path(name)), size, index=index)
+    face = ImageFont.truetype(str(face_file[0] if face_file else font_path(name)), size, index=index)
     pad = max(12, size)
-    if condition == "low_contrast":
+    if condition == "inverted":
+        g = rng.randint(20, 60)
+        panel = _draw(lines, face, (235, 235, 235, 255), (g, g, g + rng.randint(0, 40), 255), pad)
+    elif condition == "low_contrast":
         g = rng.randint(200, 225)
         panel = _draw(lines, face, (g - 70, g - 70, g - 70, 255), (g, g, g, 255), pad)
     elif condition == "photo":
@@ -111,6 +119,12 @@ def render_card(lines: list[str], lang: str, condition: str, rng: random.Random,
         canvas = Image.new("RGBA", canvas_size, panel.getpixel((0, 0)))
     canvas.alpha_composite(panel, (margin, margin))
     img = canvas.convert("RGB")
+    if condition == "jpeg":     # as a photo or screenshot is often stored: ringing and blocks around strokes
+        import io
+
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=rng.randint(25, 60))
+        img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
     if condition == "rotated":
         angle = rng.choice((-1, 1)) * rng.uniform(2, 6)
         img = img.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=(255, 255, 255))

@@ -9,7 +9,7 @@ BENCHES = [
     ["bench.cpu_chain"], ["bench.pipeline"], ["bench.pipeline_memory"], ["bench.neardup_eval"],
     ["bench.neardup_scale"], ["bench.bench_download"],
     ["bench.urls_vs_img2dataset"],
-    ["bench.ocr_eval"], ["bench.ocr_ko_vi"], ["bench.caption_client"],
+    ["bench.ocr_eval"], ["bench.ocr_ko_vi"], ["bench.ocr_unseen"], ["bench.caption_client"],
     # the fit rewrites the gates' package data (word ends, omission model): the gate benches come after it
     ["bench.translate_gates_fit"], ["bench.translate_client"], ["bench.translate_gates"],
     ["bench.translate_gates_catalogs"], ["bench.translate_gates_cv"],

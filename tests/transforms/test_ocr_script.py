@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from polycap.transforms.backends import ocr_script as S
 
@@ -67,6 +68,30 @@ def test_latin_runs_inside_a_korean_reading():
     assert S.latin_runs([S.Symbol("(", 0.9, (0, 0, 1, 1), True), S.Symbol("가", 0.9, (0, 0, 1, 1), False)]) == []
 
 
+def test_an_english_word_read_as_one_wide_mark_is_a_latin_run():
+    """`kor` read UnBatang's "요청했지만JIT" as "요청했지만)": one ")" 39 px wide on a 27 px line. A mark that wide
+    hides letters; a narrow one is left alone."""
+    def sym(text, x0, x1, top=11, bottom=38):
+        return S.Symbol(text, 0.95, (x0, top, x1, bottom), False)
+
+    wide = [sym("지", 280, 302), sym("만", 312, 340), sym(")", 347, 386), sym("용", 399, 425)]
+    assert S.latin_runs(wide) == [(2, 3)]
+    narrow = [sym("지", 280, 302), sym("만", 312, 340), sym(")", 343, 350), sym("용", 399, 425)]
+    assert S.latin_runs(narrow) == []
+    ellipsis = [sym("오", 280, 302), sym("...", 304, 330, top=33, bottom=38)]     # low: "누르십시오..."
+    assert S.latin_runs(ellipsis) == []
+
+
+def test_a_syllable_box_stretched_over_a_latin_run_is_cut_back():
+    """`kor` gave "만" a box 67 px wide on a 26 px line, over the "JIT" after it: the Latin re-read was cut
+    to the 3 px after that box. A syllable counts SYLLABLE_MAX_ASPECT x its height at most."""
+    stretched = S.Symbol("만", 0.9, (284, 10, 351, 36), False)
+    assert S.syllable_span(stretched) == (351 - 31, 284 + 31)
+    square = S.Symbol("만", 0.9, (284, 10, 308, 36), False)
+    assert S.syllable_span(square) == (284, 308)
+    assert S.syllable_span(S.Symbol("—", 0.9, (0, 20, 60, 22), False)) == (0, 60)   # not a syllable
+
+
 def test_unsupported_lines_make_the_status_and_are_not_stored():
     from polycap.transforms.ocr import to_ocr_result
 
@@ -120,6 +145,27 @@ def test_a_confident_reading_that_is_not_korean_is_not_kept():
     assert _pair(kor, script)._korean(LINE_RGB, LINE_QUAD) is None
 
 
+class FakeBinarizedOnlyLines(FakeKoreanLines):
+    """A fake recognizer that reads nothing on the grey crop and `text` at `conf` on a binarized one (only 0
+    and 255), as `kor` read a faint UnDinaru line."""
+
+    def read(self, gray, symbols=False):
+        binarized = set(np.unique(gray).tolist()) <= {0, 255}
+        return (self.text, self.conf, []) if binarized else ("", 0.0, [])
+
+
+def test_the_binarized_retry_needs_more_confidence():
+    """Read only binarized, a faint line came out as digits and lone jamo at 0.57 ("131716운 극1으10논"),
+    which the Hangul share of its letters let through as Korean; the retry now needs KO_MIN_CONF_BINARIZED."""
+    rgb = LINE_RGB.copy()
+    rgb[10:20, 20:180] = 200                                     # a faint stroke: Otsu has two classes
+    garbage = FakeBinarizedOnlyLines("kor", "131716운 극1으10논", 0.57)
+    router = _pair(garbage, FakeKoreanLines("Hangul", "", 0.0))
+    assert router._korean(rgb, LINE_QUAD, try_flip=False) is None
+    sure = FakeBinarizedOnlyLines("kor", "바탕으로", 0.82)         # PaddleOCR's korean/1.jpg: white rule over grey
+    assert _pair(sure, FakeKoreanLines("Hangul", "", 0.0))._korean(rgb, LINE_QUAD, try_flip=False)[0] == "바탕으로"
+
+
 def test_the_script_model_does_not_claim_a_line_kor_does_not_read_as_korean():
     # ger_1.jpg's coat of arms: `kor` reads nothing Korean, the script model "¢-굿" at 0.6
     kor, script = FakeKoreanLines("kor", "", 0.0), FakeKoreanLines("Hangul", "¢-굿", 0.6)
@@ -145,6 +191,17 @@ def test_script_model_spaces_are_kept_only_over_whitespace():
     joined = [S.Symbol(s.text, s.conf, s.box, i == 0) for i, s in enumerate(syms)]
     assert S.ink_spaced(gray, joined) == "가나다라"     # a space is only ever removed, never added
     assert S.ink_spaced(255 - gray, syms) == "가나 다라"  # light text on a dark panel
+
+
+def test_loosely_set_fonts_keep_their_words_whole():
+    """Baekmuk and Un fonts leave 0.2-0.45 ink heights between the syllables of a word: over the fixed
+    WORD_GAP alone a line of them was spaced syllable by syllable ("폴더 로 보 냄 니다"). The line's own split
+    between word gaps and syllable gaps decides there."""
+    gray, syms = _syllables([5, 12, 5, 5])              # 5 / 14 ink heights inside words, 12 / 14 between them
+    assert S.ink_spaced(gray, syms) == "가나 다라마"
+    tight, tsyms = _syllables([2, 9, 3, 2])             # a tightly set line: WORD_GAP still decides
+    assert S.ink_spaced(tight, tsyms) == "가나 다라마"
+    assert S.word_gap_split([0.3, 0.35, 0.8, 0.33]) == pytest.approx((0.35 + 0.8) / 2)
 
 
 def test_hangul_script_model_is_found_in_either_tessdata_layout(tmp_path, monkeypatch):
@@ -359,3 +416,40 @@ def test_bench_word_error_counts_see_word_spacing():
     assert word_counts("베이징 차오양", "베이징 차오양") == (0, 2)
     assert word_counts("베이징 차 오 양", "베이징 차오양") == (3, 2)   # 1 word replaced, 2 added; CER ignores spaces
     assert word_counts("", "서울 Seoul") == (2, 2)
+
+
+@pytest.mark.slow
+def test_a_page_turned_a_quarter_by_mistake_is_read_as_stored(runner, monkeypatch):
+    """The orientation classifier, trained without Hangul, turned single-line Hangul cards (Baekmuk Batang,
+    JPEG) a quarter (270, score 0.69): the detector then found the line standing on end and every reading
+    of it was garbage. A quarter turn whose lines stand on end, while the page as stored has level ones,
+    is undone. The classifier's mistake is played here by a fake prediction of 270 on an upright card."""
+    from polycap.transforms.backends.ocr_handler import stood_on_end
+
+    line = "브랜치를 만들거나 삭제합니다"
+    img = np.asarray(_render([line], "clean").convert("RGB"))
+    monkeypatch.setattr(runner.orientation, "predict", lambda rgb: (270, 0.69))   # fake classifier output
+    res = _read_image(runner, Image.fromarray(img))
+    assert res.status == "ok" and [ln.text for ln in res.lines] == [line], res.lines
+    assert stood_on_end([("", [0, 0, 30, 0, 30, 400, 0, 400], 1.0)])
+    assert not stood_on_end([("", [0, 0, 400, 0, 400, 30, 0, 30], 1.0), ("", [0, 0, 30, 0, 30, 30, 0, 30], 1.0)])
+
+
+@pytest.mark.slow
+def test_a_latin_page_turned_over_by_mistake_is_read_as_stored(runner, monkeypatch):
+    """The classifier turned a bold low-contrast Vietnamese card over (180, score 0.87): PP-OCR read the
+    upside-down line as "en", and `kor` then claimed it as Korean ("din 시 y a"). A turned-over page whose
+    reading has suspect lines is read as stored too, and kept so when that reads as clearly more text. The
+    classifier's mistake is played by a fake prediction of 180 on an upright card."""
+    import random
+
+    from bench.ocr_cards import MissingFonts, render_card
+
+    line = "Đăng ký với bộ quản lý phiên"
+    try:
+        img = render_card([line], "vi", "clean", random.Random(1), font="DejaVuSans.ttf")[0]
+    except MissingFonts as e:
+        pytest.skip(str(e))
+    monkeypatch.setattr(runner.orientation, "predict", lambda rgb: (180, 0.87))   # fake classifier output
+    res = _read_image(runner, img)
+    assert res.status == "ok" and [ln.text for ln in res.lines] == [line], res.lines

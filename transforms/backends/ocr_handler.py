@@ -13,7 +13,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from polycap.sharding.staging import image_bytes
 from polycap.transforms.backends.ocr_models import ORIENTATION, OcrModelError, OcrModels, check_ocr_models
-from polycap.transforms.backends.ocr_script import ScriptRouter, single_thread_openmp
+from polycap.transforms.backends.ocr_script import ScriptRouter, has_latin, is_suspect, single_thread_openmp
 
 # Engine time per image (ms): a Beam distribution, read by `polycap ocr-eval`; never stored in the record.
 ENGINE_MS = Metrics.distribution("ocr", "engine_ms")
@@ -92,7 +92,22 @@ class OcrRunner:
         k = angle // 90  # content turned clockwise by `angle`: turn it back counter-clockwise
         upright = np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
         lines = self.engine.recognize(upright)
-        if is_word_crop(rgb) and len(lines) <= 1 and hasattr(self.engine, "read_crops"):
+        word_crop = is_word_crop(rgb)    # read whole as stored and as turned by _word_crop: no page checks
+        if k % 2 and not word_crop and stood_on_end(lines):
+            # the classifier (trained without Hangul) turned a page of level lines a quarter: they now stand
+            # on end, and a line read across its height is garbage. Kept as stored where its lines lie level.
+            level = self.engine.recognize(rgb)
+            if not stood_on_end(level):
+                upright, k, angle, lines = rgb, 0, 0, level
+        elif k == 2 and not word_crop and any(self._suspect(ln) and has_latin(ln[0]) for ln in lines):
+            # a page the classifier turned over: kept as stored where the stored page reads as more text the
+            # recognizer is sure of (a low-contrast Vietnamese card read as "en" turned over). Hangul reads as
+            # Han-like garbage or nothing both ways and stays with the classifier (the router turns its lines
+            # back): only a suspect line with Latin letters asks for the second reading.
+            as_stored = self.engine.recognize(rgb)
+            if self._legible(as_stored) > 2 * self._legible(lines):
+                upright, k, angle, lines = rgb, 0, 0, as_stored
+        if word_crop and len(lines) <= 1 and hasattr(self.engine, "read_crops"):
             upright, k, lines = self._word_crop(rgb, upright, k, lines)
             angle = k * 90
         routed = self.router.route(upright, lines)
@@ -104,6 +119,13 @@ class OcrRunner:
                 "engine": self.engine.name, "models": dict(self.models), "error": None,
                 "unsupported": routed.unsupported}
 
+
+    def _suspect(self, line: tuple[str, list[float], float]) -> bool:
+        return is_suspect(line[0].strip(), line[2], line[1], self.router.cjk_langs)
+
+    def _legible(self, lines: list[tuple[str, list[float], float]]) -> float:
+        """Characters read with confidence: sum of score x length over the lines that are not suspect."""
+        return sum(s * len(t.strip()) for t, q, s in lines if not self._suspect((t, q, s)))
 
     def _word_crop(self, rgb: np.ndarray, upright: np.ndarray, k: int, lines: list) -> tuple[np.ndarray, int, list]:
         """A word or line crop read whole. The detector finds nothing on a tight Hangul crop and cuts letters
@@ -124,6 +146,18 @@ class OcrRunner:
             h, w = rgb.shape[:2]
             return rgb, 0, [("", [0.0, 0.0, float(w), 0.0, float(w), float(h), 0.0, float(h)], 0.0)]
         return upright, k, lines
+
+
+def stood_on_end(lines: list[tuple[str, list[float], float]]) -> bool:
+    """More of the detected lines are tall (height > 1.5 x width) than wide: the page is turned a quarter
+    from its lines' direction (or is vertical CJK writing)."""
+    tall = wide = 0
+    for _, quad, _ in lines:
+        xs, ys = quad[0::2], quad[1::2]
+        w, h = max(xs) - min(xs), max(ys) - min(ys)
+        tall += h > 1.5 * w
+        wide += w > 1.5 * h
+    return tall > wide
 
 
 # A word / line crop (a text-recognition data set, a cut-out sign): one line of text at most this tall.

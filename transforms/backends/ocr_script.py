@@ -76,6 +76,11 @@ SUSPECT_SCORE = 0.75       # PP-OCR reads Hangul as Han/digits at 0.35-0.71
 MIN_DENSITY = 1.0          # characters (full-width: 2) per box aspect unit; Latin / Vietnamese lines read
                            # 1.2-2.8, Hangul lines < 1.0 ("“(Ford),]" for Hangul with one English word: 0.64)
 KO_MIN_CONF = 0.55         # Tesseract mean word confidence / 100; Latin lines read as `kor` score < 0.5
+# The binarized retry, after neither the crop nor the crop turned over read as Korean, needs more: of the 222
+# ko cards of bench/ocr_cards.py (seed 0) and bench/ocr_unseen.py, 3 lines were taken from it, read right at
+# 0.95, half right at 0.75, and as digits and lone jamo at 0.57 (a faint UnDinaru line: "131716운 극1으10논");
+# on the real ko images it read korean/1.jpg at 0.82.
+KO_MIN_CONF_BINARIZED = 0.7
 VI_MIN_CONF = 0.6          # Vietnamese re-reads kept on the cards score 0.85-0.97; "SPEED" read as `vie` is
                            # "gố)" at 0.05
 KO_MIN_HANGUL = 0.5        # share of letters that are Hangul in an accepted Korean reading
@@ -84,6 +89,11 @@ KO_MIN_HANGUL = 0.5        # share of letters that are Hangul in an accepted Kor
 # syllables, over the line's ink height, was >= 0.36 for 98 % of real word spaces and <= 0.29 for 98 % of
 # the spurious ones; at 0.3, 4 real spaces were lost and 18 spurious ones kept.
 WORD_GAP = 0.3
+# On a line with this many syllable gaps or more, a space also needs the line's own split between its word
+# gaps and the gaps inside words (`word_gap_split`). On the ko cards of bench/results/ocr_ko_vi.json's fonts
+# that split, floored at WORD_GAP, lost 5 of 309 real spaces and kept 2 of 883 spurious ones (WORD_GAP alone:
+# 5 and 4); in fonts set loosely (bench/ocr_unseen.py: Baekmuk, Un) 10 of 552 and 9 of 1,637 (WORD_GAP: 8, 103).
+WORD_GAP_MIN_GAPS = 4
 _VI_ONLY = set("ăĂđĐơƠưƯĩĨũŨ") | {chr(c) for c in range(0x1EA0, 0x1EFA)}
 # Letters PP-OCRv6 can write that hint at Vietnamese: a page with one is re-read line by line in Vietnamese.
 VI_HINTS = _VI_ONLY | set("âêôÂÊÔàáãèéìíòóõùúýÀÁÃÈÉÌÍÒÓÕÙÚÝ")
@@ -174,24 +184,46 @@ def _ink(gray: np.ndarray) -> np.ndarray:
     return dark if dark.mean() <= 0.5 else ~dark
 
 
+def _blank_run(cols: np.ndarray, a: int, b: int) -> int:
+    """The widest run of ink-free columns in cols[a:b + 1]."""
+    run = best = 0
+    for has_ink in cols[max(a, 0):max(b + 1, 0)]:
+        run = 0 if has_ink else run + 1
+        best = max(best, run)
+    return best
+
+
+def word_gap_split(gaps: list[float]) -> float:
+    """The gap (over ink height) splitting a line's syllable gaps into two classes (Otsu's criterion on the
+    values: the split with the largest between-class variance)."""
+    v = sorted(gaps)
+    best, cut = -1.0, v[-1]
+    for i in range(1, len(v)):
+        lo, hi = v[:i], v[i:]
+        score = len(lo) * len(hi) * (sum(hi) / len(hi) - sum(lo) / len(lo)) ** 2
+        if score > best:
+            best, cut = score, (v[i - 1] + v[i]) / 2
+    return cut
+
+
 def ink_spaced(gray: np.ndarray, syms: list[Symbol], min_gap: float = WORD_GAP) -> str:
     """The reading rebuilt from its symbols, with a space before a word's first symbol only where the
-    image (`gray`, the image the symbol boxes are on) has a blank column run of at least `min_gap` x the
-    ink height between the centres of that symbol and the one before it."""
+    image (`gray`, the image the symbol boxes are on) has a blank column run between the centres of that
+    symbol and the one before it of at least `min_gap` x the ink height, and, on a line of WORD_GAP_MIN_GAPS
+    gaps or more, at least the line's own word-gap split (`word_gap_split` of all its syllable gaps): fonts
+    set loosely (Baekmuk, Un) leave 0.2-0.45 ink heights between the syllables of a word, and a fixed
+    threshold spaced them apart (bench/results/ocr_unseen.json)."""
     ink = _ink(gray)
     rows = np.nonzero(ink.any(axis=1))[0]
-    ink_h = float(np.percentile(rows, 95) - np.percentile(rows, 5)) if rows.size else float(gray.shape[0])
+    ink_h = max(float(np.percentile(rows, 95) - np.percentile(rows, 5)) if rows.size else float(gray.shape[0]), 1.0)
     cols = np.asarray(ink.any(axis=0))
+    centres = [(s.box[0] + s.box[2]) // 2 for s in syms]
+    gaps = [_blank_run(cols, *sorted((centres[i - 1], centres[i]))) / ink_h for i in range(1, len(syms))]
+    threshold = max(min_gap, word_gap_split(gaps)) if len(gaps) >= WORD_GAP_MIN_GAPS else min_gap
     out = []
     for i, sym in enumerate(syms):
-        if i and sym.word_start:
-            a, b = sorted(((syms[i - 1].box[0] + syms[i - 1].box[2]) // 2, (sym.box[0] + sym.box[2]) // 2))
-            run = best = 0
-            for has_ink in cols[max(a, 0):max(b + 1, 0)]:
-                run = 0 if has_ink else run + 1
-                best = max(best, run)
-            if best >= min_gap * max(ink_h, 1.0):
-                out.append(" ")
+        if i and sym.word_start and gaps[i - 1] >= threshold:
+            out.append(" ")
         out.append(sym.text)
     return " ".join("".join(out).split())
 
@@ -324,16 +356,45 @@ def is_latin_run(text: str) -> bool:
     return any(c.isalnum() for c in text) and all(c in _LATIN_RUN for c in text)
 
 
+# A Hangul syllable is about as wide as it is tall; `kor` gives the syllable before an English word it has no
+# letters for a box up to 2.6 times as wide, over the word (UnBatang "요청했지만JIT": "만" spans "JIT" too).
+SYLLABLE_MAX_ASPECT = 1.2
+
+
+def syllable_span(sym: Symbol) -> tuple[int, int]:
+    """(left, right) of a syllable's box, a box wider than SYLLABLE_MAX_ASPECT x its height cut back from
+    both sides to that width (whichever side the stretch went, the run it covers is not cut off)."""
+    left, top, right, bottom = sym.box
+    width = round(SYLLABLE_MAX_ASPECT * (bottom - top))
+    if right - left <= width or not any(0xAC00 <= ord(c) <= 0xD7A3 for c in sym.text):
+        return left, right
+    return right - width, left + width
+
+
+def hides_letters(sym: Symbol, syllable_h: float) -> bool:
+    """A punctuation mark whose box is at least as wide as it is tall and 10 px, and at least 0.6 of the
+    line's syllable height `syllable_h` tall: brackets and quotes are narrow, stops, dashes and an ellipsis
+    are low, so letters `kor` has no glyph for are under such a box (the run is re-read; a reading without a
+    letter or digit changes nothing)."""
+    left, top, right, bottom = sym.box
+    return (not any(c.isalnum() for c in sym.text) and right - left >= max(10, bottom - top)
+            and bottom - top >= 0.6 * syllable_h)
+
+
 def latin_runs(syms: list[Symbol]) -> list[tuple[int, int]]:
-    """[start, end) symbol ranges of non-Hangul runs holding a letter or digit inside a Korean reading:
-    where the `kor` model (no Latin letters) wrote digits or look-alikes for an English word."""
+    """[start, end) symbol ranges of non-Hangul runs holding a letter or digit, or a mark as wide as it is
+    tall (`hides_letters`), inside a Korean reading: where the `kor` model (no Latin letters) wrote digits,
+    look-alikes or one wide mark for an English word (UnBatang "JIT" -> ")")."""
+    heights = sorted(s.box[3] - s.box[1] for s in syms if any(0xAC00 <= ord(c) <= 0xD7A3 for c in s.text))
+    syllable_h = heights[len(heights) // 2] if heights else 0.0
     runs, start = [], None
     for i, s in enumerate([*syms, Symbol("가", 1.0, (0, 0, 0, 0), True)]):
         # a lone jamo is `kor` guessing at a Latin letter ("(Google" -> "(ㅎoogle"): only syllables end a run
         if not any(0xAC00 <= ord(c) <= 0xD7A3 for c in s.text) and not s.text.isspace():
             start = i if start is None else start
             continue
-        if start is not None and any(c.isalnum() for x in syms[start:i] for c in x.text):
+        run = syms[start:i] if start is not None else []
+        if run and any(c.isalnum() or hides_letters(x, syllable_h) for x in run for c in x.text):
             runs.append((start, i))
         start = None
     return runs
@@ -511,10 +572,11 @@ class ScriptRouter:
             # which `kor` often half-reads as junk inside the run ("7}"; a crop into it reads "(Palu)7H"); on
             # the left no more than 1/8 line height into the syllable before (the script model's boxes are
             # tight: its margin into "드" read "드E(Ford)"; ko cards seed 0: 14 -> 13 errors, seed 1: 44 -> 40)
+            # (a syllable's box stretched over the run is cut back to a square glyph: `syllable_span`)
             x0 = max(0, min(s.box[0] for s in syms[start:end]) - max(4, img.shape[0] // 4),
-                     syms[start - 1].box[2] - img.shape[0] // 8 if start > 0 else 0)
+                     syllable_span(syms[start - 1])[1] - img.shape[0] // 8 if start > 0 else 0)
             x1 = min(img.shape[1], max(s.box[2] for s in syms[start:end]) + 4,
-                     syms[end].box[0] if end < len(syms) else img.shape[1])
+                     syllable_span(syms[end])[0] if end < len(syms) else img.shape[1])
             crops.append(img[:, x0:max(x1, x0 + 1)])
         if self.latin is not None:
             import cv2
@@ -566,12 +628,14 @@ class ScriptRouter:
         for flipped, img in ((False, gray), (True, np.ascontiguousarray(gray[::-1, ::-1])), (False, None)):
             if flipped and not try_flip:
                 continue
+            min_conf = KO_MIN_CONF
             if img is None:
                 if best is not None:
                     break
                 img = cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[1]
+                min_conf = KO_MIN_CONF_BINARIZED
             text, conf, syms = reader.read(img, symbols=self.latin is not None or self.eng is not None)
-            if hangul_share(text) >= KO_MIN_HANGUL and conf >= KO_MIN_CONF and (best is None or conf > best[1]):
+            if hangul_share(text) >= KO_MIN_HANGUL and conf >= min_conf and (best is None or conf > best[1]):
                 best = (text, conf, flipped, img, syms)
             if best and best[1] >= 0.8:
                 break
